@@ -1,0 +1,36 @@
+# The README's two commands are `make demo` and `make test`; both set up what is missing first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vltools-installed
+
+.PHONY: demo test lab bench lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "vltools needs Python 3.11 or newer; set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## make demo: build the tiny checkpoint, execute every notebook headless, write HTML to build/notebooks/
+demo: $(STAMP)
+	$(BIN)/python -m vltools.demo
+
+## make test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## make lab: JupyterLab on the notebooks
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+## make bench: every benchmark (add QUICK=1 for the quick mode)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf build

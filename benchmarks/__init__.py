@@ -1,0 +1,1 @@
+"""Benchmarks: one script per measured question, each `python -m benchmarks.NAME [--quick]`."""

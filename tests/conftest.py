@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny checkpoint and the model loaded from it, built once per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference"
+
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """``../shared/reference``: the test vectors computed with the original code."""
+    if not REFERENCE.is_dir():
+        pytest.fail(f"The reference data is missing: expected {REFERENCE} beside the repository.")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> Path:
+    """The offline tiny checkpoint (original InternVL2 format), built or taken from the cache."""
+    from vltools.testing import tiny_checkpoint
+
+    return tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_path):
+    """``load_model("tiny")`` in fp32 on the CPU, shared by the tests that only read it."""
+    from vltools.models import load_model
+
+    return load_model(str(tiny_path), device="cpu", dtype="float32")

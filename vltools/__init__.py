@@ -1,0 +1,80 @@
+"""vltools: a Jupyter-centric research toolkit around InternVL2-1B.
+
+The dozen names a notebook needs are re-exported here; everything else is reachable by
+module (``vltools.tiling``, ``vltools.video``, ``vltools.models``, ``vltools.prompts``,
+``vltools.chat``, ``vltools.attention``, ``vltools.viz``, ``vltools.widgets``,
+``vltools.testing``).
+
+``import vltools`` is cheap: nothing heavy (torch, transformers, decord, av, ipywidgets,
+matplotlib) is imported until a name that needs it is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "plan_tiles": "tiling",
+    "TileGrid": "tiling",
+    "load_image": "tiling",
+    "TiledImage": "tiling",
+    "sample_frame_indices": "video",
+    "load_video": "video",
+    "VideoClip": "video",
+    "load_model": "models",
+    "VLModel": "models",
+    "render_prompt": "prompts",
+    "Chat": "chat",
+    "Reply": "chat",
+    "prompt_grid": "experiments",
+    "GridResult": "experiments",
+    "AttentionMaps": "attention",
+    "tiny_checkpoint": "testing",
+}
+_SUBMODULES = (
+    "attention",
+    "chat",
+    "constants",
+    "experiments",
+    "models",
+    "prompts",
+    "testing",
+    "tiling",
+    "video",
+    "viz",
+    "widgets",
+)
+
+__all__ = [*_EXPORTS, *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"vltools.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"vltools.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'vltools' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
+    from vltools.attention import AttentionMaps
+    from vltools.chat import Chat, Reply
+    from vltools.experiments import GridResult, prompt_grid
+    from vltools.models import VLModel, load_model
+    from vltools.prompts import render_prompt
+    from vltools.testing import tiny_checkpoint
+    from vltools.tiling import TiledImage, TileGrid, load_image, plan_tiles
+    from vltools.video import VideoClip, load_video, sample_frame_indices
