@@ -1,0 +1,243 @@
+"""The widgets proven in a real browser: JupyterLab on localhost driven by the system Chromium.
+
+Starts JupyterLab (random free port, token auth, no browser of its own) on a copy of the
+notebooks, drives Debian's Chromium with Playwright (``executable_path``; never a downloaded
+browser), runs every cell, checks that each explorer renders and reacts, and saves a
+screenshot of each under ``build/screenshots/``. Without Chromium the test skips and says how
+to install it, except in CI (``CI=true``), where a missing browser is a failure. The server
+is always shut down, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "build" / "screenshots"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+RUN_TIMEOUT_MS = 420_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    message = (
+        "Chromium is not installed. Install the system browser with "
+        "`sudo apt-get install chromium` (Debian/Ubuntu); vltools never downloads one."
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true and " + message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, tiny_path):
+    """A JupyterLab server on a copy of the notebooks; yields (base_url, token, root)."""
+    root = tmp_path_factory.mktemp("lab")
+    for nb in (REPO / "notebooks").glob("*.ipynb"):
+        shutil.copy(nb, root / nb.name)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "VLTOOLS_MODEL": "tiny", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "agg"}
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.open_browser=False",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(
+                        "JupyterLab did not start:\n" + (root / "server.log").read_text()[-3000:]
+                    )
+                time.sleep(0.5)
+        yield base, token, root
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _run_all(browser, lab, name: str):
+    """Open ``name`` in JupyterLab, run all cells, wait until the kernel is idle; return the page."""
+    base, token, _ = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    # every code cell gets an execution count, and the kernel goes back to idle
+    page.wait_for_function(
+        """() => {
+            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+            const done = prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+            const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
+            return done && ind && ind.getAttribute('data-status') === 'idle';
+        }""",
+        timeout=RUN_TIMEOUT_MS,
+        polling=1000,
+    )
+    return page
+
+
+def _assert_no_cell_error(page, name: str):
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    texts = [errors.nth(i).inner_text() for i in range(errors.count())]
+    tracebacks = [
+        t for t in texts if "Traceback" in t or re.search(r"^\w+(Error|Exception)\b", t, re.M)
+    ]
+    assert not tracebacks, f"{name}: a cell failed:\n{tracebacks[0][:2000]}"
+
+
+def _shot(page, name: str, locator=None) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    if locator is not None:
+        locator.scroll_into_view_if_needed()
+    page.screenshot(path=str(path), full_page=False)
+    return path
+
+
+def _summary_text(widget) -> str:
+    return widget.locator(".vltools-summary").first.inner_text()
+
+
+def _nudge_slider(page, widget, label: str, key: str, presses: int = 1):
+    slider = widget.locator(
+        ".widget-slider", has=page.locator(".widget-label", has_text=re.compile(rf"^{label}"))
+    )
+    handle = slider.first.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(presses):
+        handle.press(key)
+
+
+def test_tile_explorer_renders_and_follows_its_max_num_slider(browser, lab):
+    page = _run_all(browser, lab, "01_dynamic_tiling.ipynb")
+    try:
+        _assert_no_cell_error(page, "01_dynamic_tiling")
+        widget = page.locator(".vltools-tile-explorer").first
+        widget.wait_for()
+        assert widget.locator(".widget-slider").count() >= 2
+        assert widget.locator("img").count() >= 1
+        before = _summary_text(widget)
+        _nudge_slider(page, widget, "max_num", "Home")
+        page.wait_for_function(
+            "([sel, before]) => document.querySelector(sel).innerText !== before",
+            arg=[".vltools-tile-explorer .vltools-summary", before],
+            timeout=30_000,
+        )
+        after = _summary_text(widget)
+        assert re.search(r"\d+ tiles?", after) and after != before, (before, after)
+        _shot(page, "01_dynamic_tiling", widget)
+    finally:
+        page.close()
+
+
+def test_frame_strip_renders_and_resamples(browser, lab):
+    page = _run_all(browser, lab, "05_video.ipynb")
+    try:
+        _assert_no_cell_error(page, "05_video")
+        widget = page.locator(".vltools-frame-strip").first
+        widget.wait_for()
+        assert widget.locator("img").count() >= 1
+        before = _summary_text(widget)
+        _nudge_slider(page, widget, "num_segments", "ArrowLeft", presses=2)
+        page.wait_for_function(
+            "([sel, before]) => document.querySelector(sel).innerText !== before",
+            arg=[".vltools-frame-strip .vltools-summary", before],
+            timeout=30_000,
+        )
+        _shot(page, "05_video", widget)
+    finally:
+        page.close()
+
+
+def test_attention_explorer_renders_and_steps_through_tokens(browser, lab):
+    page = _run_all(browser, lab, "07_attention_maps.ipynb")
+    try:
+        _assert_no_cell_error(page, "07_attention_maps")
+        widget = page.locator(".vltools-attention-explorer").first
+        widget.wait_for()
+        assert widget.locator("img").count() >= 1
+        before = _summary_text(widget)
+        _nudge_slider(page, widget, "token", "ArrowRight")
+        page.wait_for_function(
+            "([sel, before]) => document.querySelector(sel).innerText !== before",
+            arg=[".vltools-attention-explorer .vltools-summary", before],
+            timeout=30_000,
+        )
+        _shot(page, "07_attention_maps", widget)
+    finally:
+        page.close()

@@ -1,0 +1,210 @@
+"""``make demo``: execute every notebook headless against the tiny model and write HTML.
+
+``python -m vltools.demo [--only 01 05] [--force]`` builds the offline tiny checkpoint, runs each
+``notebooks/NN_*.ipynb`` with nbclient (``VLTOOLS_MODEL=tiny`` unless set), writes the executed
+notebook and its HTML under ``build/notebooks/`` with an ``index.html``, and prints where they
+are. A notebook whose inputs (its own cells, the vltools sources, the sample data) have not
+changed since its last successful run is not executed again, so the second run is fast.
+
+Widgets carry a static picture of their state (``image/png`` beside the live view, see
+``vltools.widgets.StaticFallback``); the HTML keeps that picture and drops the live view,
+which would need a kernel, so the pages are useful offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+OUT = REPO / "build" / "notebooks"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Built:
+    """One notebook of the demo: where its HTML is, and whether it ran or came from the cache."""
+
+    notebook: Path
+    html: Path
+    title: str
+    summary: str
+    seconds: float
+    cached: bool
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in order, optionally only those whose name starts with ``only``."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
+        if not found:
+            raise ValueError(f"No notebook in {NOTEBOOKS} starts with any of {only}.")
+    return found
+
+
+def inputs_key(notebook: Path, model: str) -> str:
+    """A hash of everything a notebook's output depends on: its cells, vltools, data, model."""
+    digest = hashlib.sha256(model.encode())
+    digest.update(notebook.read_bytes())
+    for path in sorted((REPO / "vltools").rglob("*.py")) + sorted((REPO / "data").glob("*")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def execute(notebook: Path, *, model: str = "tiny", timeout: int = TIMEOUT_S):
+    """Run ``notebook`` in a fresh kernel with ``VLTOOLS_MODEL=model``; return the executed node.
+
+    Raises ``nbclient.exceptions.CellExecutionError`` naming the failing cell on any error.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(notebook, as_version=4)
+    env = {**os.environ, "VLTOOLS_MODEL": model, "MPLBACKEND": "agg", "HF_HUB_OFFLINE": "1"}
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
+        record_timing=False,
+    )
+    previous = dict(os.environ)
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        client.execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(previous)
+    return nb
+
+
+def static_copy(nb):
+    """A copy of an executed notebook for HTML: live widget views replaced by their pictures."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_MIME in data:
+                data.pop(WIDGET_MIME)
+                if not any(k.startswith("image/") for k in data):
+                    data["text/plain"] = "(interactive widget: open the notebook in JupyterLab)"
+    return nb
+
+
+def to_html(nb) -> str:
+    """The notebook as a standalone HTML page (JupyterLab look, no network needed)."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(static_copy(nb))
+    return body
+
+
+def title_and_summary(notebook: Path) -> tuple[str, str]:
+    """The first markdown cell's heading and its first paragraph."""
+    cells = json.loads(notebook.read_text())["cells"]
+    for cell in cells:
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"]).strip().splitlines()
+            title = text[0].lstrip("# ").strip() if text else notebook.stem
+            rest = [line for line in text[1:] if line.strip()]
+            return title, (rest[0] if rest else "")
+    return notebook.stem, ""
+
+
+def build(
+    *, only: list[str] | None = None, force: bool = False, model: str = "tiny"
+) -> list[Built]:
+    """Execute (or reuse) each notebook and write its HTML and the index. Returns what was built."""
+    import nbformat
+
+    from vltools.testing import tiny_checkpoint
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    if model == "tiny":
+        tiny_checkpoint()  # built once, before any kernel needs it
+    built = []
+    for notebook in notebooks(only):
+        html_path = OUT / f"{notebook.stem}.html"
+        key_path = OUT / f".{notebook.stem}.key"
+        key = inputs_key(notebook, model)
+        title, summary = title_and_summary(notebook)
+        if not force and html_path.exists() and key_path.exists() and key_path.read_text() == key:
+            built.append(Built(notebook, html_path, title, summary, 0.0, cached=True))
+            continue
+        start = time.perf_counter()
+        nb = execute(notebook, model=model)
+        nbformat.write(nb, OUT / notebook.name)
+        html_path.write_text(to_html(nb), encoding="utf-8")
+        key_path.write_text(key)
+        built.append(Built(notebook, html_path, title, summary, time.perf_counter() - start, False))
+    write_index(model=model)
+    return built
+
+
+def write_index(*, model: str) -> Path:
+    """``build/notebooks/index.html``: every notebook with HTML, in order, with what it teaches."""
+    items = ""
+    for notebook in notebooks():
+        page_path = OUT / f"{notebook.stem}.html"
+        if not page_path.exists():
+            continue
+        title, summary = title_and_summary(notebook)
+        items += (
+            f"<li><a href='{html.escape(page_path.name)}'><b>{html.escape(notebook.stem[:2])}</b> "
+            f"{html.escape(title)}</a><br><span>{html.escape(summary)}</span></li>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>vltools notebooks</title>"
+        "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto;line-height:1.5}"
+        "li{margin:.8em 0}span{color:#555}</style></head><body>"
+        "<h1>vltools: the notebooks, executed</h1>"
+        f"<p>Executed headless against the <code>{html.escape(model)}</code> model "
+        + (
+            "(random weights: answers are random text; tiles, frames, prompts and token counts "
+            "are real). "
+            if model == "tiny"
+            else ""
+        )
+        + "Open them live with <code>make lab</code>.</p>"
+        f"<ol style='list-style:none;padding:0'>{items}</ol></body></html>"
+    )
+    index = OUT / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 05")
+    parser.add_argument("--force", action="store_true", help="execute even if nothing changed")
+    args = parser.parse_args(argv)
+    model = os.environ.get("VLTOOLS_MODEL", "tiny")
+    try:
+        built = build(only=args.only, force=args.force, model=model)
+    except Exception as e:  # the demo's user wants the failing notebook and cell, not a trace
+        print(f"make demo failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    for b in built:
+        how = "unchanged, kept" if b.cached else f"executed in {b.seconds:.0f} s"
+        print(f"  {b.notebook.name:34s} {how}")
+    print(f"\nThe executed notebooks are in {OUT}/ — open {OUT / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The notebooks' shared setup cell: versions, device, the model from ``VLTOOLS_MODEL``.
+
+Every notebook opens with::
+
+    import vltools
+    from vltools.notebook import setup
+    env = setup()
+    env
+
+``setup()`` loads the model named by the ``VLTOOLS_MODEL`` environment variable (default
+``OpenGVLab/InternVL2-1B``; ``tiny`` is the offline random-weight checkpoint the demo and the
+tests use) and returns a :class:`Setup` whose notebook display lists the versions, the device
+and dtype, and a visible warning when the tiny random model is in use.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vltools.constants import DEFAULT_MODEL, MODEL_ENV
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vltools.models import VLModel
+
+TINY_WARNING = (
+    "This notebook runs on the TINY offline model: random weights at the real geometry. "
+    "Tiles, frames, prompts, token counts and timings are real; every answer is random text. "
+    f"Set {MODEL_ENV}=OpenGVLab/InternVL2-1B (or a local directory) for the real model."
+)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a notebook runs with. ``model`` is ``None`` for notebooks that need none."""
+
+    model_name: str | None
+    model: VLModel | None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_tiny(self) -> bool:
+        """True when the model is the offline tiny checkpoint (its answers are random text)."""
+        return self.model_name is not None and _is_tiny(self.model_name)
+
+    def _rows(self) -> list[tuple[str, str]]:
+        rows = list(self.versions.items())
+        if self.model is not None:
+            rows += [
+                ("model", str(self.model_name)),
+                ("device", str(self.model.device)),
+                ("dtype", str(self.model.dtype).replace("torch.", "")),
+                ("attention", str(self.model.attn_implementation)),
+            ]
+        return rows
+
+    def __repr__(self) -> str:
+        lines = [f"{k}: {v}" for k, v in self._rows()]
+        if self.is_tiny:
+            lines.append("WARNING: " + TINY_WARNING)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in self._rows()
+        )
+        warning = ""
+        if self.is_tiny:
+            warning = (
+                "<div style='background:#fff3cd;border:1px solid #e0b100;padding:6px 10px;"
+                f"margin-top:6px'><b>⚠ Tiny random model.</b> {html.escape(TINY_WARNING)}</div>"
+            )
+        return f"<table>{cells}</table>{warning}"
+
+
+def _is_tiny(name: str) -> bool:
+    return name == "tiny"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages the notebooks depend on (those installed)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for package in ("vltools", "torch", "transformers", "pillow", "ipywidgets"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def setup(*, model: bool = True, name: str | None = None) -> Setup:
+    """Load the notebook's model (unless ``model=False``) and collect versions and device.
+
+    ``name`` overrides ``VLTOOLS_MODEL``. The tiny model warns through ``warnings`` too, so the
+    warning shows even where the returned object is not displayed.
+    """
+    if not model:
+        return Setup(model_name=None, model=None, versions=versions())
+    from vltools.models import load_model
+
+    model_name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    loaded = load_model(model_name)
+    env = Setup(model_name=model_name, model=loaded, versions=versions())
+    if env.is_tiny:
+        warnings.warn(TINY_WARNING, stacklevel=2)
+    return env
