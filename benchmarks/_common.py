@@ -82,9 +82,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def result_line(
-    name: str, *, baseline: float, ours: float, unit: str, target: float
-) -> str:
+def result_line(name: str, *, baseline: float, ours: float, unit: str, target: float) -> str:
     """The closing JSON line; ratio = baseline / ours (a cost: higher is better)."""
     ratio = baseline / ours if ours else float("inf")
     return json.dumps(

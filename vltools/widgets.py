@@ -45,6 +45,441 @@ class StaticFallback:
 
 # --- TileExplorer (tiling issue) -------------------------------------------------------------
 
+
+class TileExplorer(StaticFallback, widgets.VBox):
+    """InternVL's dynamic tiling, live: sliders for ``max_num`` (1 to 40) and ``min_num``.
+
+    Every change re-tiles the image through :func:`vltools.tiling.load_image` and redraws
+    :func:`vltools.viz.show_tiles` (the grid on the original, the tiles in order, the
+    thumbnail), the table of candidate grids nearest the image's aspect ratio with the winner
+    highlighted and the reason it won, and the running cost: image tokens and their share of
+    the 8,192-token context. State is traitlets: ``max_num``, ``min_num``; the result is
+    ``tiled`` (a :class:`~vltools.tiling.TiledImage`) and ``grid`` (its ``TileGrid``), the
+    cost line ``cost``; an impossible choice (``min_num > max_num``) goes to ``error`` and the
+    output area and leaves the last good view in place.
+    """
+
+    max_num = traitlets.Int(12)
+    min_num = traitlets.Int(1)
+    tiled = traitlets.Any(None)
+    grid = traitlets.Any(None)
+    error = traitlets.Unicode("")
+    cost = traitlets.Unicode("")
+
+    def __init__(
+        self,
+        image: Any,
+        *,
+        max_num: int = 12,
+        min_num: int = 1,
+        exif_transpose: bool = True,
+        slider_max: int = 40,
+        table_rows: int = 8,
+    ) -> None:
+        from vltools.tiling import _open
+
+        self.image, self.source = _open(image, exif_transpose=exif_transpose)
+        self._table_rows = table_rows
+        self._max_slider = widgets.IntSlider(
+            value=max_num, min=1, max=max(slider_max, max_num), description="max_num"
+        )
+        self._min_slider = widgets.IntSlider(
+            value=min_num, min=1, max=max(slider_max, max_num), description="min_num"
+        )
+        self._summary = widgets.HTML()
+        self._summary.add_class("vltools-summary")
+        self._table = widgets.HTML()
+        self._picture = widgets.Image(format="png")
+        self._output = widgets.Output()
+        super().__init__(
+            children=[
+                widgets.HBox([self._max_slider, self._min_slider]),
+                self._summary,
+                self._picture,
+                self._table,
+                self._output,
+            ]
+        )
+        self.add_class("vltools-tile-explorer")
+        with self.hold_trait_notifications():
+            self.max_num = max_num
+            self.min_num = min_num
+        widgets.link((self._max_slider, "value"), (self, "max_num"))
+        widgets.link((self._min_slider, "value"), (self, "min_num"))
+        self.observe(self._update, names=["max_num", "min_num"])
+        self._update()
+
+    def _update(self, change: Any = None) -> None:
+        from vltools.tiling import load_image
+
+        self._output.outputs = ()
+        try:
+            tiled = load_image(self.image, max_num=self.max_num, min_num=self.min_num)
+        except (ValueError, TypeError) as e:
+            self.error = str(e)
+            self._output.append_stderr(f"{type(e).__name__}: {e}\n")
+            self._summary.value = f"<span style='color:#b00'>{_escape(str(e))}</span>"
+            return
+        self.error = ""
+        self.tiled = tiled
+        self.grid = grid = tiled.grid
+        self.cost = _tile_cost(grid)
+        over = " <b>exceeds the context</b>" if grid.num_image_tokens > _context() else ""
+        self._summary.value = f"<b>{_escape(self.cost)}</b>{over}"
+        self._table.value = _candidate_table(grid, rows=self._table_rows)
+        self._picture.value = _png(self.figure())
+
+    def figure(self) -> Any:
+        """The current tiling drawn by :func:`vltools.viz.show_tiles`."""
+        from vltools.viz import show_tiles
+
+        if self.tiled is None:
+            raise ValueError(f"Nothing to draw: {self.error}")
+        return show_tiles(self.tiled)
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _context() -> int:
+    from vltools.constants import CONTEXT_LENGTH
+
+    return CONTEXT_LENGTH
+
+
+def _png(fig: Any) -> bytes:
+    from vltools.viz import figure_to_png
+
+    return figure_to_png(fig, dpi=72)
+
+
+def _tile_cost(grid: Any) -> str:
+    """``'3x2 grid + thumbnail: 7 tiles x 256 = 1,792 image tokens = 21.9% of ...'``."""
+    thumb = " + thumbnail" if grid.has_thumbnail else ""
+    tiles = "tile" if grid.num_tiles == 1 else "tiles"
+    return (
+        f"{grid.cols}x{grid.rows} grid{thumb}: {grid.num_tiles} {tiles} x "
+        f"{grid.tokens_per_tile} = {grid.num_image_tokens:,} image tokens = "
+        f"{grid.num_image_tokens / _context():.1%} of the {_context():,}-token context"
+    )
+
+
+def _candidate_table(grid: Any, *, rows: int) -> str:
+    """The candidates nearest the image's aspect ratio, the winner highlighted, and why."""
+    nearest = sorted(grid.candidates, key=lambda c: (c.error, c.order))[:rows]
+    body = []
+    for c in nearest:
+        style = " style='background:#d8f0d8;font-weight:bold'" if c.is_winner else ""
+        mark = " &larr; chosen" if c.is_winner else ""
+        body.append(
+            f"<tr{style}><td>{c.cols}x{c.rows}</td><td>{c.num_tiles}</td>"
+            f"<td>{c.aspect_ratio:.4f}</td><td>{c.error:.4f}</td><td>{c.order}</td>"
+            f"<td>{c.decision}{mark}</td></tr>"
+        )
+    return (
+        f"<div><p>{_escape(grid.explain())}</p>"
+        f"<table class='vltools-candidates'><tr><th>grid</th><th>tiles</th><th>cols/rows</th>"
+        f"<th>|error|</th><th>visit order</th><th>decision</th></tr>{''.join(body)}</table>"
+        f"<p><i>{len(grid.candidates)} grids considered; the {len(nearest)} nearest shown. "
+        f"The image's aspect ratio is {grid.aspect_ratio:.4f}.</i></p></div>"
+    )
+
+
 # --- FrameStrip (video issue) ----------------------------------------------------------------
 
+
+class FrameStrip(StaticFallback, widgets.VBox):
+    """Which frames the card's sampler picks, live: sliders for ``num_segments`` and ``bound``.
+
+    Shows :func:`vltools.viz.show_frames` of the current choice (the timeline with the sampled
+    frames marked and the frames as labelled thumbnails) and its token cost against the
+    8,192-token context. State lives in traitlets (``num_segments``, ``bound`` in seconds,
+    ``max_num``); every change resamples through :func:`vltools.video.load_video`. The current
+    :class:`~vltools.video.VideoClip` is ``clip``; an error (an impossible bound) goes to
+    ``error`` and the output area, and leaves the last good ``clip`` in place.
+    """
+
+    num_segments = traitlets.Int(8)
+    bound = traitlets.Tuple(traitlets.Float(), traitlets.Float())
+    max_num = traitlets.Int(1)
+    clip = traitlets.Any(None)
+    error = traitlets.Unicode("")
+    cost = traitlets.Unicode("")
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        num_segments: int = 8,
+        bound: tuple[float, float] | None = None,
+        max_num: int = 1,
+        backend: str = "auto",
+        max_segments: int = 64,
+    ) -> None:
+        from vltools.video import load_video
+
+        self._source = source
+        self._backend = backend
+        whole = load_video(source, num_segments=num_segments, max_num=max_num, backend=backend)
+        self.duration = whole.duration
+        step = 1.0 / whole.fps
+        self._segments_slider = widgets.IntSlider(
+            value=num_segments, min=1, max=max_segments, description="segments"
+        )
+        self._bound_slider = widgets.FloatRangeSlider(
+            value=(0.0, whole.duration),
+            min=0.0,
+            max=whole.duration,
+            step=step,
+            readout_format=".2f",
+            description="bound (s)",
+            continuous_update=False,
+        )
+        self._max_num_slider = widgets.IntSlider(
+            value=max_num, min=1, max=12, description="max_num"
+        )
+        self._cost_label = widgets.HTML()
+        self._picture = widgets.Image(format="png")
+        self._output = widgets.Output()
+        super().__init__(
+            children=[
+                widgets.HBox([self._segments_slider, self._bound_slider, self._max_num_slider]),
+                self._cost_label,
+                self._picture,
+                self._output,
+            ]
+        )
+        with self.hold_trait_notifications():
+            self.num_segments = num_segments
+            self.max_num = max_num
+            self.bound = (0.0, whole.duration) if bound is None else tuple(map(float, bound))
+        widgets.link((self._segments_slider, "value"), (self, "num_segments"))
+        widgets.link((self._bound_slider, "value"), (self, "bound"))
+        widgets.link((self._max_num_slider, "value"), (self, "max_num"))
+        self.observe(self._resample, names=["num_segments", "bound", "max_num"])
+        if bound is None:
+            self._show(whole)
+        else:
+            self._resample()
+
+    def _bound_or_none(self) -> tuple[float, float] | None:
+        start, end = self.bound
+        if start <= 0.0 and end >= self.duration:
+            return None  # the whole video: the card's "no bound"
+        return (start, end)
+
+    def _resample(self, change: Any = None) -> None:
+        from vltools.video import load_video
+
+        self._output.outputs = ()
+        try:
+            clip = load_video(
+                self._source,
+                num_segments=self.num_segments,
+                max_num=self.max_num,
+                bound=self._bound_or_none(),
+                backend=self._backend,
+            )
+        except (ValueError, TypeError) as e:
+            self.error = str(e)
+            self._output.append_stderr(f"{type(e).__name__}: {e}\n")
+            return
+        self._show(clip)
+
+    def _show(self, clip: Any) -> None:
+        from vltools.constants import CONTEXT_LENGTH
+        from vltools.viz import figure_to_png
+
+        self.error = ""
+        self.clip = clip
+        tokens = clip.num_image_tokens
+        share = tokens / CONTEXT_LENGTH
+        tiles = sum(clip.num_patches_list)
+        over = " <b>exceeds the context</b>" if tokens > CONTEXT_LENGTH else ""
+        self.cost = (
+            f"{clip.num_segments} frames, {tiles} tiles x 256 = {tokens:,} image tokens "
+            f"= {share:.0%} of the {CONTEXT_LENGTH:,}-token context"
+        )
+        self._cost_label.value = self.cost + over
+        self._picture.value = figure_to_png(self.figure(), dpi=72)
+
+    def figure(self) -> Any:
+        """The current choice drawn by :func:`vltools.viz.show_frames`."""
+        from vltools.viz import show_frames
+
+        return show_frames(self.clip)
+
+
 # --- AttentionExplorer (attention issue) -----------------------------------------------------
+
+
+class AttentionExplorer(StaticFallback, widgets.VBox):
+    """Step through the generated tokens and see where their attention went in the image.
+
+    ``maps`` is an :class:`~vltools.attention.AttentionMaps`. Click a token (or slide), widen
+    the span to cover a word made of several tokens, choose a range of layers, one head or the
+    mean/max over heads, the image (or video frame), tiles / thumbnail / a blend of both, and
+    whether to remove attention sinks. The view shows the overlay on the original image, the
+    thumbnail's map, and a line of how much each token attended to the image at all.
+
+    State is traitlets: ``token``, ``span``, ``layers`` (inclusive ``(first, last)`` layer
+    index), ``head`` (``"mean"``, ``"max"`` or a head number as text), ``image`` (index),
+    ``source`` (``"tiles"``, ``"thumbnail"``, ``"blend"``), ``sinks``; the shown
+    :class:`~vltools.attention.ImageMap` is ``current`` and a bad choice lands in ``error``
+    (and the output area) while the last good view stays. Attention is not an explanation.
+    """
+
+    token = traitlets.Int(0)
+    span = traitlets.Int(1)
+    layers = traitlets.Tuple(traitlets.Int(), traitlets.Int())
+    head = traitlets.Unicode("mean")
+    image = traitlets.Int(0)
+    source = traitlets.Unicode("tiles")
+    sinks = traitlets.Bool(False)
+    current = traitlets.Any(None)
+    error = traitlets.Unicode("")
+
+    def __init__(self, maps: Any, *, token: int = 0, image: int = 0) -> None:
+        self.maps = maps
+        n = maps.num_tokens
+        first, last = min(maps.layers), max(maps.layers)
+        labels = [(f"{i}:{t!r}"[:14], i) for i, t in enumerate(maps.tokens)]
+        self._token_buttons = widgets.ToggleButtons(
+            options=labels, value=token, style={"button_width": "auto"}
+        )
+        self._token_slider = widgets.IntSlider(
+            value=token, min=0, max=max(n - 1, 0), description="token"
+        )
+        self._span_slider = widgets.IntSlider(value=1, min=1, max=max(n, 1), description="span")
+        self._layer_slider = widgets.IntRangeSlider(
+            value=(first, last), min=first, max=last, description="layers"
+        )
+        heads = ["mean", "max", *(str(h) for h in range(maps.num_heads))]
+        self._head_menu = widgets.Dropdown(options=heads, value="mean", description="head")
+        self._image_menu = widgets.Dropdown(
+            options=[(s.label, s.index) for s in maps.images] or [("none", 0)],
+            value=image,
+            description="image",
+        )
+        self._source_buttons = widgets.ToggleButtons(
+            options=["tiles", "thumbnail", "blend"], value="tiles"
+        )
+        self._sinks_box = widgets.Checkbox(value=False, description="remove sinks")
+        self._caption = widgets.HTML()
+        self._picture = widgets.Image(format="png")
+        self._output = widgets.Output()
+        super().__init__(
+            children=[
+                self._token_buttons,
+                widgets.HBox([self._token_slider, self._span_slider, self._layer_slider]),
+                widgets.HBox(
+                    [self._head_menu, self._image_menu, self._source_buttons, self._sinks_box]
+                ),
+                self._caption,
+                self._picture,
+                self._output,
+            ]
+        )
+        with self.hold_trait_notifications():
+            self.token = token
+            self.layers = (first, last)
+            self.image = image
+        for control, name in [
+            (self._token_buttons, "token"),
+            (self._token_slider, "token"),
+            (self._span_slider, "span"),
+            (self._layer_slider, "layers"),
+            (self._head_menu, "head"),
+            (self._image_menu, "image"),
+            (self._source_buttons, "source"),
+            (self._sinks_box, "sinks"),
+        ]:
+            widgets.link((control, "value"), (self, name))
+        self.observe(
+            self._update, names=["token", "span", "layers", "head", "image", "source", "sinks"]
+        )
+        self._update()
+
+    def selection(self) -> dict[str, Any]:
+        """The current choice as keyword arguments of ``AttentionMaps.map``."""
+        lo, hi = self.layers
+        chosen = [layer for layer in self.maps.layers if lo <= layer <= hi]
+        if not chosen:
+            raise ValueError(
+                f"No captured layer lies in {lo}..{hi}; captured layers: {list(self.maps.layers)}."
+            )
+        if self.head in ("mean", "max"):
+            heads, reduce = None, self.head
+        else:
+            heads, reduce = int(self.head), "mean"
+        return {
+            "tokens": range(self.token, self.token + self.span),
+            "layers": chosen,
+            "heads": heads,
+            "reduce": reduce,
+            "sinks": self.sinks,
+        }
+
+    def _update(self, change: Any = None) -> None:
+        from vltools.viz import figure_to_png
+
+        self._output.outputs = ()
+        try:
+            if self.source not in ("tiles", "thumbnail", "blend"):
+                raise ValueError(
+                    f"source must be 'tiles', 'thumbnail' or 'blend', got {self.source!r}."
+                )
+            selection = self.selection()
+            imap = self.maps.map(self.image, **selection)
+            if self.source != "tiles" and imap.thumbnail is None:
+                raise ValueError(
+                    f"{imap.label} has no thumbnail (a single tile); choose source='tiles'."
+                )
+        except (ValueError, TypeError) as e:
+            self.error = str(e)
+            self._output.append_stderr(f"{type(e).__name__}: {e}\n")
+            return
+        self.error = ""
+        self._shown = (selection, self.source)
+        self.current = imap
+        share = self.maps.image_share(layers=selection["layers"], sinks=self.sinks)
+        span = share[self.token : self.token + self.span].mean()
+        self._caption.value = (
+            f"<b>{imap.label}</b>: {imap.what}. Share of attention to the image(s): "
+            f"{span:.1%}. <i>Attention is not an explanation.</i>"
+        )
+        self._picture.value = figure_to_png(self.figure(), dpi=72)
+
+    def figure(self) -> Any:
+        """The current view: overlay, thumbnail map and the per-token image share."""
+        from vltools import viz
+
+        imap = self.current
+        if imap is None:
+            raise ValueError(f"Nothing to draw: {self.error}")
+        sel, shown_source = self._shown  # the last good choice, which ``current`` shows
+        grid = imap.grid
+        aspect = grid.height / max(grid.width, 1)
+        fig = viz._new_figure(9.0, max(3.0, 5.5 * aspect) + 2.6)
+        spec = fig.add_gridspec(2, 3, height_ratios=[max(3.0, 5.5 * aspect), 2.4])
+        ax = fig.add_subplot(spec[0, :2])
+        blend = 0.5 if shown_source == "blend" else None
+        source = "tiles" if shown_source == "blend" else shown_source
+        art = viz._draw_attention(ax, imap, source=source, blend=blend)
+        fig.colorbar(art, ax=ax, shrink=0.8)
+        ax.set_title(viz._safe_text(f"{imap.label} ({shown_source}): {imap.what}"), fontsize=8)
+        thumb_ax = fig.add_subplot(spec[0, 2])
+        if imap.thumbnail is not None:
+            viz._draw_attention(thumb_ax, imap, source="thumbnail", show_grid=False)
+            thumb_ax.set_title("thumbnail's 16x16 map", fontsize=8)
+        else:
+            thumb_ax.set_axis_off()
+            thumb_ax.set_title("(no thumbnail: one tile)", fontsize=8)
+        share_ax = fig.add_subplot(spec[1, :])
+        share = self.maps.image_share(layers=sel["layers"], sinks=sel["sinks"])
+        viz._draw_share(share_ax, self.maps, share, layers=sel["layers"], highlight=sel["tokens"])
+        share_ax.set_title("share of each token's attention that went to the image", fontsize=8)
+        return fig

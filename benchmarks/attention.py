@@ -1,0 +1,189 @@
+"""Attention capture: peak memory and time against ``generate(output_attentions=True)``.
+
+Question (attention-maps issue): capturing every generated token's attention to the image, for
+all 24 layers and 14 heads, on one image at ``max_num=6`` (7 tiles, about 1,900 tokens) with 16
+generated tokens, how much extra peak memory and time does ``vltools.attention.capture`` cost,
+compared with the naive ``generate(output_attentions=True)`` (which keeps every layer's full
+``[heads, seq, seq]`` prefill tensor) and with plain generation without capture?
+
+Each method runs once, in a fresh process of its own, on the full-size random-weight
+checkpoint (``vltools.testing.full_size_checkpoint()``), CPU, float32, greedy decoding forced
+to 16 tokens. After loading and a small warm-up, the process resets its peak-RSS counter
+(``/proc/self/clear_refs``), runs the method, and reports ``VmHWM - VmRSS before``: the extra
+peak of the run. "Extra" below is that minus plain generation's, i.e. what capturing adds.
+The vltools capture also records the vision tower's CLS attention (all 24 layers).
+
+``--quick`` runs the same on the tiny checkpoint with 4 tokens: it checks the script, its
+numbers mean nothing.
+
+Lines printed last: the time question (ratio = plain time / capture time, floor 1/1.5), then
+the headline (ratio = naive extra peak / capture extra peak, floor 10).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from benchmarks._common import machine, parser, result_line, run_child, table
+
+IMAGE = "photo_coffee.jpg"  # 600 x 400: a 3 x 2 grid + thumbnail = 7 tiles at max_num=6
+QUESTION = "Describe the image in detail."
+METHODS = ("plain", "capture", "naive")
+
+_CHILD = "import sys; from benchmarks.attention import child; child(*sys.argv[1:])"
+
+
+def _memory() -> dict[str, int]:
+    """VmRSS and VmHWM of this process in MiB (Linux)."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) // 1024
+    return values
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
+def child(method: str, model: str, max_num: str, tokens: str) -> None:
+    """One measured run in this (fresh) process; prints one JSON line."""
+    import gc
+
+    import torch
+
+    import vltools
+    from vltools.attention import capture, eager_language_model
+    from vltools.data import sample
+    from vltools.prompts import chat_query
+    from vltools.testing import full_size_checkpoint
+
+    torch.manual_seed(0)
+    source = str(full_size_checkpoint()) if model == "full" else "tiny"
+    vlm = vltools.load_model(source, device="cpu", dtype="float32")
+    native = vlm.model
+    tiled = vltools.load_image(sample(IMAGE), max_num=int(max_num))
+    prompt = chat_query(
+        QUESTION,
+        num_patches_list=[tiled.num_patches],
+        system_message=vlm.system_message,
+        tokens_per_tile=vlm.tokens_per_tile,
+    )
+    enc = vlm.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
+    n_new = int(tokens)
+    kwargs: dict[str, Any] = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "pixel_values": tiled.pixel_values.to(torch.float32),
+        "max_new_tokens": n_new,
+        "min_new_tokens": n_new,  # random weights may say <|im_end|> early: force the length
+        "do_sample": False,
+        "eos_token_id": vlm.im_end_id,
+        "pad_token_id": vlm.im_end_id,
+    }
+    with torch.no_grad():  # warm-up: one tile, one token (thread pools, lazy inits)
+        native.generate(
+            input_ids=vlm.tokenizer(
+                chat_query("Hi", num_patches_list=[1]).text,
+                return_tensors="pt",
+                add_special_tokens=False,
+            )["input_ids"],
+            pixel_values=tiled.pixel_values[:1],
+            max_new_tokens=1,
+            do_sample=False,
+        )
+    gc.collect()
+    before = _memory()["VmRSS"]
+    _reset_peak()
+    start = time.perf_counter()
+    kept: Any = None
+    with torch.no_grad():
+        if method == "plain":
+            kept = native.generate(**kwargs)
+        elif method == "capture":
+            with capture(vlm, tiled) as cap:
+                native.generate(**kwargs)
+            kept = cap.maps
+        elif method == "naive":
+            with eager_language_model(vlm):
+                kept = native.generate(
+                    **kwargs, output_attentions=True, return_dict_in_generate=True
+                )
+        else:  # pragma: no cover
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    seconds = time.perf_counter() - start
+    peak = _memory()["VmHWM"]
+    info = {
+        "method": method,
+        "seconds": seconds,
+        "before_mib": before,
+        "peak_mib": peak,
+        "extra_peak_mib": peak - before,
+        "prompt_tokens": int(enc["input_ids"].shape[1]),
+        "tiles": int(tiled.num_patches),
+    }
+    if method == "capture":
+        info["kept_mib"] = (kept.rows.nbytes + kept.vision.cls.nbytes) / 2**20
+        info["shape"] = list(kept.rows.shape)
+    print(json.dumps(info))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    model, max_num, tokens = ("tiny", "6", "4") if args.quick else ("full", "6", "16")
+    print(f"machine: {machine()}")
+    print(f"model: {model} checkpoint, CPU, float32; image {IMAGE} at max_num={max_num}")
+    runs = {m: run_child(_CHILD, m, model, max_num, tokens) for m in METHODS}
+    plain = runs["plain"]
+    rows = []
+    for m in METHODS:
+        r = runs[m]
+        rows.append(
+            {
+                "method": {
+                    "plain": "generate (SDPA, no capture)",
+                    "capture": "vltools capture (24 LM + 24 ViT layers)",
+                    "naive": "generate(output_attentions=True)",
+                }[m],
+                "time s": r["seconds"],
+                "x plain": r["seconds"] / plain["seconds"],
+                "peak - before MiB": r["extra_peak_mib"],
+                "extra over plain MiB": r["extra_peak_mib"] - plain["extra_peak_mib"],
+            }
+        )
+    print(
+        f"prompt: {plain['prompt_tokens']} tokens ({plain['tiles']} tiles), {tokens} generated; "
+        f"captured rows {runs['capture'].get('shape')} + vision = "
+        f"{runs['capture'].get('kept_mib', 0):.1f} MiB kept"
+    )
+    print(table(rows, ["method", "time s", "x plain", "peak - before MiB", "extra over plain MiB"]))
+    ours_extra = max(runs["capture"]["extra_peak_mib"] - plain["extra_peak_mib"], 1)
+    naive_extra = runs["naive"]["extra_peak_mib"] - plain["extra_peak_mib"]
+    print(
+        result_line(
+            "attention capture time (plain generation / capture)",
+            baseline=plain["seconds"],
+            ours=runs["capture"]["seconds"],
+            unit="s",
+            target=round(1 / 1.5, 3),
+        )
+    )
+    print(
+        result_line(
+            "attention capture extra peak memory (output_attentions / vltools)",
+            baseline=float(naive_extra),
+            ours=float(ours_extra),
+            unit="MiB",
+            target=10.0,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,326 @@
+"""Attention maps without a model: token geometry, aggregation, sinks, errors, figures, widget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vltools.attention import (
+    AttentionMaps,
+    ImageMap,
+    ImageSlot,
+    VisionAttention,
+    pixel_map,
+    stitch_tiles,
+    token_cell,
+)
+from vltools.tiling import plan_tiles
+
+# (width, height, max_num): wide, tall, square, a single tile, a 2 x 1 with thumbnail
+GRIDS = [
+    (800, 600, 6),
+    (3200, 480, 12),
+    (850, 3300, 12),
+    (500, 500, 4),
+    (640, 427, 1),
+    (900, 450, 2),
+]
+
+
+def _cell_of_pixel(x: int, length: int, cells: int) -> int:
+    """Exact (integer) cell index of pixel ``x``'s centre when ``length`` px hold ``cells``."""
+    return min((2 * x + 1) * cells // (2 * length), cells - 1)
+
+
+def test_token_cell_follows_the_row_major_16_by_16_order_of_each_tile():
+    assert token_cell(0) == (0, 0, 0)
+    assert token_cell(15) == (0, 0, 15)
+    assert token_cell(16) == (0, 1, 0)
+    assert token_cell(255) == (0, 15, 15)
+    assert token_cell(256 + 5 * 16 + 7) == (1, 5, 7)
+    with pytest.raises(ValueError, match=">= 0"):
+        token_cell(-1)
+
+
+@pytest.mark.parametrize(("width", "height", "max_num"), GRIDS)
+def test_a_single_hot_token_lands_on_its_cell_of_the_original_image(width, height, max_num):
+    grid = plan_tiles(width, height, max_num=max_num)
+    rng = np.random.default_rng(width + height)
+    # every grid tile and the thumbnail, a random cell in each
+    for box in grid.boxes:
+        r, c = (int(v) for v in rng.integers(0, 16, size=2))
+        values = np.zeros(grid.num_image_tokens)
+        values[box.index * 256 + r * 16 + c] = 1.0
+        source = "thumbnail" if box.is_thumbnail else "tiles"
+        painted = pixel_map(values, grid, source=source)
+        assert painted.shape == (height, width)
+        # independent of the TileBoxes: the image is stretched to cols*448 x rows*448 (two
+        # different scale factors) and cut; a token is a 28 x 28 canvas block
+        cols, rows = (1, 1) if box.is_thumbnail else (grid.cols, grid.rows)
+        col0, row0 = (0, 0) if box.is_thumbnail else (box.col, box.row)
+        xs = np.array([_cell_of_pixel(x, width, 16 * cols) for x in range(width)])
+        ys = np.array([_cell_of_pixel(y, height, 16 * rows) for y in range(height)])
+        expected = (ys[:, None] == row0 * 16 + r) & (xs[None, :] == col0 * 16 + c)
+        assert expected.any()
+        np.testing.assert_array_equal(painted == 1.0, expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    width=st.integers(60, 900),
+    height=st.integers(60, 900),
+    max_num=st.integers(1, 12),
+    data=st.data(),
+)
+def test_every_token_covers_a_nonempty_block_and_the_blocks_tile_the_image(
+    width, height, max_num, data
+):
+    grid = plan_tiles(width, height, max_num=max_num)
+    n_grid = grid.cols * grid.rows
+    ids = np.arange(grid.num_image_tokens, dtype=float)
+    painted = pixel_map(ids, grid, size=(min(width, 300), min(height, 300)))
+    # each pixel shows a grid-tile token (never a thumbnail one), and with one pixel per cell or
+    # more, every grid token shows up somewhere
+    assert painted.max() < n_grid * 256
+    if width >= 16 * grid.cols and height >= 16 * grid.rows:
+        full = pixel_map(ids, grid)
+        assert len(np.unique(full)) == n_grid * 256
+    token = data.draw(st.integers(0, n_grid * 256 - 1))
+    tile, r, c = token_cell(token)
+    box = grid.boxes[tile]
+    stitched, _ = stitch_tiles(ids, grid)
+    assert stitched[box.row * 16 + r, box.col * 16 + c] == token
+
+
+def test_stitching_puts_each_tile_at_its_row_and_column_and_keeps_the_thumbnail_apart():
+    grid = plan_tiles(800, 600, max_num=6)  # 3 x 2 + thumbnail
+    assert (grid.cols, grid.rows, grid.num_tiles) == (3, 2, 7)
+    per_tile = np.stack([np.full((16, 16), float(i)) for i in range(7)])
+    stitched, thumb = stitch_tiles(per_tile, grid)
+    assert stitched.shape == (32, 48)
+    assert stitched[0, 0] == 0 and stitched[0, 47] == 2 and stitched[31, 0] == 3
+    assert stitched[31, 47] == 5
+    np.testing.assert_array_equal(thumb, np.full((16, 16), 6.0))
+    single = plan_tiles(640, 427, max_num=1)
+    stitched, thumb = stitch_tiles(np.arange(256.0), single)
+    assert stitched.shape == (16, 16) and thumb is None
+    with pytest.raises(ValueError, match="no thumbnail"):
+        pixel_map(np.arange(256.0), single, source="thumbnail")
+
+
+def test_blending_tiles_and_thumbnail_gives_a_density_over_the_image():
+    grid = plan_tiles(900, 450, max_num=2)  # 2 x 1 + thumbnail
+    rng = np.random.default_rng(0)
+    imap = ImageMap(rng.random((3, 16, 16)), grid, "Image-1")
+    for w in (0.0, 0.3, 1.0):
+        dens = imap.pixels(blend=w, size=(90, 45))
+        assert dens.shape == (45, 90)
+        assert dens.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="blend"):
+        imap.pixels(blend=1.5)
+    assert imap.thumbnail.shape == (16, 16) and imap.tiles.shape == (16, 32)
+
+
+# --- AttentionMaps on synthetic rows --------------------------------------------------------
+
+
+def synthetic_maps(
+    *, tokens: int = 5, layers=(0, 3, 7), heads: int = 4, seed: int = 0, sink: bool = False
+) -> AttentionMaps:
+    """Two images (a 2 x 1 grid with thumbnail, then one tile) inside a short text prompt."""
+    grids = [plan_tiles(900, 450, max_num=2), plan_tiles(300, 300, max_num=1)]
+    pre, mid, post = 7, 3, 6
+    slots, pos = [], pre
+    for i, g in enumerate(grids):
+        n = g.num_image_tokens
+        first = sum(x.num_tiles for x in grids[:i])
+        slots.append(ImageSlot(i, f"Image-{i + 1}", g, np.arange(pos, pos + n), first))
+        pos += n + mid
+    prompt = pos - mid + post
+    keys = prompt + tokens - 1
+    rng = np.random.default_rng(seed)
+    rows = np.zeros((tokens, len(layers), heads, keys), dtype=np.float32)
+    for t in range(tokens):
+        seen = prompt + t
+        w = rng.random((len(layers), heads, seen)) ** 4
+        if sink:
+            w[..., 0] += 50.0  # the first position: a text sink
+            w[..., slots[0].positions[37]] += 20.0  # one image token: a visual sink
+        rows[t, :, :, :seen] = w / w.sum(-1, keepdims=True)
+    words = ["The", " cat", "er", "pillar", "."][:tokens] + ["x"] * max(0, tokens - 5)
+    offsets = np.cumsum([0] + [len(w) for w in words]).tolist()
+    vision = VisionAttention(rng.random((4, 2, 3, 32, 32)).astype(np.float32), (0, 5))
+    return AttentionMaps(
+        rows=rows,
+        layers=tuple(layers),
+        token_ids=np.arange(tokens),
+        tokens=tuple(words),
+        text="".join(words),
+        offsets=tuple(offsets),
+        prompt_length=prompt,
+        images=tuple(slots),
+        vision=vision,
+    )
+
+
+def test_image_attention_matches_the_raw_rows_for_a_token_a_layer_and_a_head():
+    maps = synthetic_maps()
+    pos = maps.image_positions
+    got = maps.image_attention(tokens=2, layers=3, heads=1)
+    np.testing.assert_allclose(got, maps.rows[2, 1, 1, pos], rtol=1e-6)
+    mean = maps.image_attention(tokens=2, layers=3)
+    np.testing.assert_allclose(mean, maps.rows[2, 1, :, pos].T.mean(0), rtol=1e-6)
+    peak = maps.image_attention(tokens=2, layers=3, reduce="max")
+    assert np.all(peak >= mean - 1e-9)
+    np.testing.assert_allclose(peak, maps.rows[2, 1][:, pos].max(0), rtol=1e-6)
+
+
+def test_a_span_of_tokens_and_a_range_of_layers_average_their_maps():
+    maps = synthetic_maps()
+    span = maps.image_attention(tokens=maps.find("caterpillar"), layers=[3, 7])
+    parts = [maps.image_attention(tokens=t, layers=ly) for t in (1, 2, 3) for ly in (3, 7)]
+    np.testing.assert_allclose(span, np.mean(parts, axis=0), rtol=1e-5)
+    assert maps.find("caterpillar") == range(1, 4)
+    assert maps.find("pill") == range(3, 4)
+
+
+def test_image_share_is_the_mass_on_image_tokens_and_lies_in_zero_one():
+    maps = synthetic_maps()
+    share = maps.image_share()
+    assert share.shape == (maps.num_tokens, 3)
+    assert np.all((share >= 0) & (share <= 1 + 1e-6))
+    manual = maps.rows[..., maps.image_positions].sum(-1).mean(-1)
+    np.testing.assert_allclose(share, manual, rtol=1e-6)
+    # the whole image map of a token/layer sums to its share
+    total = maps.image_attention(tokens=0, layers=0).sum()
+    assert total == pytest.approx(float(share[0, 0]), rel=1e-5)
+
+
+def test_maps_give_one_map_per_image_with_its_own_tokens():
+    maps = synthetic_maps()
+    first, second = maps.maps(tokens=1, layers=0, heads=2)
+    assert (first.label, second.label) == ("Image-1", "Image-2")
+    assert first.per_tile.shape == (3, 16, 16) and second.per_tile.shape == (1, 16, 16)
+    s = maps.images[1]
+    np.testing.assert_allclose(
+        second.per_tile.reshape(-1), maps.rows[1, 0, 2, s.positions], rtol=1e-6
+    )
+    assert maps.map("Image-2", tokens=1, layers=0, heads=2).label == "Image-2"
+
+
+def test_removing_sinks_renormalises_every_row_over_the_other_positions():
+    maps = synthetic_maps(sink=True)
+    found = maps.sinks()
+    assert 0 in found and int(maps.images[0].positions[37]) in found
+    rows = maps.select(sinks=True)
+    assert np.all(rows[..., list(found)] == 0)
+    np.testing.assert_allclose(rows.sum(-1), 1.0, rtol=1e-5)
+    # explicit positions, checked by hand on one row
+    raw = maps.rows[0, 0, 0]
+    kept = raw.copy()
+    kept[[0, 5]] = 0
+    np.testing.assert_allclose(maps.select(sinks=[0, 5])[0, 0, 0], kept / kept.sum(), rtol=1e-5)
+    # without the text sink the image gets a bigger share
+    assert np.all(maps.image_share(sinks=[0]) > maps.image_share())
+    assert synthetic_maps(sink=False).sinks() == ()
+
+
+def test_the_vision_map_averages_cls_attention_over_the_images_tiles():
+    maps = synthetic_maps()
+    vm = maps.vision_map(1, layers=5, heads=[0, 2])
+    expected = maps.vision.cls[3:4, 1][:, [0, 2]].mean(axis=1)
+    np.testing.assert_allclose(vm.per_tile, expected, rtol=1e-6)
+    assert vm.side == 32 and vm.tiles.shape == (32, 32)
+    with pytest.raises(ValueError, match=r"captured vision layers: \[0, 5\]"):
+        maps.vision_map(0, layers=3)
+
+
+def test_bad_selections_raise_errors_that_list_what_exists():
+    maps = synthetic_maps()
+    with pytest.raises(ValueError, match=r"5 generated tokens \(0\.\.4\).*'The'"):
+        maps.image_attention(tokens=9)
+    with pytest.raises(ValueError, match=r"captured layers: \[0, 3, 7\]"):
+        maps.map(0, layers=5)
+    with pytest.raises(ValueError, match=r"4 heads per layer \(0\.\.3\)"):
+        maps.map(0, heads=4)
+    with pytest.raises(ValueError, match=r"No image 2 .*'Image-1'.*'Image-2'"):
+        maps.map(2)
+    with pytest.raises(ValueError, match="not in the generated text"):
+        maps.find("dog")
+    with pytest.raises(ValueError, match="reduce"):
+        maps.image_attention(reduce="median")
+    with pytest.raises(ValueError, match="Sink positions"):
+        maps.select(sinks=[10**6])
+
+
+# --- figures and the widget -----------------------------------------------------------------
+
+
+def test_overlay_draws_the_original_image_with_one_rectangle_per_grid_tile():
+    from PIL import Image
+
+    from vltools import viz
+
+    maps = synthetic_maps()
+    slot = maps.images[0]
+    picture = Image.new("RGB", (900, 450), "white")
+    with_image = AttentionMaps(
+        **{**maps.__dict__, "images": (ImageSlot(**{**slot.__dict__, "image": picture}),)}
+    )
+    fig = viz.overlay(with_image, tokens=0, layers=[0, 3])
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2  # the 2 x 1 grid, no rectangle for the thumbnail
+    assert len(ax.images) == 2  # the photo and the heatmap
+    assert "not an explanation" in ax.get_title()
+    thumb = viz.overlay(with_image.map(0), source="thumbnail")
+    assert len(thumb.axes[0].patches) == 0
+    with pytest.raises(TypeError, match="only apply to an AttentionMaps"):
+        viz.overlay(with_image.map(0), tokens=1)
+
+
+def test_tile_maps_shows_every_tile_and_the_thumbnail():
+    from vltools import viz
+
+    maps = synthetic_maps()
+    fig = viz.tile_maps(maps, layers=7)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "thumbnail" in titles and "tile 0 (r0 c0)" in titles and "tile 1 (r0 c1)" in titles
+    share = viz.image_share(maps, highlight=range(1, 3))
+    assert len(share.axes) == 1
+
+
+@pytest.mark.slow
+def test_attention_explorer_state_drives_the_view_and_shows_bad_choices():
+    from vltools.widgets import AttentionExplorer
+
+    maps = synthetic_maps()
+    w = AttentionExplorer(maps)
+    assert w.error == "" and w.current.label == "Image-1"
+    np.testing.assert_allclose(w.current.per_tile, maps.map(0, tokens=0).per_tile, rtol=1e-6)
+    w.token, w.span = 1, 3
+    w.head = "2"
+    w.layers = (3, 7)
+    expected = maps.map(0, tokens=range(1, 4), layers=[3, 7], heads=2)
+    np.testing.assert_allclose(w.current.per_tile, expected.per_tile, rtol=1e-6)
+    assert w._token_slider.value == 1 and w._span_slider.value == 3
+    w.head = "max"
+    np.testing.assert_allclose(
+        w.current.per_tile, maps.map(0, tokens=range(1, 4), layers=[3, 7], reduce="max").per_tile
+    )
+    good = w.current
+    w.layers = (1, 2)  # no captured layer there
+    assert "captured layers" in w.error and w.current is good
+    w.layers = (0, 7)
+    w.image = 1
+    assert w.error == "" and w.current.label == "Image-2"
+    w.source = "thumbnail"  # a single tile has none
+    assert "no thumbnail" in w.error
+    w.image, w.source = 0, "blend"
+    assert w.error == ""
+    w.sinks = True
+    assert w.error == ""
+    assert len(w.figure().axes) >= 3
+    bundle = w._repr_mimebundle_()
+    assert "image/png" in bundle

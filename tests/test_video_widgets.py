@@ -1,0 +1,99 @@
+"""show_frames and FrameStrip: the frame strip figure and the live widget, without a browser."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from vltools.video import load_video, sample_frame_indices
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
+pytestmark = pytest.mark.skipif(
+    "vltools.tiling" not in sys.modules
+    and not (SAMPLE.parent.parent / "vltools" / "tiling.py").exists(),
+    reason="vltools.tiling not written yet",
+)
+
+
+@pytest.fixture(scope="module")
+def strip():
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import FrameStrip
+
+    return FrameStrip(SAMPLE, num_segments=4)
+
+
+def test_show_frames_draws_the_timeline_and_one_thumbnail_per_frame():
+    from vltools.viz import show_frames
+
+    clip = load_video(SAMPLE, num_segments=6, bound=(1.0, 3.0))  # 6 tiles
+    fig = show_frames(clip)
+    timeline, *thumbs = fig.axes[:7]
+    assert len(thumbs) == 6
+    titles = [ax.get_title() for ax in thumbs]
+    assert titles[0].startswith(f"Frame1: #{clip.frame_indices[0]}")
+    assert f"{clip.timestamps[-1]:.2f} s" in titles[-1]
+    markers = timeline.collections[-1].get_offsets()[:, 0]  # the sampled frames on the timeline
+    assert markers.tolist() == clip.frame_indices.tolist()
+    assert "1,536 image tokens" in fig._suptitle.get_text()
+
+
+def test_show_frames_wraps_many_frames_into_rows():
+    from vltools.viz import show_frames
+
+    fig = show_frames(load_video(SAMPLE, num_segments=10), columns=4)
+    image_axes = [ax for ax in fig.axes if ax.images]
+    assert len(image_axes) == 10
+    fig.canvas.draw()  # lay out
+    assert len({round(ax.get_position().y0, 3) for ax in image_axes}) == 3  # 4 + 4 + 2
+
+
+def test_the_strip_starts_on_the_whole_video(strip):
+    assert strip.clip.num_segments == 4
+    assert strip.clip.bound is None
+    assert strip.bound == (0.0, 4.0)
+    assert "1,024 image tokens" in strip.cost and "8,192" in strip.cost
+    assert strip._picture.value[:4] == b"\x89PNG"
+
+
+def test_changing_num_segments_resamples_live(strip):
+    strip.num_segments = 3
+    expected = sample_frame_indices(96, 24.0, num_segments=3)
+    assert strip.clip.frame_indices.tolist() == expected.tolist()
+    assert "768 image tokens" in strip.cost
+    strip._segments_slider.value = 5  # the slider drives the trait
+    assert strip.num_segments == 5 and strip.clip.num_segments == 5
+    strip.num_segments = 4
+
+
+def test_a_bound_resamples_inside_it_and_an_impossible_one_shows_an_error(strip):
+    strip.bound = (1.0, 2.0)
+    assert strip.clip.bound == (1.0, 2.0)
+    expected = sample_frame_indices(96, 24.0, num_segments=4, bound=(1.0, 2.0))
+    assert strip.clip.frame_indices.tolist() == expected.tolist()
+    assert strip.error == ""
+    before = strip.clip
+    strip.bound = (2.0, 2.0)
+    assert "starts at or after its end" in strip.error
+    assert strip.clip is before  # the last good choice stays
+    assert "ValueError" in strip._output.outputs[0]["text"]
+    strip.bound = (0.0, 4.0)
+    assert strip.error == "" and strip.clip.bound is None
+
+
+@pytest.mark.slow
+def test_max_num_changes_the_token_cost(strip):
+    with strip.hold_trait_notifications():
+        strip.num_segments, strip.max_num = 5, 6
+    assert strip.clip.num_patches_list == (7,) * 5
+    assert "8,960 image tokens" in strip.cost and "exceeds" in strip._cost_label.value
+    strip.max_num = 1
+    assert "exceeds" not in strip._cost_label.value
+    strip.num_segments = 4
+
+
+def test_the_strip_offers_a_static_picture(strip):
+    bundle = strip._repr_mimebundle_()
+    assert bundle["image/png"][:4] == b"\x89PNG"

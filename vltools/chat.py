@@ -1,0 +1,1197 @@
+"""Chatting with InternVL2: the model card's ``chat()``/``batch_chat()`` and a notebook session.
+
+Follows the model card's quick start (``../shared/seed/InternVL2-1B_model_card.md``) and
+section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``):
+
+- :func:`model_chat` and :func:`model_batch_chat` are ``VLModel.chat``/``VLModel.batch_chat``:
+  the card's calls with the tokenizer inside the model. The prompt is built by
+  :mod:`vltools.prompts` byte for byte as the original builds it; generation stops on
+  ``<|im_end|>`` and only the new text is returned (decoded, cut at ``<|im_end|>``, stripped).
+  ``batch_chat`` goes beyond the card: a sample may hold several images or none, the model's
+  system message is used (the original drops it), and the tokenizer is left as it was.
+- :class:`Chat` is a notebook session. It keeps each image's projected vision features and the
+  key/value cache of the conversation so far. Every turn re-renders the whole conversation as
+  text and tokenizes it afresh (the card's semantics); the cache is reused for the longest
+  common prefix of tokens (image tokens compared by which image they hold) and the rest is
+  cropped, so a follow-up only processes its new tokens. Greedy answers are the same with and
+  without the cache.
+- Stopping: :meth:`Chat.stop` (or ``break`` out of :meth:`Chat.stream`) ends generation after
+  the current token; the partial answer is KEPT in the history and marked
+  ``finish_reason="stopped"``. A KeyboardInterrupt ends it the same way, keeps the partial answer
+  marked ``"interrupted"``, and is then re-raised. No thread outlives a call.
+- Budget: before any compute the prompt is tokenized and counted; if it plus ``max_new_tokens``
+  exceeds the context (8,192), :class:`ContextBudgetError` says what each image and frame costs
+  and what to lower.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import difflib
+import html
+import io
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vltools._optional import require
+from vltools.constants import CONTEXT_LENGTH, IM_END, IMAGE_PLACEHOLDER
+from vltools.prompts import (
+    Prompt,
+    chat_query,
+    check_history,
+    expand_images,
+    label_images,
+    prompt_html,
+    render_template,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from vltools.models import VLModel
+
+__all__ = [
+    "model_chat",
+    "model_batch_chat",
+    "batch_prompts",
+    "Chat",
+    "Reply",
+    "Turn",
+    "Budget",
+    "ContextBudgetError",
+]
+
+logger = logging.getLogger(__name__)
+
+# The card's generation defaults (quick start): greedy, one beam, up to 1024 new tokens.
+DEFAULT_GENERATION: dict[str, Any] = {"num_beams": 1, "max_new_tokens": 1024, "do_sample": False}
+# generate() keyword arguments that are not GenerationConfig fields
+_GENERATE_KWARGS = ("streamer", "stopping_criteria", "logits_processor")
+_uids = itertools.count(1)
+
+
+def _torch():
+    return require("torch", purpose="Chatting with the model")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_question(question: Any, *, name: str = "question") -> str:
+    if not isinstance(question, str):
+        raise TypeError(f"{name} must be a str, got {type(question).__name__}: {question!r}.")
+    if not question.strip():
+        raise ValueError(
+            f"{name} is empty ({question!r}); expected some text to ask. "
+            "Images alone still need a question such as 'Describe the image.'"
+        )
+    return question
+
+
+def _check_pixel_values(vlm: VLModel, pixel_values: Any) -> torch.Tensor | None:
+    """Validate ``[tiles, 3, S, S]`` floating pixels and move them to the model."""
+    if pixel_values is None:
+        return None
+    torch = _torch()
+    if not isinstance(pixel_values, torch.Tensor):
+        tiled = getattr(pixel_values, "pixel_values", None)  # a TiledImage or VideoClip
+        if isinstance(tiled, torch.Tensor):
+            pixel_values = tiled
+        else:
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor [tiles, 3, {vlm.tile_size}, "
+                f"{vlm.tile_size}], got {type(pixel_values).__name__}. Use "
+                "vltools.load_image(path).pixel_values."
+            )
+    size = vlm.tile_size
+    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+        raise ValueError(
+            f"pixel_values has shape {tuple(pixel_values.shape)}; expected [tiles, 3, {size}, "
+            f"{size}] (ImageNet-normalised tiles, as vltools.load_image(...).pixel_values)."
+        )
+    if pixel_values.shape[0] == 0:
+        raise ValueError("pixel_values has 0 tiles; pass None for a text-only question.")
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values has dtype {pixel_values.dtype}; expected a floating dtype "
+            "(float32, bfloat16 or float16) of normalised pixels, not raw uint8 values. Use "
+            "vltools.load_image(...).pixel_values."
+        )
+    return pixel_values.to(device=vlm.device, dtype=vlm.dtype)
+
+
+def _check_patches(num_patches_list: Any, total: int) -> list[int]:
+    try:
+        patches = [int(n) for n in num_patches_list]
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"num_patches_list must be a list of ints (tiles per image), got {num_patches_list!r}."
+        ) from e
+    if any(n < 1 for n in patches) or sum(patches) != total:
+        raise ValueError(
+            f"num_patches_list={patches} sums to {sum(patches)} but pixel_values has {total} "
+            "tiles; expected positive tile counts, one per image, summing to "
+            "pixel_values.shape[0]."
+        )
+    return patches
+
+
+def make_generation_config(vlm: VLModel, options: Mapping[str, Any] | None) -> tuple[Any, dict]:
+    """The ``GenerationConfig`` for ``options`` (a dict of generate kwargs, as in the card).
+
+    Returns ``(config, extra)`` where ``extra`` holds the non-config generate kwargs
+    (``streamer``, ``stopping_criteria``, ``logits_processor``). Always stops on ``<|im_end|>``.
+    Unknown or invalid options raise ValueError naming them.
+    """
+    transformers = require("transformers", purpose="Generation")
+    options = dict(DEFAULT_GENERATION if options is None else options)
+    if not isinstance(options, dict):
+        raise TypeError(f"generation_config must be a dict of generate options, got {options!r}.")
+    extra = {k: options.pop(k) for k in _GENERATE_KWARGS if k in options}
+    known = transformers.GenerationConfig()
+    unknown = [k for k in options if not hasattr(known, k)]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, list(known.to_dict()), n=2) for k in unknown}
+        raise ValueError(
+            f"Unknown generation option(s) {unknown} (close matches: {hints}); expected fields of "
+            "transformers.GenerationConfig such as max_new_tokens, do_sample, temperature, top_p, "
+            "top_k, num_beams, repetition_penalty, min_new_tokens."
+        )
+    base = getattr(vlm.model, "generation_config", None)
+    config = copy.deepcopy(base) if base is not None else transformers.GenerationConfig()
+    try:
+        for key, value in options.items():
+            setattr(config, key, value)
+        config.eos_token_id = vlm.im_end_id
+        pad = vlm.tokenizer.pad_token_id
+        config.pad_token_id = vlm.im_end_id if pad is None else pad
+        config.validate(strict=True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"transformers rejected the generation options {options}: {e}. Fix or drop the "
+            "option named there (for example temperature/top_p need do_sample=True)."
+        ) from e
+    if config.max_new_tokens is None:
+        config.max_new_tokens = DEFAULT_GENERATION["max_new_tokens"]
+    return config, extra
+
+
+# ----------------------------------------------------------------------------- model plumbing
+
+
+def image_features(vlm: VLModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected vision features ``[tiles, 256, hidden]`` of ``[tiles, 3, S, S]`` pixels."""
+    torch = _torch()
+    with torch.no_grad():
+        if hasattr(vlm, "image_features"):
+            return vlm.image_features(pixel_values)
+        out = vlm.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        return out.pooler_output
+
+
+def embed(vlm: VLModel, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+    """``inputs_embeds [B, L, hidden]``: token embeddings with ``features`` scattered, in
+    batch-then-sequence order, into the ``<IMG_CONTEXT>`` positions (as the original)."""
+    torch = _torch()
+    with torch.no_grad():
+        embeds = vlm.model.get_input_embeddings()(input_ids)  # [B, L, hidden]
+        mask = input_ids == vlm.image_token_id  # [B, L]
+        n_tokens = int(mask.sum())
+        n_features = 0 if features is None else features.shape[0] * features.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(
+                f"The prompt holds {n_tokens} <IMG_CONTEXT> tokens but the images give "
+                f"{n_features} feature vectors; expected one per token "
+                f"({vlm.tokens_per_tile} per tile). Check num_patches_list against the '<image>' "
+                "placeholders."
+            )
+        if n_tokens:
+            flat = features.reshape(-1, features.shape[-1]).to(embeds.dtype)  # [tokens, hidden]
+            embeds = embeds.masked_scatter(mask.unsqueeze(-1), flat)
+    return embeds
+
+
+def _tokenize(vlm: VLModel, text: str) -> torch.Tensor:
+    ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    return ids.to(vlm.device)  # [1, L]
+
+
+def decode_answer(vlm: VLModel, ids: Sequence[int]) -> str:
+    """The card's answer: decode without special tokens, cut at ``<|im_end|>``, strip."""
+    text = vlm.tokenizer.decode(list(ids), skip_special_tokens=True)
+    return text.split(IM_END)[0].strip()
+
+
+def _answer_ids(ids: Sequence[int], eos: int) -> list[int]:
+    out = []
+    for t in ids:
+        out.append(int(t))
+        if int(t) == eos:
+            break
+    return out
+
+
+class _Streamer:
+    """A generate() streamer: collects new ids, times the first, and passes text on."""
+
+    def __init__(self, vlm: VLModel, on_text=None, *, skip_first: bool = True):
+        self.vlm, self.on_text, self.skip_first = vlm, on_text, skip_first
+        self.ids: list[int] = []
+        self.first_time: float | None = None
+        self.emitted = ""
+
+    def put(self, value) -> None:
+        if self.skip_first:  # generate() first puts the prompt
+            self.skip_first = False
+            return
+        ids = [int(t) for t in value.reshape(-1).tolist()]
+        if not ids:
+            return
+        if self.first_time is None:
+            self.first_time = time.perf_counter()
+        self.ids += ids
+        if self.on_text is not None:
+            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more
+                return
+            piece, self.emitted = text[len(self.emitted) :], text
+            if piece:
+                self.on_text(piece)
+
+    def end(self) -> None:
+        if self.on_text is not None and self.ids:  # flush what was held back
+            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
+            piece, self.emitted = text[len(self.emitted) :], text
+            if piece:
+                self.on_text(piece)
+
+
+class _StopWhenSet:
+    """A stopping criterion that ends generation once ``event`` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        torch = _torch()
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+def _generate(
+    vlm: VLModel,
+    input_ids: torch.Tensor,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: Any,
+    extra: dict,
+    *,
+    cache: Any = None,
+    streamer: Any = None,
+    stop_event: threading.Event | None = None,
+) -> torch.Tensor:
+    """Run native generate from ``inputs_embeds``; returns the new ids ``[B, new]``."""
+    torch = _torch()
+    transformers = require("transformers", purpose="Generation")
+    kwargs = dict(extra)
+    criteria = transformers.StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+    if stop_event is not None:
+        criteria.append(_StopWhenSet(stop_event))
+    user_streamer = kwargs.pop("streamer", None)
+    if streamer is not None and user_streamer is not None:
+        streamer = _Tee(streamer, user_streamer)
+    else:
+        streamer = streamer or user_streamer
+    with torch.no_grad():
+        try:
+            out = vlm.model.generate(
+                input_ids=input_ids,
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                generation_config=config,
+                stopping_criteria=criteria,
+                streamer=streamer,
+                cache=cache,
+                **kwargs,
+            )
+        except (ValueError, TypeError) as e:
+            if "generat" in str(e).lower() or "logits" in str(e).lower():
+                raise ValueError(f"transformers rejected the generation options: {e}") from e
+            raise
+    return out[:, input_ids.shape[1] :]  # [B, new]
+
+
+class _Tee:
+    def __init__(self, *streamers):
+        self.streamers = streamers
+
+    def put(self, value):
+        for s in self.streamers:
+            s.put(value)
+
+    def end(self):
+        for s in self.streamers:
+            s.end()
+
+
+# ----------------------------------------------------------------------------- the card's calls
+
+
+def model_chat(
+    vlm: VLModel,
+    pixel_values: Any,
+    question: str,
+    generation_config: Mapping[str, Any] | None = None,
+    history: Sequence[tuple[str, str]] | None = None,
+    return_history: bool = False,
+    num_patches_list: Sequence[int] | None = None,
+) -> str | tuple[str, list[tuple[str, str]]]:
+    """``VLModel.chat``: the card's ``model.chat(tokenizer, ...)`` without the tokenizer.
+
+    ``pixel_values`` ``[tiles, 3, 448, 448]`` or None; ``num_patches_list`` splits the tiles into
+    images (default: all tiles one image). Everything is recomputed on every call, as in the
+    card; :class:`Chat` is the cached session. Returns the answer, or ``(answer, history)``.
+    """
+    torch = _torch()
+    _check_question(question)
+    history = check_history(history) if history is not None else None
+    pixels = _check_pixel_values(vlm, pixel_values)
+    if pixels is None:
+        if num_patches_list:
+            raise ValueError(
+                f"num_patches_list={list(num_patches_list)} was given without pixel_values; "
+                "pass the images' pixel_values too."
+            )
+        patches: list[int] = []
+    elif num_patches_list is None:
+        patches = [int(pixels.shape[0])]
+    else:
+        patches = _check_patches(num_patches_list, int(pixels.shape[0]))
+    prompt = chat_query(
+        question,
+        history=history,
+        num_patches_list=patches,
+        system_message=vlm.system_message,
+        tokens_per_tile=vlm.tokens_per_tile,
+    )
+    config, extra = make_generation_config(vlm, generation_config)
+    input_ids = _tokenize(vlm, prompt.text)
+    _check_context(vlm, input_ids.shape[1], config.max_new_tokens, prompt.num_patches_list)
+    features = image_features(vlm, pixels) if pixels is not None else None
+    embeds = embed(vlm, input_ids, features)
+    new = _generate(vlm, input_ids, embeds, torch.ones_like(input_ids), config, extra)
+    answer = decode_answer(vlm, _answer_ids(new[0].tolist(), vlm.im_end_id))
+    if not return_history:
+        return answer
+    stored_q = question
+    if history is None and patches and IMAGE_PLACEHOLDER not in question:
+        stored_q = f"{IMAGE_PLACEHOLDER}\n{question}"  # the card stores the prepended form
+    return answer, [*(history or []), (stored_q, answer)]
+
+
+def _batch_patches(num_patches_list: Any, n_questions: int, total: int) -> list[list[int]]:
+    if num_patches_list is None:
+        if total == 0:
+            return [[] for _ in range(n_questions)]
+        if n_questions == 1:
+            return [[total]]
+        raise ValueError(
+            f"{n_questions} questions and {total} tiles but no num_patches_list; expected "
+            "num_patches_list with one entry per question (tiles of its image, a list of tile "
+            "counts for several images, or 0 for none)."
+        )
+    if isinstance(num_patches_list, (str, bytes)) or not isinstance(num_patches_list, Sequence):
+        raise TypeError(f"num_patches_list must be a list, got {num_patches_list!r}.")
+    if len(num_patches_list) != n_questions:
+        raise ValueError(
+            f"num_patches_list has {len(num_patches_list)} entries for {n_questions} questions; "
+            "expected one entry per question."
+        )
+    per_sample = []
+    for entry in num_patches_list:
+        items = list(entry) if isinstance(entry, (list, tuple)) else [entry]
+        per_sample.append([int(n) for n in items if int(n) != 0])
+    flat = [n for s in per_sample for n in s]
+    if any(n < 0 for n in flat) or sum(flat) != total:
+        raise ValueError(
+            f"num_patches_list={list(num_patches_list)} sums to {sum(flat)} but pixel_values has "
+            f"{total} tiles; expected the entries to sum to pixel_values.shape[0]."
+        )
+    return per_sample
+
+
+def batch_prompts(
+    vlm: VLModel, questions: Sequence[str], num_patches: Sequence[Sequence[int]]
+) -> list[Prompt]:
+    """The prompt of each batch sample: its images labelled as the card does, the model's
+    system message, a fresh single-turn template."""
+    prompts = []
+    for q, patches in zip(questions, num_patches, strict=True):
+        user = label_images(q, len(patches))
+        text = render_template(
+            [("user", user), ("assistant", None)], system_message=vlm.system_message
+        )
+        text = expand_images(text, patches, tokens_per_tile=vlm.tokens_per_tile)
+        prompts.append(Prompt(text, tuple(patches), vlm.tokens_per_tile))
+    return prompts
+
+
+def model_batch_chat(
+    vlm: VLModel,
+    pixel_values: Any,
+    questions: Sequence[str],
+    generation_config: Mapping[str, Any] | None = None,
+    num_patches_list: Sequence[Any] | None = None,
+) -> list[str]:
+    """``VLModel.batch_chat``: several independent questions generated as one left-padded batch.
+
+    ``num_patches_list[i]`` is the tile count of sample i's image (the card), or a list of tile
+    counts for several images (labelled ``Image-1:`` … unless the question places ``<image>``),
+    or 0/``[]`` for none. The model's system message is used; the tokenizer is not changed.
+    """
+    _torch()
+    if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+        raise TypeError(f"questions must be a non-empty list of str, got {questions!r}.")
+    for i, q in enumerate(questions):
+        _check_question(q, name=f"questions[{i}]")
+    pixels = _check_pixel_values(vlm, pixel_values)
+    total = 0 if pixels is None else int(pixels.shape[0])
+    per_sample = _batch_patches(num_patches_list, len(questions), total)
+    prompts = [p.text for p in batch_prompts(vlm, questions, per_sample)]
+    config, extra = make_generation_config(vlm, generation_config)
+    enc = vlm.tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
+    input_ids = enc["input_ids"].to(vlm.device)  # [B, L]
+    mask = enc["attention_mask"].to(vlm.device)  # [B, L]
+    for i, patches in enumerate(per_sample):
+        _check_context(vlm, int(mask[i].sum()), config.max_new_tokens, patches)
+    features = image_features(vlm, pixels) if pixels is not None else None
+    embeds = embed(vlm, input_ids, features)
+    new = _generate(vlm, input_ids, embeds, mask, config, extra)
+    return [decode_answer(vlm, _answer_ids(row.tolist(), vlm.im_end_id)) for row in new]
+
+
+# ----------------------------------------------------------------------------- budget
+
+
+class ContextBudgetError(ValueError):
+    """The prompt plus ``max_new_tokens`` does not fit the model's context; see ``.budget``."""
+
+    def __init__(self, message: str, budget: Budget | None = None):
+        super().__init__(message)
+        self.budget = budget
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Token usage of a prompt against the context.
+
+    Attributes:
+        rows: ``(what, tiles, tokens)`` per image or frame, then the text and the answer.
+        prompt_tokens: tokens of the prompt (images and text).
+        max_new_tokens: tokens reserved for the answer.
+        context_length: the model's context (8,192 for InternVL2).
+    """
+
+    rows: tuple[tuple[str, int, int], ...]
+    prompt_tokens: int
+    max_new_tokens: int
+    context_length: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.context_length
+
+    def __str__(self) -> str:
+        lines = [
+            f"{what:<40} {f'{tiles} tiles' if tiles else '':>11} {tokens:>6} tokens"
+            for what, tiles, tokens in self.rows
+        ]
+        lines.append(
+            f"{'total (prompt + max_new_tokens)':<40} {'':>11} {self.total:>6} tokens of "
+            f"{self.context_length}" + ("" if self.fits else "  -> TOO LONG")
+        )
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(w)}</td><td>{t or ''}</td><td>{n}</td></tr>"
+            for w, t, n in self.rows
+        )
+        colour = "#16a34a" if self.fits else "#dc2626"
+        pct = 100 * self.total / self.context_length
+        return (
+            "<table><tr><th>what</th><th>tiles</th><th>tokens</th></tr>"
+            f"{rows}<tr><td><b>total</b></td><td></td><td style='color:{colour}'><b>{self.total}"
+            f" / {self.context_length}</b> ({pct:.0f}%)</td></tr></table>"
+        )
+
+
+def _budget(
+    prompt_tokens: int,
+    max_new_tokens: int,
+    context: int,
+    visuals: Sequence[tuple[str, int]],
+    tokens_per_tile: int,
+) -> Budget:
+    rows = [(label, tiles, tiles * tokens_per_tile) for label, tiles in visuals]
+    image_tokens = sum(r[2] for r in rows)
+    rows.append(("text (template, history, question)", 0, prompt_tokens - image_tokens))
+    rows.append(("answer (max_new_tokens)", 0, max_new_tokens))
+    return Budget(tuple(rows), prompt_tokens, max_new_tokens, context)
+
+
+def _raise_if_over(budget: Budget, *, has_frames: bool = False) -> None:
+    if budget.fits:
+        return
+    over = budget.total - budget.context_length
+    hints = ["lower max_num (fewer tiles per image)"]
+    if has_frames:
+        hints.append("sample fewer frames (num_segments)")
+    hints += ["lower max_new_tokens", "start a new conversation (reset/undo)"]
+    raise ContextBudgetError(
+        f"The prompt needs {budget.prompt_tokens} tokens and max_new_tokens={budget.max_new_tokens}"
+        f": {budget.total} tokens, {over} over the model's context of {budget.context_length}.\n"
+        f"{budget}\nTo fit, " + ", or ".join(hints) + ".",
+        budget,
+    )
+
+
+def _context_length(vlm: VLModel) -> int:
+    return int(getattr(vlm, "context_length", CONTEXT_LENGTH) or CONTEXT_LENGTH)
+
+
+def _check_context(vlm: VLModel, prompt_tokens: int, max_new: int, patches: Sequence[int]) -> None:
+    visuals = [(f"image {i + 1}", n) for i, n in enumerate(patches)]
+    budget = _budget(prompt_tokens, max_new, _context_length(vlm), visuals, vlm.tokens_per_tile)
+    _raise_if_over(budget)
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer of a :class:`Chat`.
+
+    Attributes:
+        text: the answer (decoded, cut at ``<|im_end|>``, stripped).
+        prompt: the exact :class:`~vltools.prompts.Prompt` the model saw.
+        prompt_tokens: tokens of the prompt; ``cached_tokens`` of them came from the cache.
+        new_tokens: generated tokens (including the final ``<|im_end|>`` when there is one).
+        ttft_s: seconds from the call to the first new token (vision, prefill, first step).
+        total_s: seconds of the whole call.
+        tokens_per_s: decoding speed, new tokens after the first per second after the first.
+        finish_reason: ``"stop"`` (``<|im_end|>``), ``"length"`` (max_new_tokens),
+            ``"stopped"`` (:meth:`Chat.stop`) or ``"interrupted"`` (KeyboardInterrupt).
+    """
+
+    text: str
+    prompt: Prompt
+    prompt_tokens: int
+    cached_tokens: int
+    new_tokens: int
+    ttft_s: float
+    total_s: float
+    tokens_per_s: float
+    finish_reason: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Reply({self.text!r}, {self._stats()})"
+
+    def _stats(self) -> str:
+        return (
+            f"{self.prompt_tokens} prompt tokens ({self.cached_tokens} cached), "
+            f"{self.new_tokens} new, first token {self.ttft_s:.2f} s, "
+            f"{self.tokens_per_s:.1f} tok/s, {self.finish_reason}"
+        )
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<div style='white-space:pre-wrap'>{html.escape(self.text)}</div>"
+            f"<div style='color:#888;font-size:11px'>{html.escape(self._stats())}</div>"
+        )
+
+
+@dataclass(eq=False)
+class _Visual:
+    """One image block of the conversation (an image or a video frame) and its features."""
+
+    label: str
+    pixel_values: Any  # [tiles, 3, S, S]
+    thumbnail: Any = None  # PIL image or None
+    uid: int = field(default_factory=lambda: next(_uids))
+    features: Any = None  # [tiles, 256, hidden], computed once
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.pixel_values.shape[0])
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange of a :class:`Chat`.
+
+    Attributes:
+        question: the text as asked.
+        user_text: the user message as rendered, with its ``<image>`` placeholders.
+        answer: the stored answer (partial when ``finish_reason`` is stopped/interrupted).
+        visuals: the images or frames added in this turn.
+        reply: the :class:`Reply` with timings and the exact prompt.
+    """
+
+    question: str
+    user_text: str
+    answer: str
+    visuals: tuple[_Visual, ...]
+    reply: Reply
+
+    @property
+    def finish_reason(self) -> str:
+        return self.reply.finish_reason
+
+    @property
+    def partial(self) -> bool:
+        return self.reply.finish_reason in ("stopped", "interrupted")
+
+
+@dataclass
+class _Prepared:
+    question: str
+    user_text: str
+    visuals: list[_Visual]
+    prompt: Prompt
+    input_ids: Any
+    config: Any
+    extra: dict
+
+
+class Chat:
+    """A notebook chat session with InternVL2 that reuses vision features and the KV cache.
+
+    ``Chat(model, system_message=None, max_num=None, **generation)``: ``max_num`` tiles per image
+    (default the model's 12); ``generation`` are generate options (default the card's greedy
+    ``max_new_tokens=1024``). ``cache=False`` recomputes the whole conversation every turn.
+
+    >>> chat = Chat(model, max_num=6, max_new_tokens=64)
+    >>> chat.ask("Describe the image.", images=["photo.jpg"])
+    >>> chat.ask("And the colours?")          # only the new tokens are processed
+    """
+
+    def __init__(
+        self,
+        model: VLModel,
+        *,
+        system_message: str | None = None,
+        max_num: int | None = None,
+        cache: bool = True,
+        **generation: Any,
+    ):
+        self.model = model
+        self.system_message = model.system_message if system_message is None else system_message
+        self.max_num = int(model.max_num if max_num is None else max_num)
+        if self.max_num < 1:
+            raise ValueError(f"max_num={max_num}; expected a positive number of tiles.")
+        self.generation = {**DEFAULT_GENERATION, **generation}
+        make_generation_config(
+            model, self.generation
+        )  # refuse bad options now, not at the first ask
+        self.use_cache = cache
+        self._turns: list[Turn] = []
+        self._kv = None  # DynamicCache of the conversation so far
+        self._kv_keys: list[int] = []  # per cached position: token id, or -uid for image tokens
+        self._stop: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def history(self) -> tuple[Turn, ...]:
+        """The turns so far (question, answer, images, reply)."""
+        return tuple(self._turns)
+
+    @property
+    def last(self) -> Reply | None:
+        """The last reply, or None."""
+        return self._turns[-1].reply if self._turns else None
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of the conversation held in the key/value cache."""
+        return len(self._kv_keys)
+
+    def as_card_history(self) -> list[tuple[str, str]]:
+        """The history in the card's form, ``[(question with <image>, answer), ...]``."""
+        return [(t.user_text, t.answer) for t in self._turns]
+
+    def undo(self) -> Turn | None:
+        """Remove the last turn (and its images); the cache is cut back to before it."""
+        if not self._turns:
+            return None
+        turn = self._turns.pop()
+        keep = turn.reply.prompt_tokens - _user_turn_tokens(self, turn)
+        self._crop(min(keep, len(self._kv_keys)))
+        return turn
+
+    def reset(self) -> None:
+        """Forget every turn, image feature and cached key/value."""
+        self._turns.clear()
+        self._kv, self._kv_keys = None, []
+
+    def fork(self) -> Chat:
+        """An independent copy at this point: try two follow-ups from the same history."""
+        other = copy.copy(self)
+        other._turns = list(self._turns)
+        other._kv = copy.deepcopy(self._kv)
+        other._kv_keys = list(self._kv_keys)
+        other._stop, other._lock = None, threading.Lock()
+        other.generation = dict(self.generation)
+        return other
+
+    def stop(self) -> None:
+        """End the generation in progress after the current token (partial answer kept)."""
+        event = self._stop
+        if event is not None:
+            event.set()
+
+    def _crop(self, n: int) -> None:
+        if self._kv is None:
+            return
+        remove = len(self._kv_keys) - n
+        if remove > 0:
+            self._kv.crop(-remove)
+        self._kv_keys = self._kv_keys[:n]
+
+    # -- building a turn -----------------------------------------------------------------
+    def _visuals_for(self, images: Any, video: Any) -> tuple[list[_Visual], str]:
+        """New visuals for this turn and the text prefix a video brings."""
+        if images is not None and video is not None:
+            raise ValueError("Pass images or video in one turn, not both.")
+        if video is not None:
+            clip = video
+            if isinstance(video, (str, Path)):
+                from vltools.video import load_video
+
+                clip = load_video(video)
+            if not hasattr(clip, "num_patches_list"):
+                raise TypeError(f"video must be a path or a vltools VideoClip, got {video!r}.")
+            pixels = _check_pixel_values(self.model, clip.pixel_values)
+            out, start = [], 0
+            frames = list(getattr(clip, "frames", []) or [])
+            for i, n in enumerate(clip.num_patches_list):
+                thumb = frames[i] if i < len(frames) else None
+                out.append(_Visual(f"frame {i + 1}", pixels[start : start + n], thumb))
+                start += n
+            return out, clip.prompt_prefix()
+        if images is None:
+            return [], ""
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]
+        out = []
+        for i, src in enumerate(images):
+            out.append(self._visual(src, i))
+        return out, ""
+
+    def _visual(self, src: Any, index: int) -> _Visual:
+        torch = _torch()
+        if isinstance(src, torch.Tensor):
+            return _Visual(f"image {index + 1}", _check_pixel_values(self.model, src))
+        if hasattr(src, "pixel_values") and hasattr(src, "grid"):
+            tiled = src
+        else:
+            from vltools.tiling import load_image
+
+            tiled = load_image(src, max_num=self.max_num)
+        name = getattr(tiled, "source", None) or getattr(tiled, "name", None)
+        if name is None and isinstance(src, (str, Path)):
+            name = src
+        name = Path(str(name)).name if name else None
+        label = f"image {index + 1}" + (f" ({name})" if name else "")
+        return _Visual(label, _check_pixel_values(self.model, tiled.pixel_values), tiled.image)
+
+    def _user_text(self, text: str, new: list[_Visual], prefix: str) -> str:
+        if prefix:  # video: Frame1: <image>\n ... then the question
+            if IMAGE_PLACEHOLDER in text:
+                raise ValueError(
+                    "A question about a video must not hold '<image>' itself; the frames are "
+                    "placed as 'Frame1: <image>\\n…' before it."
+                )
+            return prefix + text
+        if not new or IMAGE_PLACEHOLDER in text:
+            return text
+        before = sum(len(t.visuals) for t in self._turns)
+        if before == 0:
+            return label_images(text, len(new))  # the card's single- or multi-image form
+        labels = "".join(f"Image-{before + i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(len(new)))
+        return labels + text
+
+    def _prepare(self, text: str, images: Any, video: Any, generation: dict) -> _Prepared:
+        _check_question(text, name="text")
+        config, extra = make_generation_config(self.model, {**self.generation, **generation})
+        new, prefix = self._visuals_for(images, video)
+        user_text = self._user_text(text, new, prefix)
+        if user_text.count(IMAGE_PLACEHOLDER) != len(new):
+            raise ValueError(
+                f"The question holds {user_text.count(IMAGE_PLACEHOLDER)} '<image>' "
+                f"placeholder(s) but {len(new)} image(s) were given this turn; expected one "
+                "'<image>' per image, or none to have them placed as the card does."
+            )
+        visuals = [v for t in self._turns for v in t.visuals] + new
+        prompt = self._render([*self._turns], user_text, visuals)
+        input_ids = _tokenize(self.model, prompt.text)
+        budget = self._budget_of(int(input_ids.shape[1]), config.max_new_tokens, visuals)
+        _raise_if_over(budget, has_frames=any(v.label.startswith("frame") for v in visuals))
+        return _Prepared(text, user_text, new, prompt, input_ids, config, extra)
+
+    def _render(self, turns: Sequence[Turn], user_text: str | None, visuals) -> Prompt:
+        messages: list[tuple[str, str | None]] = []
+        for t in turns:
+            messages += [("user", t.user_text), ("assistant", t.answer)]
+        if user_text is not None:
+            messages += [("user", user_text), ("assistant", None)]
+        text = render_template(messages, system_message=self.system_message)
+        patches = [v.num_patches for v in visuals]
+        text = expand_images(text, patches, tokens_per_tile=self.model.tokens_per_tile)
+        return Prompt(text, tuple(patches), self.model.tokens_per_tile)
+
+    def _budget_of(self, prompt_tokens: int, max_new: int, visuals) -> Budget:
+        rows = [(v.label, v.num_patches) for v in visuals]
+        return _budget(
+            prompt_tokens, max_new, _context_length(self.model), rows, self.model.tokens_per_tile
+        )
+
+    def budget(self, text: str | None = None, *, images: Any = None, video: Any = None) -> Budget:
+        """Token usage of the conversation so far (plus a planned question, if given)."""
+        visuals = [v for t in self._turns for v in t.visuals]
+        max_new = int(self.generation.get("max_new_tokens") or DEFAULT_GENERATION["max_new_tokens"])
+        if text is None:
+            prompt = self._render(self._turns, None, visuals)
+        else:
+            new, prefix = self._visuals_for(images, video)
+            visuals += new
+            prompt = self._render(self._turns, self._user_text(text, new, prefix), visuals)
+        n = int(_tokenize(self.model, prompt.text).shape[1])
+        return self._budget_of(n, max_new, visuals)
+
+    # -- running a turn ------------------------------------------------------------------
+    def _run(self, prep: _Prepared, on_text=None, stop: threading.Event | None = None) -> Reply:
+        """Generate one answer in the calling thread and commit the turn."""
+        torch = _torch()
+        vlm = self.model
+        start = time.perf_counter()
+        visuals = [v for t in self._turns for v in t.visuals] + prep.visuals
+        missing = [v for v in visuals if v.features is None]
+        if missing:  # one vision pass for every image not seen before
+            feats = image_features(vlm, torch.cat([v.pixel_values for v in missing]))
+            for v, f in zip(missing, feats.split([v.num_patches for v in missing]), strict=True):
+                v.features = f
+        features = torch.cat([v.features for v in visuals]) if visuals else None
+        ids = prep.input_ids  # [1, L]
+        keys = _match_keys(ids[0].tolist(), visuals, vlm.image_token_id, vlm.tokens_per_tile)
+        if self.use_cache and self._kv is not None:
+            common = _common_prefix(self._kv_keys, keys)
+            self._crop(min(common, len(keys) - 1))  # at least one token is prefilled
+        else:
+            transformers = require("transformers", purpose="The key/value cache")
+            self._kv = transformers.DynamicCache(config=vlm.model.config.get_text_config())
+            self._kv_keys = []
+        cached = len(self._kv_keys)
+        embeds = embed(vlm, ids, features)
+        streamer = _Streamer(vlm, on_text)
+        stop = stop or threading.Event()
+        self._stop = stop
+        interrupted = False
+        try:
+            new = _generate(
+                vlm,
+                ids,
+                embeds,
+                torch.ones_like(ids),
+                prep.config,
+                prep.extra,
+                cache=self._kv,
+                streamer=streamer,
+                stop_event=stop,
+            )[0].tolist()
+        except KeyboardInterrupt:
+            interrupted = True
+            new = list(streamer.ids)
+            self._kv, self._kv_keys = None, []  # half-written: drop it (features are kept)
+        except BaseException:
+            self._kv, self._kv_keys = None, []
+            raise
+        finally:
+            self._stop = None
+        end = time.perf_counter()
+        answer_ids = _answer_ids(new, vlm.im_end_id)
+        if self._kv is not None:
+            seen = ids[0].tolist() + answer_ids
+            n_cache = self._kv.get_seq_length()
+            self._kv_keys = (keys + answer_ids)[:n_cache] if n_cache <= len(seen) else []
+            if not self._kv_keys:
+                self._kv = None
+            if not self.use_cache:
+                self._kv, self._kv_keys = None, []
+        if interrupted:
+            reason = "interrupted"
+        elif answer_ids and answer_ids[-1] == vlm.im_end_id:
+            reason = "stop"
+        elif stop.is_set():
+            reason = "stopped"
+        else:
+            reason = "length"
+        first = streamer.first_time or end
+        n_new = len(answer_ids)
+        reply = Reply(
+            text=decode_answer(vlm, answer_ids),
+            prompt=prep.prompt,
+            prompt_tokens=int(ids.shape[1]),
+            cached_tokens=cached,
+            new_tokens=n_new,
+            ttft_s=first - start,
+            total_s=end - start,
+            tokens_per_s=(n_new - 1) / (end - first) if n_new > 1 and end > first else 0.0,
+            finish_reason=reason,
+        )
+        self._turns.append(
+            Turn(prep.question, prep.user_text, reply.text, tuple(prep.visuals), reply)
+        )
+        if interrupted:
+            raise KeyboardInterrupt
+        return reply
+
+    def _begin(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("This Chat is already generating; wait for it or call stop().")
+
+    def ask(
+        self,
+        text: str,
+        *,
+        images: Any = None,
+        video: Any = None,
+        stream: bool = False,
+        **generation: Any,
+    ) -> Reply:
+        """Ask ``text`` (with new ``images``: paths, PIL images, TiledImages, or a ``video``).
+
+        Several images are labelled ``Image-1: <image>\\n…`` unless ``text`` places ``<image>``
+        itself. ``stream=True`` updates one notebook output area as tokens arrive. ``generation``
+        overrides this session's generate options for this turn.
+        """
+        self._begin()
+        try:
+            prep = self._prepare(text, images, video, generation)
+            if not stream:
+                return self._run(prep)
+            live = _LiveOutput()
+            try:
+                reply = self._run(prep, on_text=live.add)
+            except KeyboardInterrupt:
+                live.finish(" [interrupted]")
+                raise
+            live.finish(" [stopped]" if reply.finish_reason == "stopped" else "", reply)
+            return reply
+        finally:
+            self._lock.release()
+
+    def stream(
+        self, text: str, *, images: Any = None, video: Any = None, **generation: Any
+    ) -> Iterator[str]:
+        """Yield the answer in pieces as it is generated; the :class:`Reply` is then ``last``.
+
+        Bad input raises here, at the call. Generation starts when iteration starts and runs in
+        a worker thread that is always joined: leaving the loop early (``break``),
+        :meth:`stop` or a KeyboardInterrupt end it after the current token, with the partial
+        answer kept in the history (marked ``stopped`` or ``interrupted``).
+        """
+        prep = self._prepare(text, images, video, generation)
+        return self._stream(prep, (text, images, video, generation), len(self._turns))
+
+    def _stream(self, prep: _Prepared, args: tuple, n_turns: int) -> Iterator[str]:
+        self._begin()
+        pieces: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        done = object()
+        failure: list[BaseException] = []
+        worker = None
+        interrupted = False
+        try:
+            if len(self._turns) != n_turns:  # the history moved since stream() was called
+                prep = self._prepare(*args[:3], args[3])
+            self._stop = stop
+
+            def work() -> None:
+                try:
+                    self._run(prep, on_text=pieces.put, stop=stop)
+                except BaseException as e:  # re-raised in the caller's thread
+                    failure.append(e)
+                finally:
+                    pieces.put(done)
+
+            worker = threading.Thread(target=work, name="vltools-chat-stream", daemon=True)
+            worker.start()
+            while True:
+                try:
+                    piece = pieces.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if piece is done:
+                    break
+                yield piece
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            stop.set()
+            while worker is not None and worker.is_alive():
+                worker.join(timeout=0.05)
+            if interrupted and self._turns and self._turns[-1].reply.finish_reason == "stopped":
+                last = self._turns[-1]
+                reply = replace(last.reply, finish_reason="interrupted")
+                self._turns[-1] = replace(last, reply=reply)
+            self._lock.release()
+        if failure:
+            raise failure[0]
+
+    # -- display -------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        lines = [f"Chat({len(self._turns)} turns, {self.cached_tokens} cached tokens)"]
+        for t in self._turns:
+            mark = f" [{t.finish_reason}]" if t.partial else ""
+            imgs = f" [{len(t.visuals)} image(s)]" if t.visuals else ""
+            lines += [f"User{imgs}: {t.question}", f"Assistant: {t.answer}{mark}"]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        parts = [
+            "<div style='font-family:sans-serif;max-width:800px'>",
+            f"<div style='color:#888;font-size:11px'>{len(self._turns)} turns, "
+            f"{self.cached_tokens} tokens cached</div>",
+        ]
+        for t in self._turns:
+            thumbs = "".join(_thumbnail_html(v) for v in t.visuals)
+            mark = f" <span style='color:#dc2626'>[{t.finish_reason}]</span>" if t.partial else ""
+            parts.append(
+                "<div style='margin:6px 0;padding:6px;background:#eef2ff;border-radius:6px'>"
+                f"<b>User</b> {thumbs}<div style='white-space:pre-wrap'>"
+                f"{html.escape(t.question)}</div></div>"
+                "<div style='margin:6px 0;padding:6px;background:#f3f4f6;border-radius:6px'>"
+                f"<b>Assistant</b><div style='white-space:pre-wrap'>{html.escape(t.answer)}"
+                f"{mark}</div><div style='color:#888;font-size:11px'>"
+                f"{html.escape(t.reply._stats())}</div></div>"
+            )
+        parts.append("</div>")
+        return "".join(parts)
+
+    def prompt_html(self) -> str:
+        """The last prompt, compact, as HTML."""
+        return prompt_html(self.last.prompt.text) if self.last else ""
+
+
+def _user_turn_tokens(chat: Chat, turn: Turn) -> int:
+    """Tokens of ``turn``'s user message and the open assistant header, in its prompt."""
+    vlm = chat.model
+    patches = [v.num_patches for v in turn.visuals]
+    tail = render_template([("user", turn.user_text), ("assistant", None)], system_message="")
+    head = render_template([], system_message="")
+    tail = expand_images(tail[len(head) :], patches, tokens_per_tile=vlm.tokens_per_tile)
+    return int(_tokenize(vlm, tail).shape[1])
+
+
+def _match_keys(
+    ids: list[int], visuals: Sequence[_Visual], image_token: int, per_tile: int
+) -> list[int]:
+    """Token ids with each image token replaced by ``-uid`` of the image it holds.
+
+    Two prompts can share a cached prefix only where both the ids and the images agree.
+    """
+    owners = [v.uid for v in visuals for _ in range(v.num_patches * per_tile)]
+    out, k = [], 0
+    for t in ids:
+        if t == image_token and k < len(owners):
+            out.append(-owners[k])
+            k += 1
+        else:
+            out.append(t)
+    return out
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _thumbnail_html(visual: _Visual, size: int = 64) -> str:
+    if visual.thumbnail is None:
+        return (
+            f"<span style='font-size:11px;color:#555'>[{html.escape(visual.label)}: "
+            f"{visual.num_patches} tiles]</span> "
+        )
+    img = visual.thumbnail.copy()
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (
+        f"<img src='data:image/png;base64,{data}' title='{html.escape(visual.label)}, "
+        f"{visual.num_patches} tiles' style='height:{size}px;margin:2px;vertical-align:middle'/>"
+    )
+
+
+class _LiveOutput:
+    """One notebook output area updated as text arrives (nothing outside IPython)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.handle = None
+        self.last_update = 0.0
+        try:
+            from IPython import get_ipython
+            from IPython.display import HTML, display
+
+            if get_ipython() is not None:
+                self.HTML = HTML
+                self.handle = display(HTML(self._html("…")), display_id=True)
+        except ImportError:  # pragma: no cover - IPython comes with jupyter
+            self.handle = None
+
+    @staticmethod
+    def _html(text: str, footer: str = "") -> str:
+        return f"<div style='white-space:pre-wrap'>{html.escape(text)}</div>" + (
+            f"<div style='color:#888;font-size:11px'>{html.escape(footer)}</div>" if footer else ""
+        )
+
+    def add(self, piece: str) -> None:
+        self.text += piece
+        now = time.perf_counter()
+        if self.handle is not None and now - self.last_update > 0.05:
+            self.handle.update(self.HTML(self._html(self.text + " ▌")))
+            self.last_update = now
+
+    def finish(self, mark: str = "", reply: Reply | None = None) -> None:
+        if self.handle is not None:
+            footer = reply._stats() if reply is not None else ""
+            self.handle.update(self.HTML(self._html(self.text + mark, footer)))

@@ -1,0 +1,813 @@
+"""InternVL's dynamic tiling: which grid of 448-pixel tiles an image gets, and its pixels.
+
+Follows the model card's Quick Start (``build_transform``, ``find_closest_aspect_ratio``,
+``dynamic_preprocess``, ``load_image`` in ``../shared/seed/InternVL2-1B_model_card.md``) and
+section 5 of ``../shared/reference/INTERNVL2_FORMAT.md``. The card is the behavioural
+specification; this is an independent implementation of it, in two halves:
+
+* :func:`plan_tiles` is the geometry. From the image's width and height alone it lists every
+  grid ``cols x rows`` with ``min_num <= cols * rows <= max_num``, picks the one whose aspect
+  ratio ``cols / rows`` is closest to the image's, and returns a :class:`TileGrid` that keeps
+  everything: the candidates with their errors (so the choice, and the tie-break, can be
+  shown), each tile's box in the resized canvas and in the original image, and the cost in
+  image tokens. No pixels are touched.
+* :func:`load_image` does the pixels: it opens the source, resizes it to the grid's canvas
+  (``cols * 448`` by ``rows * 448``, bicubic), cuts the tiles row by row, adds a 448 x 448
+  thumbnail of the whole image when there is more than one tile, and normalises everything
+  with the ImageNet mean and std into ``pixel_values`` ``[num_tiles, 3, 448, 448]``.
+
+Exactness. The grid is the card's for every input: the aspect-ratio error is the same
+floating-point expression, ties are broken by the same rule (a later, larger grid replaces an
+equally close one only when the image's area exceeds half of that grid's pixel area), and
+candidates are visited in the card's order, including its order among grids with the same
+tile count (which matters only when ``min_num > 1``; see :func:`_card_candidate_order`). The
+pixel values are bit-identical to the card's pipeline (max abs difference 0.0): the same PIL
+``convert("RGB")``, the same bicubic resizes, and a float conversion that reproduces
+torchvision's ``ToTensor`` + ``Normalize`` arithmetic value for value (a 256-entry table per
+channel, computed with the same float32 operations) for the whole canvas at once instead of
+tile by tile. ``load_image(..., exif_transpose=False)`` is the card exactly; the default
+first applies the EXIF orientation, which the card ignores (a phone photo taken upright but
+stored sideways is tiled upright here, sideways by the card).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import operator
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vltools.constants import (
+    CONTEXT_LENGTH,
+    DEFAULT_MAX_NUM,
+    DEFAULT_MIN_NUM,
+    DOWNSAMPLE_RATIO,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PATCH_SIZE,
+    TILE_SIZE,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "Candidate",
+    "TileBox",
+    "TileGrid",
+    "TiledImage",
+    "load_image",
+    "plan_tiles",
+]
+
+# The card's pipeline resizes with PIL's default filter, which is BICUBIC for an RGB image.
+_RESAMPLE = Image.Resampling.BICUBIC
+# fast=True: PIL first shrinks by an integer factor with a box filter (Image.reduce), then
+# resizes bicubically; 3.0 keeps the result close to the exact resize (see benchmarks/tiling.py).
+_FAST_REDUCING_GAP = 3.0
+# Pixel shuffle merges 2 x 2 patches into one token: a tile side must be an even number of
+# 14-pixel patches.
+_SIDE_MULTIPLE = int(round(PATCH_SIZE / DOWNSAMPLE_RATIO))
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: plan_tiles
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grid the choice considered, in the order the card visits them.
+
+    Attributes:
+        order: position in the visiting order (0 first).
+        cols, rows: the grid; ``num_tiles = cols * rows`` (without the thumbnail).
+        aspect_ratio: ``cols / rows``.
+        error: ``abs(width / height - cols / rows)``, the card's float expression.
+        decision: what the running choice did on reaching this grid: ``"first"`` (the first
+            candidate), ``"closer"`` (strictly smaller error: becomes the best so far),
+            ``"tie-taken"`` (same error as the best so far, taken because the image's area
+            exceeds half of this grid's pixel area), ``"tie-kept"`` (same error, not taken:
+            the image is too small to fill more than half of this grid), or ``"farther"``.
+        is_winner: whether this is the chosen grid.
+    """
+
+    order: int
+    cols: int
+    rows: int
+    num_tiles: int
+    aspect_ratio: float
+    error: float
+    decision: str
+    is_winner: bool
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """Where one tile of ``pixel_values`` comes from.
+
+    Attributes:
+        index: the tile's position in ``pixel_values`` (grid tiles row-major, thumbnail last).
+        row, col: the tile's place in the grid; ``None`` for the thumbnail.
+        is_thumbnail: whether this is the whole-image thumbnail.
+        canvas: ``(left, top, right, bottom)`` in pixels of the resized canvas
+            (``cols * image_size`` by ``rows * image_size``); the thumbnail's is
+            ``(0, 0, image_size, image_size)`` of its own canvas.
+        original: the same box in original-image pixel coordinates (floats, right/bottom
+            exclusive); the thumbnail's is the whole image.
+    """
+
+    index: int
+    row: int | None
+    col: int | None
+    is_thumbnail: bool
+    canvas: tuple[int, int, int, int]
+    original: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiling of one ``width x height`` image: the grid, every tile's box, and the cost.
+
+    Attributes:
+        width, height: the original image's size in pixels.
+        cols, rows: the chosen grid.
+        image_size: the tile side in pixels (448 for InternVL2).
+        min_num, max_num, use_thumbnail: the settings it was planned with.
+        has_thumbnail: a thumbnail is added when ``use_thumbnail`` and the grid has more than
+            one tile (the card's rule).
+        num_tiles: ``cols * rows`` plus one for the thumbnail: the first dimension of
+            ``pixel_values`` and the ``num_patches`` the chat API wants.
+        boxes: ``num_tiles`` :class:`TileBox`, in ``pixel_values`` order.
+        candidates: every grid considered, in the card's visiting order (:class:`Candidate`).
+        tokens_per_tile: image tokens per tile, ``(image_size / 14) ** 2 / 4`` = 256.
+        num_image_tokens: ``num_tiles * tokens_per_tile``.
+        canvas_size: ``(cols * image_size, rows * image_size)``, what the image is resized to.
+    """
+
+    width: int
+    height: int
+    cols: int
+    rows: int
+    image_size: int
+    min_num: int
+    max_num: int
+    use_thumbnail: bool
+    has_thumbnail: bool
+    num_tiles: int
+    boxes: tuple[TileBox, ...]
+    candidates: tuple[Candidate, ...]
+    tokens_per_tile: int
+    num_image_tokens: int
+    canvas_size: tuple[int, int]
+
+    @property
+    def aspect_ratio(self) -> float:
+        """The image's aspect ratio ``width / height`` (the card's float)."""
+        return self.width / self.height
+
+    @property
+    def winner(self) -> Candidate:
+        """The chosen :class:`Candidate`."""
+        return next(c for c in self.candidates if c.is_winner)
+
+    @property
+    def context_share(self) -> float:
+        """``num_image_tokens`` as a share of InternVL2-1B's 8,192-token context."""
+        return self.num_image_tokens / CONTEXT_LENGTH
+
+    def explain(self) -> str:
+        """Why this grid won, in a sentence or two (for captions and the explorer)."""
+        return _explain(self)
+
+    def summary(self) -> str:
+        """One line: grid, tile count and image-token cost."""
+        thumb = " + thumbnail" if self.has_thumbnail else ""
+        tiles = "tile" if self.num_tiles == 1 else "tiles"
+        return (
+            f"{self.width}x{self.height} -> {self.cols}x{self.rows} grid{thumb} = "
+            f"{self.num_tiles} {tiles} x {self.tokens_per_tile} = "
+            f"{self.num_image_tokens:,} image tokens ({self.context_share:.1%} of "
+            f"{CONTEXT_LENGTH:,})"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TileGrid({self.width}x{self.height}, grid {self.cols}x{self.rows}, "
+            f"num_tiles={self.num_tiles}, has_thumbnail={self.has_thumbnail}, "
+            f"num_image_tokens={self.num_image_tokens}, min_num={self.min_num}, "
+            f"max_num={self.max_num}, {len(self.candidates)} candidates)"
+        )
+
+    def _repr_html_(self) -> str:
+        return _grid_html(self)
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    return operator.index(value)
+
+
+def _check_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, int, int]:
+    min_num = _as_int(min_num, "min_num")
+    max_num = _as_int(max_num, "max_num")
+    image_size = _as_int(image_size, "image_size")
+    if min_num < 1:
+        raise ValueError(
+            f"min_num must be at least 1 (a grid has at least one tile), got {min_num}. "
+            "Use min_num=1, the model's default."
+        )
+    if max_num < min_num:
+        raise ValueError(
+            f"max_num ({max_num}) is smaller than min_num ({min_num}): no grid fits. "
+            f"Raise max_num to at least {min_num} or lower min_num."
+        )
+    if image_size < _SIDE_MULTIPLE or image_size % _SIDE_MULTIPLE:
+        lower = max(_SIDE_MULTIPLE, image_size // _SIDE_MULTIPLE * _SIDE_MULTIPLE)
+        raise ValueError(
+            f"image_size must be a positive multiple of {_SIDE_MULTIPLE} (InternViT's "
+            f"{PATCH_SIZE}-pixel patches, merged 2 x 2 by the pixel shuffle), got {image_size}. "
+            f"InternVL2 is trained at {TILE_SIZE}; nearest allowed sizes: {lower}, "
+            f"{lower + _SIDE_MULTIPLE}."
+        )
+    return min_num, max_num, image_size
+
+
+@functools.lru_cache(maxsize=256)
+def _card_candidate_order(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
+    """All grids ``(cols, rows)`` with ``min_num <= cols * rows <= max_num``, in the card's order.
+
+    The card collects the grids in a Python ``set`` and sorts them by tile count; ``sorted``
+    is stable, so grids with the same tile count keep the set's iteration order. That order
+    decides a tie between two equally close grids of the same tile count. With ``min_num == 1``
+    such a tie never decides anything (a grid with fewer tiles always lies strictly between
+    two equal-count grids and wins first), but with ``min_num > 1`` it can. A set's iteration
+    order depends on the order in which its distinct elements were first added, so this adds
+    the grids to a set in the card's first-insertion order (tile budget ``n`` rising, then
+    ``cols``, then ``rows``; a grid first appears at ``n = max(min_num, cols, rows)``) and
+    sorts the same way. It does O(max_num**2) work where the card's comprehension does
+    O(max_num**3).
+    """
+    grids: set[tuple[int, int]] = set()
+
+    def add(i: int, j: int) -> None:
+        if min_num <= i * j <= max_num:
+            grids.add((i, j))
+
+    for n in range(min_num, max_num + 1):
+        if n == min_num:  # every grid inside n x n appears for the first time here
+            for i in range(1, n + 1):
+                for j in range(1, min(n, max_num // i) + 1):
+                    add(i, j)
+        else:  # only grids with n as a side are new; i-major, j-minor as in the card
+            for i in range(1, n):
+                add(i, n)
+            for j in range(1, n + 1):
+                add(n, j)
+    return tuple(sorted(grids, key=lambda grid: grid[0] * grid[1]))
+
+
+def _choose(
+    width: int, height: int, order: tuple[tuple[int, int], ...], image_size: int
+) -> tuple[int, list[tuple[float, str]]]:
+    """Index of the chosen grid in ``order`` and, per grid, its error and the decision."""
+    aspect = width / height  # the card's float
+    area = width * height
+    best_error = float("inf")
+    best = 0
+    notes: list[tuple[float, str]] = []
+    for k, (cols, rows) in enumerate(order):
+        error = abs(aspect - cols / rows)
+        if error < best_error:
+            decision = "first" if k == 0 else "closer"
+            best_error, best = error, k
+        elif error == best_error:
+            # The card: area > 0.5 * image_size**2 * cols * rows, exact here in integers.
+            if 2 * area > image_size * image_size * cols * rows:
+                decision, best = "tie-taken", k
+            else:
+                decision = "tie-kept"
+        else:
+            decision = "farther"
+        notes.append((error, decision))
+    return best, notes
+
+
+def plan_tiles(
+    width: int,
+    height: int,
+    *,
+    min_num: int = DEFAULT_MIN_NUM,
+    max_num: int = DEFAULT_MAX_NUM,
+    image_size: int = TILE_SIZE,
+    use_thumbnail: bool = True,
+) -> TileGrid:
+    """Choose the grid of tiles for a ``width x height`` image, the way the model card does.
+
+    Pure arithmetic on the two sizes; no pixels. Every grid ``cols x rows`` with
+    ``min_num <= cols * rows <= max_num`` is a candidate; the winner is the one whose aspect
+    ratio ``cols / rows`` is closest to ``width / height``. On an exact tie the grid visited
+    later (more or equally many tiles) wins only if the image has more pixels than half of
+    that grid's canvas (``width * height > 0.5 * image_size**2 * cols * rows``), so a small
+    image is not blown up to many tiles.
+
+    Args:
+        width, height: the image's size in pixels (at least 1 each).
+        min_num, max_num: bounds on ``cols * rows`` (the thumbnail is not counted).
+            ``max_num=12`` is InternVL2-1B's own ``max_dynamic_patch`` (its config); the model
+            card's examples pass ``max_num=6``. Any ``max_num >= min_num`` works, also well
+            beyond 12.
+        image_size: the tile side, a multiple of 28 (448 for InternVL2).
+        use_thumbnail: add a ``image_size`` square thumbnail of the whole image after the
+            tiles when the grid has more than one tile (InternVL2's config: True).
+
+    Returns:
+        A :class:`TileGrid`; ``grid.num_tiles`` is the ``num_patches`` for the chat API and
+        ``grid.candidates`` shows the choice.
+
+    Raises:
+        ValueError: a size below 1, ``min_num < 1``, ``max_num < min_num``, or an
+            ``image_size`` that is not a multiple of 28.
+        TypeError: a non-integer argument.
+    """
+    width = _as_int(width, "width")
+    height = _as_int(height, "height")
+    if width < 1 or height < 1:
+        raise ValueError(
+            f"The image is {width}x{height} pixels; width and height must both be at least 1. "
+            "Check that the image was decoded (an empty array or a zero-size crop has no tiles)."
+        )
+    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    use_thumbnail = bool(use_thumbnail)
+
+    order = _card_candidate_order(min_num, max_num)
+    best, notes = _choose(width, height, order, image_size)
+    cols, rows = order[best]
+    candidates = tuple(
+        Candidate(
+            order=k,
+            cols=c,
+            rows=r,
+            num_tiles=c * r,
+            aspect_ratio=c / r,
+            error=error,
+            decision=decision,
+            is_winner=k == best,
+        )
+        for k, ((c, r), (error, decision)) in enumerate(zip(order, notes, strict=True))
+    )
+
+    canvas_w, canvas_h = cols * image_size, rows * image_size
+    sx, sy = width / canvas_w, height / canvas_h
+    boxes = []
+    for index in range(cols * rows):
+        row, col = divmod(index, cols)
+        left, top = col * image_size, row * image_size
+        right, bottom = left + image_size, top + image_size
+        boxes.append(
+            TileBox(
+                index=index,
+                row=row,
+                col=col,
+                is_thumbnail=False,
+                canvas=(left, top, right, bottom),
+                # right/bottom of the last column/row are exactly width/height
+                original=(
+                    left * sx,
+                    top * sy,
+                    width if col == cols - 1 else right * sx,
+                    height if row == rows - 1 else bottom * sy,
+                ),
+            )
+        )
+    has_thumbnail = use_thumbnail and cols * rows != 1
+    if has_thumbnail:
+        boxes.append(
+            TileBox(
+                index=cols * rows,
+                row=None,
+                col=None,
+                is_thumbnail=True,
+                canvas=(0, 0, image_size, image_size),
+                original=(0.0, 0.0, float(width), float(height)),
+            )
+        )
+    tokens_per_tile = int((image_size // PATCH_SIZE) ** 2 * DOWNSAMPLE_RATIO**2)
+    num_tiles = len(boxes)
+    return TileGrid(
+        width=width,
+        height=height,
+        cols=cols,
+        rows=rows,
+        image_size=image_size,
+        min_num=min_num,
+        max_num=max_num,
+        use_thumbnail=use_thumbnail,
+        has_thumbnail=has_thumbnail,
+        num_tiles=num_tiles,
+        boxes=tuple(boxes),
+        candidates=candidates,
+        tokens_per_tile=tokens_per_tile,
+        num_image_tokens=num_tiles * tokens_per_tile,
+        canvas_size=(canvas_w, canvas_h),
+    )
+
+
+def _explain(grid: TileGrid) -> str:
+    win = grid.winner
+    text = (
+        f"The image's aspect ratio is {grid.width}/{grid.height} = {grid.aspect_ratio:.4g}. "
+        f"Of {len(grid.candidates)} grids with {grid.min_num} to {grid.max_num} tiles, "
+        f"{win.cols}x{win.rows} (ratio {win.aspect_ratio:.4g}) is the closest, "
+        f"error {win.error:.4g}."
+    )
+    ties = [c for c in grid.candidates if c.error == win.error and c is not win]
+    if ties:
+        names = ", ".join(f"{c.cols}x{c.rows}" for c in ties)
+        half = f"0.5 x {grid.image_size}^2 x tiles"
+        if win.decision == "tie-taken":
+            text += (
+                f" It ties with {names}; the card visits grids by tile count and takes a later "
+                f"equally close grid only when the image's area ({grid.width * grid.height:,} "
+                f"px) exceeds half of that grid's canvas ({half}), which holds for "
+                f"{win.cols}x{win.rows}."
+            )
+        else:
+            text += (
+                f" It ties with {names}; it was reached first, and a later equally close grid "
+                f"replaces it only when the image's area ({grid.width * grid.height:,} px) "
+                f"exceeds half of that grid's canvas ({half}), which does not hold."
+            )
+    if grid.has_thumbnail:
+        text += " A thumbnail of the whole image follows the tiles."
+    elif grid.use_thumbnail:
+        text += " One tile: no thumbnail (it would repeat the tile)."
+    return text
+
+
+def _grid_html(grid: TileGrid, *, max_rows: int = 12) -> str:
+    from html import escape
+
+    shown = sorted(grid.candidates, key=lambda c: (c.error, c.order))[:max_rows]
+    rows = []
+    for c in shown:
+        style = ' style="background:#d8f0d8;font-weight:bold"' if c.is_winner else ""
+        rows.append(
+            f"<tr{style}><td>{c.order}</td><td>{c.cols}x{c.rows}</td><td>{c.num_tiles}</td>"
+            f"<td>{c.aspect_ratio:.4f}</td><td>{c.error:.4f}</td><td>{c.decision}</td></tr>"
+        )
+    more = len(grid.candidates) - len(shown)
+    tail = f"<p><i>{more} farther grids not shown.</i></p>" if more > 0 else ""
+    return (
+        f"<div class='vltools-tilegrid'><b>{escape(grid.summary())}</b>"
+        f"<p>{escape(grid.explain())}</p>"
+        "<table><tr><th>order</th><th>grid</th><th>tiles</th><th>ratio</th><th>error</th>"
+        f"<th>decision</th></tr>{''.join(rows)}</table>{tail}</div>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels: load_image
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TiledImage:
+    """An image cut into InternVL tiles, ready for the model.
+
+    Attributes:
+        image: the original image as PIL RGB (after the EXIF orientation unless
+            ``exif_transpose=False``), ``grid.width x grid.height``.
+        grid: the :class:`TileGrid` it was cut with.
+        tiles: ``grid.num_tiles`` PIL images of ``image_size x image_size``, in
+            ``pixel_values`` order (grid tiles row-major, the thumbnail last).
+        pixel_values: float32 ``[num_tiles, 3, image_size, image_size]``, ImageNet-normalised
+            (``(x / 255 - mean) / std``), on the CPU unless moved with :meth:`to`.
+        num_patches: ``grid.num_tiles``; pass ``[tiled.num_patches]`` as ``num_patches_list``.
+        source: a name for where the image came from (the path), or ``None``.
+    """
+
+    image: Image.Image
+    grid: TileGrid
+    tiles: tuple[Image.Image, ...]
+    pixel_values: torch.Tensor
+    num_patches: int
+    source: str | None = None
+
+    def to(self, device: Any = None, dtype: Any = None) -> TiledImage:
+        """A copy with ``pixel_values`` moved to ``device`` and/or cast to ``dtype``.
+
+        ``dtype`` may be a ``torch.dtype`` or its name (``"bfloat16"``).
+        """
+        import torch
+
+        if isinstance(dtype, str):
+            resolved = getattr(torch, dtype, None)
+            if not isinstance(resolved, torch.dtype):
+                raise ValueError(
+                    f"dtype {dtype!r} is not a torch dtype name; use e.g. 'float32', "
+                    "'bfloat16' or 'float16'."
+                )
+            dtype = resolved
+        return dataclasses.replace(self, pixel_values=self.pixel_values.to(device, dtype))
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens this image costs in the prompt (``grid.num_image_tokens``)."""
+        return self.grid.num_image_tokens
+
+    def __repr__(self) -> str:
+        pv = self.pixel_values
+        name = f"{self.source!r}, " if self.source else ""
+        return (
+            f"TiledImage({name}{self.grid.width}x{self.grid.height} -> "
+            f"{self.grid.cols}x{self.grid.rows} grid, num_patches={self.num_patches}"
+            f"{' incl. thumbnail' if self.grid.has_thumbnail else ''}, "
+            f"pixel_values={tuple(pv.shape)} {str(pv.dtype).removeprefix('torch.')} on "
+            f"{pv.device}, {self.grid.num_image_tokens:,} image tokens)"
+        )
+
+    def _repr_png_(self) -> bytes:
+        from vltools.viz import figure_to_png, show_tiles
+
+        return figure_to_png(show_tiles(self), dpi=72)
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source):,} bytes>"
+    return repr(source) if not isinstance(source, Path) else str(source)
+
+
+def _decode(opener: Callable[[], Image.Image], what: str) -> Image.Image:
+    """Open and fully decode an image file, turning PIL's failures into clear errors."""
+    limit = Image.MAX_IMAGE_PIXELS
+    bomb = (
+        f"{what} is larger than Pillow's decompression-bomb limit of {limit:,} pixels "
+        f"(PIL.Image.MAX_IMAGE_PIXELS). vltools refuses it rather than decode a possibly "
+        f"malicious file. If you trust the file, raise the limit deliberately first: "
+        f"`PIL.Image.MAX_IMAGE_PIXELS = <pixels>` (None disables the check)."
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = opener()
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{bomb} Pillow says: {e}") from e
+    except Image.UnidentifiedImageError as e:
+        raise ValueError(
+            f"{what} is not an image Pillow can read (formats: JPEG, PNG, WebP, GIF, BMP, "
+            "TIFF, ...). Check that it is an image file and not, say, text or a video; "
+            "videos go to vltools.load_video."
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(
+            f"{what} could not be decoded; it is truncated or corrupt ({e}). Re-download or "
+            "re-export it; to accept a partly decoded image on purpose, set "
+            "`PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`."
+        ) from e
+    return image
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(
+            f"A numpy image must be [height, width] or [height, width, channels] with 1, 3 or "
+            f"4 channels, got shape {array.shape}. Channels-first arrays need "
+            "array.transpose(1, 2, 0)."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"The numpy image has shape {array.shape}: zero pixels. Pass a non-empty image."
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype == np.uint8 or array.dtype == np.bool_:
+        return Image.fromarray(np.ascontiguousarray(array))
+    if array.dtype == np.uint16 and array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array))  # mode I;16, as PIL reads 16-bit
+    raise TypeError(
+        f"A numpy image must be uint8 (or uint16 grey / bool), got dtype {array.dtype} with "
+        f"shape {array.shape}. For floats in [0, 1] use "
+        "`(array * 255).round().clip(0, 255).astype(np.uint8)`."
+    )
+
+
+def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None]:
+    """The source as a PIL RGB image (the card's ``convert('RGB')``) and a name for it."""
+    name: str | None = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        name = str(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"No image file at {str(path)!r} (resolved against the working directory "
+                f"{os.getcwd()!r}). Check the path; sample images are at "
+                "vltools.data.sample('photo_cat.jpg') and friends."
+            )
+        if path.is_dir():
+            images = sorted(
+                p.name
+                for p in path.iterdir()
+                if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+            )
+            hint = f" Images in it: {', '.join(images[:5])}." if images else ""
+            raise ValueError(
+                f"{str(path)!r} is a directory; load_image wants one image file.{hint}"
+            )
+        image = _decode(lambda: Image.open(path), f"The file {str(path)!r}")
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ValueError("The image bytes are empty (0 bytes); pass an encoded image file.")
+        data = bytes(source)
+        image = _decode(lambda: Image.open(io.BytesIO(data)), f"The {len(data):,} image bytes")
+    elif isinstance(source, Image.Image):
+        image = source
+        try:
+            image.load()
+        except OSError as e:
+            raise ValueError(
+                f"The PIL image could not be decoded; it is truncated or corrupt ({e}). To accept "
+                "a partly decoded image on purpose, set `PIL.ImageFile.LOAD_TRUNCATED_IMAGES = "
+                "True`."
+            ) from e
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    elif hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        name = str(name) if isinstance(name, (str, os.PathLike)) else None
+        image = _decode(lambda: Image.open(source), f"The file object {name or source!r}")
+    else:
+        raise TypeError(
+            f"load_image takes a path (str or Path), a PIL.Image, a numpy array [H, W, 3] "
+            f"uint8, or the bytes of an image file; got {type(source).__name__}."
+        )
+    if image.width < 1 or image.height < 1:
+        raise ValueError(
+            f"The image is {image.width}x{image.height} pixels: nothing to tile. "
+            "Pass a non-empty image."
+        )
+    if exif_transpose and image.getexif().get(0x0112, 1) not in (1, None):
+        image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        try:
+            image = image.convert("RGB")
+        except ValueError as e:
+            raise ValueError(
+                f"Pillow cannot convert this {image.mode} image to RGB ({e}); convert it to RGB "
+                "yourself first."
+            ) from e
+    return image, name
+
+
+@functools.lru_cache(maxsize=8)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[3, 256]`` float32: what ToTensor + Normalize make of each uint8 value per channel.
+
+    Computed with torchvision's own operations and order (uint8 -> float32, ``div(255)``,
+    ``sub_(mean)``, ``div_(std)`` with float32 mean/std), so looking a pixel up in this table
+    is bit-identical to transforming it, and one gather replaces four passes over the tiles.
+    """
+    import torch
+
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
+    x = values.to(dtype=torch.float32).div(255)  # ToTensor
+    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1))  # Normalize
+    x = x.div_(torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1))
+    table = x.reshape(3, 256).numpy().copy()
+    table.setflags(write=False)
+    return table
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """A small shared thread pool: PIL's resize and numpy's gather release the GIL."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            workers = max(2, min(4, os.cpu_count() or 2))
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-tiling")
+        return _POOL
+
+
+def _normalise_into(out: np.ndarray, pixels: np.ndarray, table: np.ndarray) -> None:
+    """``out[c] = table[c][pixels[..., c]]`` for one tile: ``[3, S, S]`` from ``[S, S, 3]``."""
+    for c in range(3):
+        np.take(table[c], pixels[:, :, c], out=out[c])
+
+
+def load_image(
+    source: Any,
+    *,
+    max_num: int = DEFAULT_MAX_NUM,
+    min_num: int = DEFAULT_MIN_NUM,
+    image_size: int = TILE_SIZE,
+    use_thumbnail: bool = True,
+    exif_transpose: bool = True,
+    fast: bool = False,
+) -> TiledImage:
+    """Open an image and cut it into InternVL tiles: the model card's ``load_image``.
+
+    Args:
+        source: a path (str or Path), a ``PIL.Image`` (any mode), a numpy array
+            ``[H, W]``/``[H, W, 3|4]`` uint8, the bytes of an image file, or a binary file
+            object.
+        max_num: the most tiles in the grid (thumbnail not counted). Default 12, InternVL2-1B's
+            own ``max_dynamic_patch``; the model card's examples use ``max_num=6``.
+        min_num: the fewest tiles in the grid (default 1).
+        image_size: the tile side (448 for InternVL2).
+        use_thumbnail: add the whole image as a last tile when the grid has several (True, as
+            InternVL2's config and the card's ``load_image``).
+        exif_transpose: apply the EXIF orientation first (default True: the model sees the
+            photo the way a person does). The card does not; pass ``False`` to reproduce its
+            pixel values exactly for photos that carry a rotation tag.
+        fast: trade bit-exactness for speed: resize with PIL's ``reducing_gap`` (a box-filter
+            shrink by an integer factor, then bicubic). Changes pixels by a few levels on large
+            downscales; ``False`` (default) is bit-identical to the card.
+
+    Returns:
+        A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
+        ``pixel_values`` float32 ``[num_tiles, 3, image_size, image_size]``. For the chat API
+        pass ``tiled.pixel_values`` (after ``.to(device, dtype)``) and ``tiled.num_patches``.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: a directory, a file that is not an image, a truncated file, an image over
+            Pillow's decompression-bomb limit, a zero-size image, or bad tiling settings
+            (see :func:`plan_tiles`).
+        TypeError: an unsupported source type or array dtype.
+    """
+    import torch
+
+    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    image, name = _open(source, exif_transpose=exif_transpose)
+    grid = plan_tiles(
+        image.width,
+        image.height,
+        min_num=min_num,
+        max_num=max_num,
+        image_size=image_size,
+        use_thumbnail=use_thumbnail,
+    )
+    gap = _FAST_REDUCING_GAP if fast else None
+    table = _normalise_table(IMAGENET_MEAN, IMAGENET_STD)
+    S = image_size
+    pixel_values = torch.empty((grid.num_tiles, 3, S, S), dtype=torch.float32)
+    out = pixel_values.numpy()  # [num_tiles, 3, S, S], shares memory with pixel_values
+    pool = _pool()
+
+    def resize(size: tuple[int, int]) -> Image.Image:
+        if image.size == size:
+            return image  # PIL would return a copy: same pixels
+        return image.resize(size, _RESAMPLE, reducing_gap=gap)
+
+    def thumbnail_job() -> Image.Image:
+        thumb = resize((S, S))
+        _normalise_into(out[grid.num_tiles - 1], np.asarray(thumb), table)
+        return thumb
+
+    # The thumbnail (a second resize of the whole image) runs beside the canvas resize.
+    thumb_future: Future[Image.Image] | None = (
+        pool.submit(thumbnail_job) if grid.has_thumbnail else None
+    )
+    canvas = resize(grid.canvas_size)
+    pixels = np.asarray(canvas)  # [rows * S, cols * S, 3] uint8
+    grid_boxes = [b for b in grid.boxes if not b.is_thumbnail]
+
+    def tile_job(boxes: list[TileBox]) -> None:
+        for b in boxes:
+            left, top, right, bottom = b.canvas
+            _normalise_into(out[b.index], pixels[top:bottom, left:right], table)
+
+    half = (len(grid_boxes) + 1) // 2
+    side_job = pool.submit(tile_job, grid_boxes[half:]) if half < len(grid_boxes) else None
+    tile_job(grid_boxes[:half])
+    tiles = [canvas.crop(b.canvas) for b in grid_boxes]
+    if side_job is not None:
+        side_job.result()
+    if thumb_future is not None:
+        tiles.append(thumb_future.result())
+    return TiledImage(
+        image=image,
+        grid=grid,
+        tiles=tuple(tiles),
+        pixel_values=pixel_values,
+        num_patches=grid.num_tiles,
+        source=name,
+    )
