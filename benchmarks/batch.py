@@ -6,13 +6,15 @@ The baseline is four ``VLModel.chat`` calls one after the other; vltools is one
 ``VLModel.batch_chat`` call (left-padded batch of 4). The cost is wall seconds for the 256
 tokens; ratio = sequential / batched = the gain in tokens per second.
 
-Full run: the full-size random-weight InternVL2-1B checkpoint on the CPU in bfloat16
-(``--dtype float32`` to change). ``--quick``: the tiny checkpoint. Run as
+Full run: the full-size random-weight InternVL2-1B checkpoint on the CPU in float32, what
+``load_model`` picks on a CPU (``--dtype bfloat16`` to change). ``--quick``: the tiny
+checkpoint. Run as
 ``python -m benchmarks.batch [--quick]``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from benchmarks._common import machine, parser, result_line, table
@@ -43,7 +45,7 @@ def _images():
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0])
-    args.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    args.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args.add_argument("--repeats", type=int, default=None)
     opts = args.parse_args()
     import torch
@@ -74,6 +76,7 @@ def main() -> None:
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
+            print(f"{fn.__name__}: {out[-1]:.1f} s", file=sys.stderr, flush=True)
     seq_s, bat_s = sorted(seq)[len(seq) // 2], sorted(bat)[len(bat) // 2]
     total = new_tokens * len(QUESTIONS)
     rows = [

@@ -6,9 +6,9 @@ same weights, then measures in one run, each load in a fresh process (imports do
 
 - wall time of ``vltools.load_model`` on the ORIGINAL format (validation, conversion and the
   tokenizer included) against ``InternVLForConditionalGeneration.from_pretrained`` on the
-  native copy, alone and followed by ``AutoTokenizer.from_pretrained`` (the same result as
-  load_model: a model and its tokenizer). ``ours, model only`` subtracts load_model's own
-  tokenizer time;
+  native copy, alone (the headline, as the issue words it) and followed by
+  ``AutoTokenizer.from_pretrained`` (the same result as load_model: a model and its
+  tokenizer). ``ours, model only`` subtracts load_model's own tokenizer time;
 - peak RSS (``VmHWM``) above the process's RSS just before the load, after touching every
   page of the weights once: both loaders map a same-dtype file lazily, so the RSS right after
   loading says little; the peak after a full read is what the first forward pass costs.
@@ -172,17 +172,18 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(
         result_line(
-            "loading_time_model_only_vs_from_pretrained",
-            baseline=native_only["seconds"],
-            ours=ours["model seconds"],
+            "loading_time_vs_from_pretrained_and_tokenizer",
+            baseline=native_tok["seconds"],
+            ours=ours["seconds"],
             unit="s",
             target=0.83,
         )
     )
+    # headline, as the issue words it: all of load_model against from_pretrained alone
     print(
         result_line(
-            "loading_time_load_model_vs_from_pretrained_and_tokenizer",
-            baseline=native_tok["seconds"],
+            "loading_time_vs_from_pretrained",
+            baseline=native_only["seconds"],
             ours=ours["seconds"],
             unit="s",
             target=0.83,

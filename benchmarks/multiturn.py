@@ -10,13 +10,15 @@ re-tokenizes into ~20 tokens each, so turn 2 prefills far more tokens than a rea
 (the ``prefilled`` column); vltools still reuses the cache up to the common prefix.
 
 Full run: the full-size random-weight InternVL2-1B checkpoint (``full_size_checkpoint()``) on
-the CPU in bfloat16 (``--dtype float32`` to change). ``--quick``: the tiny checkpoint, to check
-the plumbing in seconds. Run as ``python -m benchmarks.multiturn [--quick]``.
+the CPU in float32, what ``load_model`` picks on a CPU (``--dtype bfloat16`` to change).
+``--quick``: the tiny checkpoint, to check the plumbing in seconds. Run as
+``python -m benchmarks.multiturn [--quick]``.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -94,7 +96,7 @@ def vltools_conversation(model, pixels, new_tokens: int) -> list[dict[str, float
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0])
-    args.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    args.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args.add_argument("--repeats", type=int, default=None)
     args.add_argument("--new-tokens", type=int, default=8, help="generated per turn (forced)")
     opts = args.parse_args()
@@ -109,9 +111,10 @@ def main() -> None:
     pixels, image_name = _image(6)
     model.chat(None, "Hi", {"max_new_tokens": 2})  # warm-up
     card, ours = [], []
-    for _ in range(repeats):  # interleaved, so drift hits both sides alike
+    for k in range(repeats):  # interleaved, so drift hits both sides alike
         card.append(card_conversation(model, pixels, new_tokens))
         ours.append(vltools_conversation(model, pixels, new_tokens))
+        print(f"repeat {k + 1}: card {card[-1]}, vltools {ours[-1]}", file=sys.stderr, flush=True)
 
     rows, med = [], {}
     for turn in range(3):

@@ -299,28 +299,30 @@ def test_attention_explorer_state_drives_the_view_and_shows_bad_choices():
     w = AttentionExplorer(maps)
     assert w.error == "" and w.current.label == "Image-1"
     np.testing.assert_allclose(w.current.per_tile, maps.map(0, tokens=0).per_tile, rtol=1e-6)
-    w.token, w.span = 1, 3
-    w.head = "2"
-    w.layers = (3, 7)
+    w.set(token=1, span=3, head="2", layers=(3, 7))
     expected = maps.map(0, tokens=range(1, 4), layers=[3, 7], heads=2)
     np.testing.assert_allclose(w.current.per_tile, expected.per_tile, rtol=1e-6)
-    assert w._token_slider.value == 1 and w._span_slider.value == 3
-    w.head = "max"
+    assert w._token_slider.value == 1 and w._span_slider.value == 3  # controls follow traits
+    w.head = "max"  # one trait: observed directly
     np.testing.assert_allclose(
         w.current.per_tile, maps.map(0, tokens=range(1, 4), layers=[3, 7], reduce="max").per_tile
     )
     good = w.current
     w.layers = (1, 2)  # no captured layer there
     assert "captured layers" in w.error and w.current is good
-    w.layers = (0, 7)
-    w.image = 1
+    w.layers = (3, 7)
+    assert w.error == ""
+    good = w.current
+    w.token = 4  # span 3 from token 4 runs past the answer
+    assert "out of range" in w.error and w.current is good
+    w.set(token=0, layers=(0, 7), image=1)
     assert w.error == "" and w.current.label == "Image-2"
     w.source = "thumbnail"  # a single tile has none
     assert "no thumbnail" in w.error
-    w.image, w.source = 0, "blend"
-    assert w.error == ""
-    w.sinks = True
-    assert w.error == ""
+    w.set(image=0, source="blend", sinks=True)
+    assert w.error == "" and w.current.label == "Image-1"
+    with pytest.raises(ValueError, match="Unknown state"):
+        w.set(colour="red")
     assert len(w.figure().axes) >= 3
     bundle = w._repr_mimebundle_()
     assert "image/png" in bundle

@@ -444,3 +444,56 @@ def test_pickle_weights_are_refused_unless_opted_in(tiny_path, tmp_path):
     m = load(folder, allow_pickle=True)
     head = weights["language_model.lm_head.weight"].float()
     assert m.model.lm_head.weight.equal(head)
+
+
+def test_an_image_context_id_outside_the_vocabulary_is_refused(tiny_path, tmp_path, monkeypatch):
+    fail_if_filled(monkeypatch)
+    folder = variant(tiny_path, tmp_path / "v", lambda c: c["llm_config"].update(vocab_size=600))
+    with pytest.raises(ValueError, match=r"'<IMG_CONTEXT>' id 645, outside .* vocabulary of 600"):
+        load(folder)
+
+
+def test_a_directory_without_weights_says_what_to_copy(tiny_path, tmp_path):
+    folder = variant(tiny_path, tmp_path / "v")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors weight files"):
+        load(folder)
+
+
+def test_absent_tiling_fields_take_the_original_config_class_defaults(tiny_path):
+    config = json.loads((tiny_path / "config.json").read_text())
+    for key in ("max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size"):
+        del config[key]
+    facts = models._check_original_config(config, Path("config.json"))
+    assert (facts.max_num, facts.min_num, facts.use_thumbnail) == (6, 1, False)
+    assert facts.dynamic_image_size is False
+
+
+def test_sharded_safetensors_load_like_a_single_file(tiny_model, tmp_path):
+    folder = tmp_path / "sharded"
+    testing.write_checkpoint(folder, testing.tiny_config(), base_vocab=640, max_shard_bytes=150_000)
+    assert len(list(folder.glob("model-*.safetensors"))) > 2
+    m = load(folder)
+    ours = dict(m.model.named_parameters())
+    for name, param in tiny_model.model.named_parameters():
+        assert ours[name].equal(param), name
+
+
+def test_a_shard_missing_from_the_index_is_named(tmp_path):
+    folder = tmp_path / "sharded"
+    testing.write_checkpoint(folder, testing.tiny_config(), base_vocab=640, max_shard_bytes=150_000)
+    victim = sorted(folder.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        load(folder)
+
+
+def test_a_native_checkpoint_whose_image_token_disagrees_is_refused(tiny_model, tmp_path):
+    folder = tmp_path / "native"
+    tiny_model.model.save_pretrained(str(folder))
+    tiny_model.tokenizer.save_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    config["image_token_id"] = 151667  # the native default, wrong for this tokenizer
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="image_token_id 151667 is not the tokenizer's"):
+        load(folder)

@@ -271,6 +271,7 @@ def greedy(model, pixels, steps=12):
     return out[0, inputs.input_ids.shape[1] :].tolist()
 
 
+@pytest.mark.slow
 def test_greedy_generation_is_stable_across_save_and_load(tiny_model, tmp_path):
     from transformers import InternVLForConditionalGeneration
 

@@ -100,6 +100,11 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     noise = np.random.default_rng(1).integers(0, 256, len(data) - mdat, dtype=np.uint8)
     (d / "noise.mp4").write_bytes(data[:mdat] + noise.tobytes())
     out["noise"] = d / "noise.mp4"
+    damaged = bytearray(data)  # every 97th byte of the frame data flipped
+    for k in range(mdat + 200, len(damaged), 97):
+        damaged[k] ^= 0xFF
+    (d / "damaged.mp4").write_bytes(bytes(damaged))
+    out["damaged"] = d / "damaged.mp4"
     (d / "text.mp4").write_text("not a video\n" * 20)
     out["text"] = d / "text.mp4"
     (d / "empty.mp4").write_bytes(b"")
@@ -113,6 +118,13 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         for packet in [*stream.encode(frame), *stream.encode()]:
             container.mux(packet)
     out["audio"] = d / "audio.m4a"
+    for name in ("no_frames.mp4", "no_frames.mkv"):  # a video stream header, not one frame
+        container = av.open(str(d / name), "w")
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+        container.close()
+        out[name] = d / name
     return out
 
 
@@ -212,6 +224,8 @@ def test_a_folder_or_a_non_path_is_refused(tmp_path):
         ("audio", "no video stream"),
         ("cut_before_index", "not a video FFmpeg can read"),
         ("noise", "no decodable frames"),
+        ("no_frames.mp4", "no video stream|no frames"),
+        ("no_frames.mkv", "not a video FFmpeg can read|no frames"),
     ],
 )
 @pytest.mark.parametrize("backend", ["auto", *BACKENDS])
@@ -280,3 +294,26 @@ def test_forcing_decord_on_mpeg_ts_warns_that_it_returns_other_frames(tmp_path):
     with pytest.warns(UserWarning, match="seeks inaccurately"):
         clip = load_video(path, num_segments=3, backend="decord")
     assert clip.backend == "decord"
+
+
+@needs_tiling
+def test_auto_falls_back_to_pyav_where_decord_does_not_import(videos, monkeypatch):
+    monkeypatch.setattr(video, "available_backends", lambda: ("pyav",))
+    clip = load_video(videos["plain"], num_segments=3)
+    assert clip.backend == "pyav"
+
+
+@needs_tiling
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+def test_a_damaged_video_gives_concealed_frames_or_a_clear_error(videos, backend):
+    path = videos["damaged"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            clip = load_video(path, num_segments=4, backend=backend)
+        except ValueError as e:
+            assert path.name in str(e)  # says which file, and why
+        else:
+            assert clip.pixel_values.shape == (4, 3, 448, 448)
+            assert clip.backend == "pyav"  # decord refuses damaged packets; PyAV conceals them
+    assert open_handles(path) == []

@@ -97,3 +97,18 @@ def test_max_num_changes_the_token_cost(strip):
 def test_the_strip_offers_a_static_picture(strip):
     bundle = strip._repr_mimebundle_()
     assert bundle["image/png"][:4] == b"\x89PNG"
+
+
+def test_a_clip_shows_itself_as_its_frame_strip_in_notebooks():
+    clip = load_video(SAMPLE, num_segments=2)
+    assert clip._repr_png_()[:4] == b"\x89PNG"
+
+
+def test_a_strip_can_start_on_a_bound():
+    from vltools.widgets import FrameStrip
+
+    strip = FrameStrip(SAMPLE, num_segments=3, bound=(1.0, 2.0))
+    assert strip.bound == (1.0, 2.0) and strip._bound_slider.value == (1.0, 2.0)
+    assert strip.clip.bound == (1.0, 2.0)
+    expected = sample_frame_indices(96, 24.0, num_segments=3, bound=(1.0, 2.0))
+    assert strip.clip.frame_indices.tolist() == expected.tolist()

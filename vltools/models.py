@@ -7,10 +7,12 @@ into the native model, following the key and config mapping of the format sheet
 (``model_type: internvl``, the ``-hf`` repos) directly. No remote code is ever downloaded or run.
 
 Loading holds one copy of the weights: the model is built on the meta device, then each
-parameter is read from the ``.safetensors`` file(s) straight into its final tensor (the fused
-vision ``attn.qkv`` is split by rows on the way). Everything that can be checked before
-allocating is checked first: config fields, template, tokenizer, and every key and shape of the
-weight files against the model the config describes.
+parameter is filled from the ``.safetensors`` file(s) tensor by tensor, the fused vision
+``attn.qkv`` split by rows on the way. In the file's own dtype on the CPU every parameter is a
+copy-on-write view of the memory-mapped file (as transformers' own loader does); otherwise each
+tensor is read with positional reads into a temporary of its own size and cast at once.
+Everything that can be checked before allocating is checked first: config fields, template,
+tokenizer, and every key and shape of the weight files against the model the config describes.
 
 The result is a :class:`VLModel`: the native model, its tokenizer, and the InternVL facts the
 rest of vltools needs (template, image-context token id, tokens per tile, tile size, ...).
@@ -24,8 +26,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -360,7 +361,7 @@ def _read_header(path: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def read_weight_index(folder: Path, *, allow_pickle: bool = False) -> dict[str, TensorEntry]:
+def read_weight_index(folder: Path) -> dict[str, TensorEntry]:
     """Every tensor of the checkpoint in ``folder`` (single or sharded safetensors), checked.
 
     Raises FileNotFoundError without weights, and refuses pickle weights (``*.bin``): loading
@@ -390,7 +391,12 @@ def read_weight_index(folder: Path, *, allow_pickle: bool = False) -> dict[str, 
                 "them by default because unpickling can execute arbitrary code; convert them to "
                 "safetensors, or pass allow_pickle=True to load_model if you trust the source."
             )
-        raise FileNotFoundError(f"{folder} has no *.safetensors weight files.")
+        raise FileNotFoundError(
+            f"{folder} has no *.safetensors weight files. Copy the checkpoint's "
+            "model*.safetensors (and model.safetensors.index.json if sharded) into it; a Hub "
+            "repository with only pickle weights (*.bin) needs allow_pickle=True, which also "
+            "downloads them."
+        )
     entries: dict[str, TensorEntry] = {}
     for p in paths:
         for key, entry in _read_header(p).items():
@@ -398,22 +404,6 @@ def read_weight_index(folder: Path, *, allow_pickle: bool = False) -> dict[str, 
                 raise ValueError(f"tensor {key!r} appears in both {entries[key].file} and {p}.")
             entries[key] = entry
     return entries
-
-
-def _pread_into(fd: int, out: torch.Tensor, offset: int, name: Path) -> None:
-    """Fill the contiguous CPU tensor ``out`` with the file's bytes from ``offset`` on.
-
-    Positional reads (``os.preadv``) straight into the tensor's memory: no intermediate copy
-    and no file position shared between threads.
-    """
-    torch = require("torch", purpose="Loading a model")
-    view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done : done + (1 << 30)]], offset + done)
-        if n <= 0:
-            raise ValueError(f"{name} ended early (truncated while reading).")
-        done += n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,10 +524,11 @@ def _check_original_config(config: dict[str, Any], path: Path) -> InternVLFacts:
         tokens_per_tile=int(grid * grid * ratio * ratio),
         downsample_ratio=ratio,
         select_layer=select_layer,
-        max_num=int(config.get("max_dynamic_patch", DEFAULT_MAX_NUM)),
+        # absent fields take InternVLChatConfig's own defaults, as the original code would
+        max_num=int(config.get("max_dynamic_patch", 6)),
         min_num=int(config.get("min_dynamic_patch", DEFAULT_MIN_NUM)),
-        use_thumbnail=bool(config.get("use_thumbnail", True)),
-        dynamic_image_size=bool(config.get("dynamic_image_size", True)),
+        use_thumbnail=bool(config.get("use_thumbnail", False)),
+        dynamic_image_size=bool(config.get("dynamic_image_size", False)),
         ps_version=ps_version,
     )
 
@@ -812,66 +803,50 @@ def _set_tensor(model: Any, name: str, tensor: torch.Tensor) -> None:
     module._parameters[attr] = param
 
 
-_READ_THREADS = 4
-
-
 def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], device, dtype) -> None:
     """Put each planned tensor in its final place, one copy of the weights in all.
 
-    Where the file already holds the wanted dtype and the model stays on the CPU, each
-    parameter is a view of the memory-mapped file (private, copy-on-write, read lazily by the
-    OS, as transformers' own loader does); the fused qkv rows are views too. Otherwise a few
-    threads read each tensor with positional reads into a temporary of its own size that is
-    cast and moved at once, so the file's pages are never held beside the converted weights.
+    Every file is memory-mapped privately (copy-on-write: nothing ever writes to it). A tensor
+    already in the wanted dtype, for a model on the CPU, becomes a view of the mapping, read
+    lazily by the OS, as transformers' own loader does; the fused qkv rows are views too. Any
+    other tensor is cast (and moved to ``device``) at once, after which its pages are dropped
+    from the mapping, so the file is never held in memory beside the converted weights.
     """
     torch = require("torch", purpose="Loading a model")
     targets = dict(model.named_parameters())
-    files = sorted({e.file for e in entries.values()})
-
-    def row_offset(m: KeyMapping, entry: TensorEntry) -> int:
-        if not m.rows:
-            return entry.start
-        return entry.start + m.rows[0] * (entry.end - entry.start) // entry.shape[0]
-
-    direct = device.type == "cpu" and all(
-        getattr(torch, e.dtype) == dtype for e in entries.values()
-    )
-    if direct:
-        maps = {}
-        for path in files:
-            with open(path, "rb") as f:
-                maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        for m in plan.mappings:
-            entry = entries[m.source]
-            shape = tuple(targets[m.target].shape)
-            count = _numel(shape)
-            if count == 0:
-                tensor = torch.empty(shape, dtype=dtype)
-            else:
-                tensor = torch.frombuffer(
-                    maps[entry.file], dtype=dtype, count=count, offset=row_offset(m, entry)
-                ).view(shape)
-            _set_tensor(model, m.target, tensor)
-        return
-
-    fds = {path: os.open(path, os.O_RDONLY) for path in files}
-
-    def read(m: KeyMapping) -> Any:
+    maps: dict[Path, mmap.mmap] = {}
+    for path in sorted({e.file for e in entries.values()}):
+        with open(path, "rb") as f:
+            maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    views_in = {
+        e.file
+        for e in entries.values()
+        if device.type == "cpu" and getattr(torch, e.dtype) == dtype
+    }
+    for m in plan.mappings:
         entry = entries[m.source]
+        shape = tuple(targets[m.target].shape)
+        count = _numel(shape)
+        offset = entry.start
+        if m.rows:  # the rows of a fused qkv tensor are contiguous bytes
+            offset += m.rows[0] * (entry.end - entry.start) // entry.shape[0]
         file_dtype = getattr(torch, entry.dtype)
-        buf = torch.empty(tuple(targets[m.target].shape), dtype=file_dtype)
-        _pread_into(fds[entry.file], buf, row_offset(m, entry), entry.file)
-        if device.type == "cpu" and file_dtype == dtype:
-            return buf
-        return buf.to(device=device, dtype=dtype)
-
-    try:
-        with ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="vltools-load") as pool:
-            for m, tensor in zip(plan.mappings, pool.map(read, plan.mappings), strict=True):
-                _set_tensor(model, m.target, tensor)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+        if count == 0:
+            tensor = torch.empty(shape, dtype=dtype, device=device)
+        else:
+            view = torch.frombuffer(maps[entry.file], dtype=file_dtype, count=count, offset=offset)
+            view = view.view(shape)
+            if device.type == "cpu" and file_dtype == dtype:
+                tensor = view
+            else:
+                tensor = view.to(device=device, dtype=dtype, copy=True)
+                del view
+                if entry.file not in views_in and hasattr(mmap, "MADV_DONTNEED"):
+                    # no parameter lives in these pages: let the OS drop them now
+                    start = offset - offset % mmap.PAGESIZE
+                    end = offset + count * file_dtype.itemsize
+                    maps[entry.file].madvise(mmap.MADV_DONTNEED, start, end - start)
+        _set_tensor(model, m.target, tensor)
 
 
 def _finish(model: Any, device: torch.device) -> None:
@@ -1310,8 +1285,3 @@ def load_model(
         attn,
     )
     return vl
-
-
-def iter_weight_files(folder: Path) -> Iterator[Path]:
-    """The weight files of a checkpoint folder (for reports and benchmarks)."""
-    yield from sorted({e.file for e in read_weight_index(Path(folder)).values()})

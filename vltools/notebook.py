@@ -16,9 +16,9 @@ and dtype, and a visible warning when the tiny random model is in use.
 from __future__ import annotations
 
 import html
+import logging
 import os
 import platform
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -96,12 +96,35 @@ def versions() -> dict[str, str]:
     return found
 
 
+def show_figures_inline() -> bool:
+    """Let a cell that evaluates to a matplotlib ``Figure`` show it as a PNG.
+
+    ``vltools.viz`` builds figures without pyplot (no global state), and IPython only knows how
+    to display pyplot-managed figures, so this registers a PNG formatter for ``Figure``.
+    Returns False outside IPython.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    from matplotlib.figure import Figure
+
+    from vltools.viz import figure_to_png
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_to_png)
+    return True
+
+
 def setup(*, model: bool = True, name: str | None = None) -> Setup:
     """Load the notebook's model (unless ``model=False``) and collect versions and device.
 
-    ``name`` overrides ``VLTOOLS_MODEL``. The tiny model warns through ``warnings`` too, so the
-    warning shows even where the returned object is not displayed.
+    ``name`` overrides ``VLTOOLS_MODEL``. Displaying the result shows the versions, the device
+    and, for the tiny model, a highlighted warning that its answers are random text.
     """
+    show_figures_inline()
     if not model:
         return Setup(model_name=None, model=None, versions=versions())
     from vltools.models import load_model
@@ -110,5 +133,5 @@ def setup(*, model: bool = True, name: str | None = None) -> Setup:
     loaded = load_model(model_name)
     env = Setup(model_name=model_name, model=loaded, versions=versions())
     if env.is_tiny:
-        warnings.warn(TINY_WARNING, stacklevel=2)
+        logging.getLogger(__name__).info(TINY_WARNING)
     return env

@@ -53,6 +53,9 @@ __all__ = [
     "original_key_shapes",
     "write_checkpoint",
     "write_safetensors",
+    "checkpoint_files",
+    "SPECIAL_TOKENS",
+    "REAL_BASE_VOCAB",
 ]
 
 # Bump when anything that changes the written bytes changes (it is part of the recipe hash).
@@ -623,6 +626,7 @@ def _cached_build(
     # checkpoint; the recipe marker is written last.
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; a cache is for everyone on the machine
         build(staging)
         (staging / _RECIPE_FILE).write_text(recipe_text)
         if path is None:

@@ -22,10 +22,13 @@ equally close one only when the image's area exceeds half of that grid's pixel a
 candidates are visited in the card's order, including its order among grids with the same
 tile count (which matters only when ``min_num > 1``; see :func:`_card_candidate_order`). The
 pixel values are bit-identical to the card's pipeline (max abs difference 0.0): the same PIL
-``convert("RGB")``, the same bicubic resizes, and a float conversion that reproduces
-torchvision's ``ToTensor`` + ``Normalize`` arithmetic value for value (a 256-entry table per
-channel, computed with the same float32 operations) for the whole canvas at once instead of
-tile by tile. ``load_image(..., exif_transpose=False)`` is the card exactly; the default
+``convert("RGB")``, the same bicubic resizes, and the same float32 operations as
+torchvision's ``ToTensor`` + ``Normalize`` (``(x / 255 - mean) / std``, checked value for
+value against torch for all 256 inputs, see :func:`_normaliser`), done from the resized canvas
+straight into one preallocated tensor instead of tile by tile through PIL and torchvision,
+with the thumbnail's resize running beside the canvas's. This makes it several times faster
+than the card (``benchmarks/tiling.py``). ``load_image(..., exif_transpose=False)`` is the
+card exactly; the default
 first applies the EXIF orientation, which the card ignores (a phone photo taken upright but
 stored sideways is tiled upright here, sideways by the card).
 """
@@ -35,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import logging
 import operator
 import os
 import threading
@@ -73,9 +77,10 @@ __all__ = [
 
 # The card's pipeline resizes with PIL's default filter, which is BICUBIC for an RGB image.
 _RESAMPLE = Image.Resampling.BICUBIC
-# fast=True: PIL first shrinks by an integer factor with a box filter (Image.reduce), then
-# resizes bicubically; 3.0 keeps the result close to the exact resize (see benchmarks/tiling.py).
-_FAST_REDUCING_GAP = 3.0
+# fast=True: PIL first shrinks by an integer factor with a box filter (Image.reduce) when the
+# image is at least twice the reducing gap larger, then resizes bicubically; and the thumbnail
+# is resized from the canvas instead of the original (see benchmarks/tiling.py for the error).
+_FAST_REDUCING_GAP = 2.0
 # Pixel shuffle merges 2 x 2 patches into one token: a tile side must be an even number of
 # 14-pixel patches.
 _SIDE_MULTIPLE = int(round(PATCH_SIZE / DOWNSAMPLE_RATIO))
@@ -545,28 +550,21 @@ class TiledImage:
         return figure_to_png(show_tiles(self), dpi=72)
 
 
-def _describe(source: Any) -> str:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source):,} bytes>"
-    return repr(source) if not isinstance(source, Path) else str(source)
-
-
 def _decode(opener: Callable[[], Image.Image], what: str) -> Image.Image:
     """Open and fully decode an image file, turning PIL's failures into clear errors."""
-    limit = Image.MAX_IMAGE_PIXELS
-    bomb = (
-        f"{what} is larger than Pillow's decompression-bomb limit of {limit:,} pixels "
-        f"(PIL.Image.MAX_IMAGE_PIXELS). vltools refuses it rather than decode a possibly "
-        f"malicious file. If you trust the file, raise the limit deliberately first: "
-        f"`PIL.Image.MAX_IMAGE_PIXELS = <pixels>` (None disables the check)."
-    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = opener()
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"{bomb} Pillow says: {e}") from e
+        limit = Image.MAX_IMAGE_PIXELS or 0
+        raise ValueError(
+            f"{what} is larger than Pillow's decompression-bomb limit of {limit:,} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS). vltools refuses it rather than decode a possibly "
+            "malicious file. If you trust the file, raise the limit deliberately first: "
+            f"`PIL.Image.MAX_IMAGE_PIXELS = <pixels>` (None disables the check). Pillow says: {e}"
+        ) from e
     except Image.UnidentifiedImageError as e:
         raise ValueError(
             f"{what} is not an image Pillow can read (formats: JPEG, PNG, WebP, GIF, BMP, "
@@ -674,42 +672,65 @@ def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None
 
 
 @functools.lru_cache(maxsize=8)
-def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """``[3, 256]`` float32: what ToTensor + Normalize make of each uint8 value per channel.
+def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[..., None]:
+    """A function ``(out [3, S, S] float32, pixels [S, S, 3] uint8)`` doing ToTensor + Normalize.
 
-    Computed with torchvision's own operations and order (uint8 -> float32, ``div(255)``,
-    ``sub_(mean)``, ``div_(std)`` with float32 mean/std), so looking a pixel up in this table
-    is bit-identical to transforming it, and one gather replaces four passes over the tiles.
+    torchvision computes ``((uint8 -> float32) / 255 - mean) / std`` in float32, one whole
+    tensor pass per operation. Here the same three IEEE float32 operations run with numpy on
+    one tile at a time (the tile stays in cache), which gives the same bits as long as both
+    libraries divide and subtract exactly (correctly rounded) rather than, say, multiply by a
+    reciprocal. That is checked once for all 256 values of each channel against torch's own
+    operations; if they ever differ, a 256-entry lookup table per channel computed with
+    torch's operations (exact by construction, somewhat slower) is used instead.
     """
     import torch
 
+    # torch, exactly as torchvision: ToTensor (to float32, div(255)), Normalize (sub_, div_)
     values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
-    x = values.to(dtype=torch.float32).div(255)  # ToTensor
-    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1))  # Normalize
+    x = values.to(dtype=torch.float32).div(255)
+    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1))
     x = x.div_(torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1))
-    table = x.reshape(3, 256).numpy().copy()
-    table.setflags(write=False)
-    return table
+    table = x.reshape(3, 256).numpy().copy()  # [3, 256]: channel, uint8 value -> float32
+
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    scale = np.float32(255)
+
+    def arithmetic(out: np.ndarray, pixels: np.ndarray) -> None:
+        out[...] = pixels.transpose(2, 0, 1)  # uint8 [S, S, 3] -> float32 [3, S, S], exact
+        np.divide(out, scale, out=out)
+        np.subtract(out, mean32, out=out)
+        np.divide(out, std32, out=out)
+
+    def lookup(out: np.ndarray, pixels: np.ndarray) -> None:
+        for c in range(3):
+            np.take(table[c], pixels[:, :, c], out=out[c])
+
+    probe = np.empty((3, 1, 256), dtype=np.float32)
+    arithmetic(probe, np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, axis=2))
+    if np.array_equal(probe.reshape(3, 256).view(np.uint32), table.view(np.uint32)):
+        return arithmetic
+    logging.getLogger(__name__).info("numpy and torch float32 arithmetic differ; using a table")
+    return lookup
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """A small shared thread pool: PIL's resize and numpy's gather release the GIL."""
+    """A small shared thread pool: PIL's resize and numpy's arithmetic release the GIL.
+
+    One per process: a forked child (a DataLoader worker) gets its own, since the parent's
+    worker threads do not exist there.
+    """
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL[0] != os.getpid():
             workers = max(2, min(4, os.cpu_count() or 2))
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-tiling")
-        return _POOL
-
-
-def _normalise_into(out: np.ndarray, pixels: np.ndarray, table: np.ndarray) -> None:
-    """``out[c] = table[c][pixels[..., c]]`` for one tile: ``[3, S, S]`` from ``[S, S, 3]``."""
-    for c in range(3):
-        np.take(table[c], pixels[:, :, c], out=out[c])
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-tiling")
+            _POOL = (os.getpid(), pool)
+        return _POOL[1]
 
 
 def load_image(
@@ -737,9 +758,11 @@ def load_image(
         exif_transpose: apply the EXIF orientation first (default True: the model sees the
             photo the way a person does). The card does not; pass ``False`` to reproduce its
             pixel values exactly for photos that carry a rotation tag.
-        fast: trade bit-exactness for speed: resize with PIL's ``reducing_gap`` (a box-filter
-            shrink by an integer factor, then bicubic). Changes pixels by a few levels on large
-            downscales; ``False`` (default) is bit-identical to the card.
+        fast: trade bit-exactness for speed: resize with PIL's ``reducing_gap=2`` (a
+            box-filter shrink by an integer factor first, for downscales of 4x and more) and
+            make the thumbnail from the resized canvas instead of the original. Pixels move by
+            a level or two (see ``benchmarks/tiling.py``); ``False`` (default) is
+            bit-identical to the card.
 
     Returns:
         A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
@@ -766,34 +789,37 @@ def load_image(
         use_thumbnail=use_thumbnail,
     )
     gap = _FAST_REDUCING_GAP if fast else None
-    table = _normalise_table(IMAGENET_MEAN, IMAGENET_STD)
+    normalise = _normaliser(IMAGENET_MEAN, IMAGENET_STD)
     S = image_size
     pixel_values = torch.empty((grid.num_tiles, 3, S, S), dtype=torch.float32)
     out = pixel_values.numpy()  # [num_tiles, 3, S, S], shares memory with pixel_values
     pool = _pool()
 
-    def resize(size: tuple[int, int]) -> Image.Image:
-        if image.size == size:
-            return image  # PIL would return a copy: same pixels
-        return image.resize(size, _RESAMPLE, reducing_gap=gap)
+    def resize(source: Image.Image, size: tuple[int, int]) -> Image.Image:
+        if source.size == size:
+            return source  # PIL would return a copy: same pixels
+        return source.resize(size, _RESAMPLE, reducing_gap=gap)
 
-    def thumbnail_job() -> Image.Image:
-        thumb = resize((S, S))
-        _normalise_into(out[grid.num_tiles - 1], np.asarray(thumb), table)
+    def thumbnail_job(source: Image.Image) -> Image.Image:
+        thumb = resize(source, (S, S))
+        normalise(out[grid.num_tiles - 1], np.asarray(thumb))
         return thumb
 
-    # The thumbnail (a second resize of the whole image) runs beside the canvas resize.
-    thumb_future: Future[Image.Image] | None = (
-        pool.submit(thumbnail_job) if grid.has_thumbnail else None
-    )
-    canvas = resize(grid.canvas_size)
+    # The thumbnail (a second resize of the whole image) runs beside the canvas resize; in
+    # fast mode it is a resize of the (smaller) canvas instead, after it.
+    thumb_future: Future[Image.Image] | None = None
+    if grid.has_thumbnail and not fast:
+        thumb_future = pool.submit(thumbnail_job, image)
+    canvas = resize(image, grid.canvas_size)
+    if grid.has_thumbnail and fast:
+        thumb_future = pool.submit(thumbnail_job, canvas)
     pixels = np.asarray(canvas)  # [rows * S, cols * S, 3] uint8
     grid_boxes = [b for b in grid.boxes if not b.is_thumbnail]
 
     def tile_job(boxes: list[TileBox]) -> None:
         for b in boxes:
             left, top, right, bottom = b.canvas
-            _normalise_into(out[b.index], pixels[top:bottom, left:right], table)
+            normalise(out[b.index], pixels[top:bottom, left:right])
 
     half = (len(grid_boxes) + 1) // 2
     side_job = pool.submit(tile_job, grid_boxes[half:]) if half < len(grid_boxes) else None

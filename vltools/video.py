@@ -226,6 +226,12 @@ class VideoClip:
             self, pixel_values=pixel_values, tiled=_tiled_views(self.tiled, pixel_values)
         )
 
+    def _repr_png_(self) -> bytes:
+        """The frame strip (:func:`vltools.viz.show_frames`) for notebooks."""
+        from vltools.viz import figure_to_png, show_frames
+
+        return figure_to_png(show_frames(self), dpi=72)
+
     def __repr__(self) -> str:
         bound = "" if self.bound is None else f", bound={self.bound}"
         return (

@@ -110,11 +110,14 @@ class TileExplorer(StaticFallback, widgets.VBox):
         self._update()
 
     def _update(self, change: Any = None) -> None:
+        import dataclasses
+
         from vltools.tiling import load_image
 
         self._output.outputs = ()
         try:
             tiled = load_image(self.image, max_num=self.max_num, min_num=self.min_num)
+            tiled = dataclasses.replace(tiled, source=self.source)
         except (ValueError, TypeError) as e:
             self.error = str(e)
             self._output.append_stderr(f"{type(e).__name__}: {e}\n")
@@ -256,9 +259,10 @@ class FrameStrip(StaticFallback, widgets.VBox):
             self.num_segments = num_segments
             self.max_num = max_num
             self.bound = (0.0, whole.duration) if bound is None else tuple(map(float, bound))
-        widgets.link((self._segments_slider, "value"), (self, "num_segments"))
-        widgets.link((self._bound_slider, "value"), (self, "bound"))
-        widgets.link((self._max_num_slider, "value"), (self, "max_num"))
+        # the traits lead: link() copies its source into its target once, at creation
+        widgets.link((self, "num_segments"), (self._segments_slider, "value"))
+        widgets.link((self, "bound"), (self._bound_slider, "value"))
+        widgets.link((self, "max_num"), (self._max_num_slider, "value"))
         self.observe(self._resample, names=["num_segments", "bound", "max_num"])
         if bound is None:
             self._show(whole)
@@ -283,7 +287,7 @@ class FrameStrip(StaticFallback, widgets.VBox):
                 bound=self._bound_or_none(),
                 backend=self._backend,
             )
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # shown in the widget; an observer's exception would be lost
             self.error = str(e)
             self._output.append_stderr(f"{type(e).__name__}: {e}\n")
             return
@@ -398,10 +402,25 @@ class AttentionExplorer(StaticFallback, widgets.VBox):
             (self._sinks_box, "sinks"),
         ]:
             widgets.link((control, "value"), (self, name))
-        self.observe(
-            self._update, names=["token", "span", "layers", "head", "image", "source", "sinks"]
-        )
+        self.observe(self._update, names=list(self._STATE))
         self._update()
+
+    _STATE = ("token", "span", "layers", "head", "image", "source", "sinks")
+
+    def set(self, **state: Any) -> AttentionExplorer:
+        """Change several of ``token``, ``span``, ``layers``, ``head``, ``image``, ``source``,
+        ``sinks`` at once and redraw once; returns the widget."""
+        unknown = sorted(set(state) - set(self._STATE))
+        if unknown:
+            raise ValueError(f"Unknown state {unknown}; AttentionExplorer has {list(self._STATE)}.")
+        self._batch = True
+        try:
+            for name, value in state.items():
+                setattr(self, name, value)
+        finally:
+            self._batch = False
+        self._update()
+        return self
 
     def selection(self) -> dict[str, Any]:
         """The current choice as keyword arguments of ``AttentionMaps.map``."""
@@ -426,6 +445,8 @@ class AttentionExplorer(StaticFallback, widgets.VBox):
     def _update(self, change: Any = None) -> None:
         from vltools.viz import figure_to_png
 
+        if getattr(self, "_batch", False):
+            return  # set() redraws once at the end
         self._output.outputs = ()
         try:
             if self.source not in ("tiles", "thumbnail", "blend"):

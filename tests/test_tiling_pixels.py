@@ -1,0 +1,297 @@
+"""load_image: pixel values bit-identical to the model card's pipeline, EXIF, and clear errors.
+
+The reference is the card's pipeline as specified: ``convert('RGB')``, ``dynamic_preprocess``
+(resize with PIL's default filter, crop row-major, a 448 x 448 thumbnail of the original),
+then per tile torchvision's ``Resize((448, 448), BICUBIC)``, ``ToTensor``, ``Normalize``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from test_tiling import card_grid
+from torchvision.transforms.functional import InterpolationMode
+
+import vltools
+from vltools.constants import IMAGENET_MEAN, IMAGENET_STD
+from vltools.tiling import TiledImage, load_image
+
+
+def card_pixel_values(
+    image: Image.Image, *, max_num: int, min_num: int = 1, size: int = 448, thumbnail: bool = True
+):
+    """The card's load_image on an already opened image (Image.open(...).convert('RGB'))."""
+    image = image.convert("RGB")
+    transform = T.Compose(
+        [
+            T.Lambda(lambda im: im.convert("RGB") if im.mode != "RGB" else im),
+            T.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
+    (cols, rows), _ = card_grid(image.width, image.height, min_num, max_num, size)
+    resized = image.resize((cols * size, rows * size))
+    tiles = [
+        resized.crop(
+            ((i % cols) * size, (i // cols) * size, (i % cols + 1) * size, (i // cols + 1) * size)
+        )
+        for i in range(cols * rows)
+    ]
+    if thumbnail and len(tiles) != 1:
+        tiles.append(image.resize((size, size)))
+    return torch.stack([transform(t) for t in tiles])
+
+
+def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus noise: every uint8 value occurs, edges and flat areas both."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), (x + y) % 256], -1)
+    return np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+
+
+def _in_mode(array: np.ndarray, mode: str) -> Image.Image:
+    rgb = Image.fromarray(array)
+    if mode == "RGBA":
+        alpha = Image.fromarray(array[:, :, 0][::-1].copy())
+        return Image.merge("RGBA", (*rgb.split(), alpha))
+    if mode == "P":
+        return rgb.quantize(64)
+    if mode == "I;16":  # 16-bit grey beyond 255: convert('RGB') clips, as in the card
+        wide = array[:, :, 0].astype(np.uint16) * 3 + array[:, :, 1]
+        return Image.fromarray(wide)
+    return rgb.convert(mode)
+
+
+SHAPES = [(800, 600), (3000, 45), (37, 2100), (449, 447), (1, 1), (900, 300)]
+MODES = ["RGB", "RGBA", "L", "P", "I;16", "CMYK"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pixel_values_are_bit_identical_to_the_cards_pipeline_for_every_mode(mode):
+    # Every shape at a small budget (the card's per-tile pipeline is slow), and one shape per
+    # mode, rotating through the extreme ones, at the card's 6 or the model's 12.
+    k = MODES.index(mode)
+    cases = [(shape, 2) for shape in SHAPES] + [(SHAPES[k], 12 if k % 2 else 6)]
+    for (w, h), max_num in cases:
+        image = _in_mode(_photo(w, h, seed=k), mode)
+        assert image.mode == mode
+        ours = load_image(image, max_num=max_num).pixel_values
+        card = card_pixel_values(image, max_num=max_num)
+        assert ours.dtype == torch.float32 and ours.shape == card.shape, (w, h, mode)
+        assert (ours - card).abs().max().item() == 0.0, (w, h, mode, max_num)
+
+
+def test_pixel_values_are_bit_identical_for_min_num_and_large_max_num():
+    image = Image.fromarray(_photo(1000, 300, seed=3))  # 7x2 at max_num 20: 15 tiles
+    for min_num, max_num in [(2, 6), (4, 4), (1, 20)]:
+        ours = load_image(image, min_num=min_num, max_num=max_num).pixel_values
+        card = card_pixel_values(image, min_num=min_num, max_num=max_num)
+        assert torch.equal(ours, card), (min_num, max_num)
+
+
+def test_pixel_values_follow_the_card_for_another_tile_size_and_without_thumbnail():
+    image = Image.fromarray(_photo(500, 260, seed=4))
+    ours = load_image(image, max_num=4, image_size=224)
+    assert ours.pixel_values.shape == (3, 3, 224, 224)
+    assert torch.equal(ours.pixel_values, card_pixel_values(image, max_num=4, size=224))
+    assert ours.grid.tokens_per_tile == 64
+    bare = load_image(image, max_num=4, use_thumbnail=False)
+    assert bare.num_patches == 2 and not bare.grid.has_thumbnail
+    assert torch.equal(bare.pixel_values, card_pixel_values(image, max_num=4, thumbnail=False))
+
+
+def test_every_source_kind_gives_the_same_pixels(tmp_path):
+    array = _photo(500, 300)
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path)
+    expected = card_pixel_values(Image.open(path), max_num=6)
+    for source in [path, str(path), path.read_bytes(), Image.open(path), array, open(path, "rb")]:
+        tiled = load_image(source, max_num=6)
+        assert torch.equal(tiled.pixel_values, expected), type(source)
+    assert load_image(path, max_num=6).source == str(path)
+
+
+def test_a_tiled_image_carries_the_grid_tiles_and_patch_count():
+    tiled = load_image(Image.fromarray(_photo(900, 300)), max_num=6)
+    grid = tiled.grid
+    assert isinstance(tiled, TiledImage)
+    assert (grid.cols, grid.rows) == (3, 1)
+    assert tiled.num_patches == grid.num_tiles == len(tiled.tiles) == 4
+    assert tiled.pixel_values.shape == (4, 3, 448, 448)
+    assert all(t.size == (448, 448) and t.mode == "RGB" for t in tiled.tiles)
+    assert tiled.image.size == (900, 300) and tiled.image.mode == "RGB"
+    # tile k is pixel_values[k]: un-normalise and compare with the PIL tile
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for k, tile in enumerate(tiled.tiles):
+        back = ((tiled.pixel_values[k] * std + mean) * 255).round().to(torch.uint8)
+        assert torch.equal(back.permute(1, 2, 0), torch.from_numpy(np.array(tile)))
+    assert "3x1 grid" in repr(tiled) and "num_patches=4" in repr(tiled)
+
+
+def test_to_moves_and_casts_without_touching_the_original():
+    tiled = load_image(Image.fromarray(_photo(300, 300)), max_num=1)
+    half = tiled.to(dtype="bfloat16")
+    assert half.pixel_values.dtype == torch.bfloat16 and tiled.pixel_values.dtype == torch.float32
+    assert half.grid is tiled.grid and half.num_patches == 1
+    assert tiled.to("cpu", torch.float16).pixel_values.dtype == torch.float16
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        tiled.to(dtype="float33")
+
+
+def test_fast_mode_stays_close_to_the_exact_pixels():
+    image = Image.fromarray(_photo(300, 200)).resize((3000, 2000), Image.Resampling.BILINEAR)
+    # one tile: a 6.7x shrink, which fast mode starts with a box-filter reduce
+    exact = load_image(image, max_num=1).pixel_values
+    fast = load_image(image, max_num=1, fast=True).pixel_values
+    assert fast.shape == exact.shape
+    diff = (fast - exact).abs()
+    assert diff.mean().item() < 0.05  # a couple of uint8 levels on average (1 level ~ 0.017)
+    assert diff.max().item() > 0.0  # it really is a different resize
+
+
+def _jpeg_with_orientation(array: np.ndarray, orientation: int) -> bytes:
+    image = Image.fromarray(array)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied_by_default_and_off_reproduces_the_card():
+    data = _jpeg_with_orientation(_photo(600, 200), orientation=6)  # stored sideways
+    upright = load_image(data, max_num=6)
+    assert upright.image.size == (200, 600)  # rotated to what a viewer shows
+    assert (upright.grid.cols, upright.grid.rows) == (1, 3)
+    as_card = load_image(data, max_num=6, exif_transpose=False)
+    assert as_card.image.size == (600, 200)
+    assert torch.equal(
+        as_card.pixel_values, card_pixel_values(Image.open(io.BytesIO(data)), max_num=6)
+    )
+    plain = _jpeg_with_orientation(_photo(600, 200), orientation=1)
+    assert torch.equal(
+        load_image(plain, max_num=6).pixel_values,
+        load_image(plain, max_num=6, exif_transpose=False).pixel_values,
+    )
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_a_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        load_image(missing)
+
+
+def test_a_directory_is_refused_and_its_images_are_suggested(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "inside.png")
+    with pytest.raises(ValueError, match=r"is a directory.*inside\.png"):
+        load_image(tmp_path)
+
+
+def test_a_file_that_is_not_an_image_is_refused(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, not an image")
+    with pytest.raises(ValueError, match="not an image Pillow can read") as info:
+        load_image(path)
+    assert "notes.txt" in str(info.value) and info.value.__cause__ is not None
+
+
+def test_a_truncated_jpeg_is_refused_with_the_way_to_accept_it(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(_photo(400, 300)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ValueError, match="truncated") as info:
+        load_image(path)
+    assert "LOAD_TRUNCATED_IMAGES" in str(info.value) and "cut.jpg" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [Image.new("RGB", (0, 10)), np.zeros((0, 5, 3), np.uint8), np.zeros((5, 0), np.uint8), b""],
+    ids=["pil-0x10", "array-0x5", "array-5x0", "no-bytes"],
+)
+def test_a_zero_size_image_is_refused(source):
+    with pytest.raises(ValueError, match="zero pixels|0x10|empty"):
+        load_image(source)
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_refused(monkeypatch):
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100)).save(buffer, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 20,000 px is over the limit
+    with pytest.raises(ValueError) as info:
+        load_image(buffer.getvalue())
+    message = str(info.value)
+    assert "10,000" in message and "PIL.Image.MAX_IMAGE_PIXELS" in message
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # raised deliberately: accepted
+    assert load_image(buffer.getvalue(), max_num=1).grid.width == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_num": 2, "min_num": 3}, ["max_num (2)", "min_num (3)"]),
+        ({"min_num": 0}, ["min_num", "at least 1"]),
+        ({"image_size": 100}, ["image_size", "100", "multiple of 28"]),
+    ],
+)
+def test_bad_settings_are_refused_before_any_decoding(kwargs, words, tmp_path):
+    with pytest.raises(ValueError) as info:
+        load_image(tmp_path / "never-opened.jpg", **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        (12, ["int", "path", "PIL.Image", "numpy"]),
+        (np.zeros((4, 4, 3), np.float32), ["uint8", "float32", "astype"]),
+        (torch.zeros(3, 4, 4), ["Tensor"]),
+    ],
+)
+def test_unsupported_sources_raise_a_type_error_saying_what_is_accepted(source, words):
+    with pytest.raises(TypeError) as info:
+        load_image(source)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_a_channels_first_array_gets_a_hint_to_transpose():
+    with pytest.raises(ValueError, match="transpose"):
+        load_image(np.zeros((3, 40, 40, 2), np.uint8))
+    with pytest.raises(ValueError, match="transpose"):
+        load_image(np.zeros((40, 40, 5), np.uint8))
+
+
+def test_the_top_level_names_are_the_tiling_ones():
+    assert vltools.load_image is load_image
+    assert vltools.TiledImage is TiledImage
+
+
+def test_load_image_works_in_a_forked_child_after_use_in_the_parent():
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    image = Image.fromarray(_photo(700, 300))
+    expected = load_image(image, max_num=4).pixel_values  # the parent's pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(_tile_in_child, (np.asarray(image),))
+        got = result.get(timeout=60)
+    assert torch.equal(torch.from_numpy(got), expected)
+
+
+def _tile_in_child(array: np.ndarray) -> np.ndarray:
+    return load_image(array, max_num=4).pixel_values.numpy()

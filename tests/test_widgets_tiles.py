@@ -1,0 +1,92 @@
+"""show_tiles and the TileExplorer: pure figures, and a widget driven through its traits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vltools.tiling import load_image, plan_tiles
+
+pytest.importorskip("matplotlib")
+
+
+def _image(width: int, height: int) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    return Image.fromarray(np.stack([x % 256, y % 256, (x * y) % 256], -1).astype(np.uint8))
+
+
+def test_show_tiles_returns_a_figure_with_the_grid_tiles_thumbnail_and_cost():
+    from matplotlib.figure import Figure
+
+    from vltools.viz import figure_to_png, show_tiles
+
+    tiled = load_image(_image(900, 300), max_num=6)
+    fig = show_tiles(tiled)
+    assert isinstance(fig, Figure)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert [str(i) for i in range(3)] == sorted(set(texts) & {"0", "1", "2"})
+    assert texts.count("0") == 2  # labelled on the original and in the tile strip
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "thumbnail (tile 3)" in titles and "3x1 grid" in titles
+    caption = fig._suptitle.get_text()
+    assert "4 tiles" in caption and "1,024 image tokens" in caption and "8,192" in caption
+    assert len(fig.axes[0].patches) == 3  # one rectangle per grid tile on the original
+    assert figure_to_png(fig)[:4] == b"\x89PNG"
+
+
+def test_show_tiles_draws_a_tall_single_tile_image_without_a_thumbnail():
+    from vltools.viz import show_tiles
+
+    fig = show_tiles(load_image(_image(60, 500), max_num=1))
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "thumbnail" not in titles and "1 tile x 256" in fig._suptitle.get_text()
+
+
+def test_a_tiled_image_shows_itself_as_a_png_and_a_grid_as_html():
+    tiled = load_image(_image(500, 400), max_num=4)
+    assert tiled._repr_png_()[:4] == b"\x89PNG"
+    assert "<table>" in plan_tiles(500, 400)._repr_html_()
+
+
+def test_tile_explorer_follows_its_sliders_and_reports_the_cost():
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import TileExplorer
+
+    explorer = TileExplorer(_image(1700, 400), max_num=6)
+    assert (explorer.grid.cols, explorer.grid.rows) == (4, 1)
+    assert explorer.tiled.num_patches == 5 and explorer.error == ""
+    assert "5 tiles x 256 = 1,280 image tokens" in explorer.cost
+    assert "15.6%" in explorer.cost
+    assert explorer._picture.value[:4] == b"\x89PNG"
+    assert "chosen" in explorer._table.value and "4x1" in explorer._table.value
+
+    explorer.max_num = 1  # the slider follows the trait and the view redraws
+    assert explorer._max_slider.value == 1
+    assert explorer.grid.num_tiles == 1 and "1 tile x 256" in explorer.cost
+
+    explorer._max_slider.value = 40  # and the trait follows the slider
+    assert explorer.max_num == 40 and explorer.grid.max_num == 40
+    assert explorer.grid.cols * explorer.grid.rows > 12
+
+
+def test_tile_explorer_shows_an_impossible_choice_and_keeps_the_last_good_view():
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import TileExplorer
+
+    explorer = TileExplorer(_image(800, 600), max_num=12)
+    good = explorer.tiled
+    explorer.min_num = 20  # above max_num
+    assert "min_num (20)" in explorer.error
+    assert explorer.tiled is good
+    assert any("min_num" in o.get("text", "") for o in explorer._output.outputs)
+    explorer.max_num = 30  # a valid choice again clears the error
+    assert explorer.error == "" and explorer.grid.cols * explorer.grid.rows >= 20
+
+
+def test_tile_explorer_offers_a_static_picture_for_html_exports():
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import TileExplorer
+
+    bundle = TileExplorer(_image(300, 300), max_num=2)._repr_mimebundle_()
+    assert bundle["image/png"][:4] == b"\x89PNG"
