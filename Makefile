@@ -23,7 +23,7 @@ test: $(STAMP)
 
 ## make lab: JupyterLab on the notebooks
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## make bench: every benchmark (add QUICK=1 for the quick mode)
 bench: $(STAMP)

@@ -4,7 +4,8 @@ Each sample is one image at ``max_num=1`` (one tile), and every answer is exactl
 (``min_new_tokens = max_new_tokens = 64``, greedy), so both sides generate the same amount.
 The baseline is four ``VLModel.chat`` calls one after the other; vltools is one
 ``VLModel.batch_chat`` call (left-padded batch of 4). The cost is wall seconds for the 256
-tokens; ratio = sequential / batched = the gain in tokens per second.
+tokens; ratio = sequential / batched = the gain in tokens per second. The table also gives
+each side's CPU seconds (process time), which other load on a shared machine disturbs less.
 
 Full run: the full-size random-weight InternVL2-1B checkpoint on the CPU in float32, what
 ``load_model`` picks on a CPU (``--dtype bfloat16`` to change). ``--quick``: the tiny
@@ -14,6 +15,7 @@ checkpoint. Run as
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -70,19 +72,22 @@ def main() -> None:
     def batched() -> None:
         model.batch_chat(pixels, list(QUESTIONS), gen, num_patches_list=[1, 1, 1, 1])
 
-    seq, bat = [], []
+    seq, bat, seq_cpu, bat_cpu = [], [], [], []
     for _ in range(repeats):  # interleaved
-        for fn, out in ((sequential, seq), (batched, bat)):
-            start = time.perf_counter()
+        for fn, out, cpu in ((sequential, seq, seq_cpu), (batched, bat, bat_cpu)):
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             out.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
             print(f"{fn.__name__}: {out[-1]:.1f} s", file=sys.stderr, flush=True)
-    seq_s, bat_s = sorted(seq)[len(seq) // 2], sorted(bat)[len(bat) // 2]
+    seq_s, bat_s = statistics.median(seq), statistics.median(bat)
     total = new_tokens * len(QUESTIONS)
     rows = [
-        {"way": "4 x chat (card)", "seconds": seq_s, "tokens": total, "tokens/s": total / seq_s},
-        {"way": "batch_chat", "seconds": bat_s, "tokens": total, "tokens/s": total / bat_s},
-    ]
+        {"way": "4 x chat (card)", "seconds": seq_s, "tokens": total, "tokens/s": total / seq_s,
+         "CPU seconds": statistics.median(seq_cpu)},
+        {"way": "batch_chat", "seconds": bat_s, "tokens": total, "tokens/s": total / bat_s,
+         "CPU seconds": statistics.median(bat_cpu)},
+    ]  # fmt: skip
     print(f"batch: {'tiny' if opts.quick else 'full-size random'} checkpoint, {dtype}, "
           f"4 samples x 1 tile ({what}), {new_tokens} new tokens each, median of {repeats}")  # fmt: skip
     print(machine())

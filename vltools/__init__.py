@@ -38,7 +38,9 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = (
     "attention",
     "chat",
+    "checkpoints",
     "constants",
+    "data",
     "experiments",
     "models",
     "prompts",
@@ -70,11 +72,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
-    from vltools.attention import AttentionMaps
-    from vltools.chat import Chat, Reply
-    from vltools.experiments import GridResult, prompt_grid
-    from vltools.models import VLModel, load_model
-    from vltools.prompts import render_prompt
-    from vltools.testing import tiny_checkpoint
-    from vltools.tiling import TiledImage, TileGrid, load_image, plan_tiles
-    from vltools.video import VideoClip, load_video, sample_frame_indices
+    from vltools.attention import AttentionMaps  # noqa: F401
+    from vltools.chat import Chat, Reply  # noqa: F401
+    from vltools.experiments import GridResult, prompt_grid  # noqa: F401
+    from vltools.models import VLModel, load_model  # noqa: F401
+    from vltools.prompts import render_prompt  # noqa: F401
+    from vltools.testing import tiny_checkpoint  # noqa: F401
+    from vltools.tiling import TiledImage, TileGrid, load_image, plan_tiles  # noqa: F401
+    from vltools.video import VideoClip, load_video, sample_frame_indices  # noqa: F401

@@ -759,8 +759,9 @@ def load_image(
             photo the way a person does). The card does not; pass ``False`` to reproduce its
             pixel values exactly for photos that carry a rotation tag.
         fast: trade bit-exactness for speed: resize with PIL's ``reducing_gap=2`` (a
-            box-filter shrink by an integer factor first, for downscales of 4x and more) and
-            make the thumbnail from the resized canvas instead of the original. Pixels move by
+            box-filter shrink by an integer factor first, for downscales of 4x and more) and,
+            when the image is larger than the canvas, make the thumbnail from the resized
+            canvas instead of the original. Pixels move by
             a level or two (see ``benchmarks/tiling.py``); ``False`` (default) is
             bit-identical to the card.
 
@@ -806,12 +807,15 @@ def load_image(
         return thumb
 
     # The thumbnail (a second resize of the whole image) runs beside the canvas resize; in
-    # fast mode it is a resize of the (smaller) canvas instead, after it.
+    # fast mode, when the canvas is smaller than the image, it is a resize of the canvas.
+    thumb_from_canvas = (
+        fast and grid.canvas_size[0] * grid.canvas_size[1] < image.width * image.height
+    )
     thumb_future: Future[Image.Image] | None = None
-    if grid.has_thumbnail and not fast:
+    if grid.has_thumbnail and not thumb_from_canvas:
         thumb_future = pool.submit(thumbnail_job, image)
     canvas = resize(image, grid.canvas_size)
-    if grid.has_thumbnail and fast:
+    if grid.has_thumbnail and thumb_from_canvas:
         thumb_future = pool.submit(thumbnail_job, canvas)
     pixels = np.asarray(canvas)  # [rows * S, cols * S, 3] uint8
     grid_boxes = [b for b in grid.boxes if not b.is_thumbnail]

@@ -255,6 +255,8 @@ class FrameStrip(StaticFallback, widgets.VBox):
                 self._output,
             ]
         )
+        self.add_class("vltools-frame-strip")  # stable hooks for the browser test and for CSS
+        self._cost_label.add_class("vltools-summary")
         with self.hold_trait_notifications():
             self.num_segments = num_segments
             self.max_num = max_num
@@ -387,6 +389,8 @@ class AttentionExplorer(StaticFallback, widgets.VBox):
                 self._output,
             ]
         )
+        self.add_class("vltools-attention-explorer")  # stable hooks for the browser test and CSS
+        self._caption.add_class("vltools-summary")
         with self.hold_trait_notifications():
             self.token = token
             self.layers = (first, last)
