@@ -142,7 +142,7 @@ def _run_all(browser, lab, name: str):
     base, token, _ = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(60_000)
-    page.goto(f"{base}/lab/tree/{name}?token={token}")
+    page.goto(f"{base}/lab/tree/{name}?reset&token={token}")  # reset: no restored tabs
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     # the kernel is connected once the status bar names it and says Idle
     page.wait_for_function(
@@ -156,7 +156,7 @@ def _run_all(browser, lab, name: str):
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:
             page.wait_for_function(
-                "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+                "() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-prompt')]"
                 ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))",
                 timeout=20_000,
                 polling=500,
@@ -169,11 +169,11 @@ def _run_all(browser, lab, name: str):
     try:
         page.wait_for_function(
             """() => {
-                const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
-                const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
+                const prompts = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputArea-prompt')];
+                const ind = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator');
                 if (!ind || ind.getAttribute('data-status') !== 'idle' || prompts.length === 0) return false;
                 if (prompts.some(p => p.textContent.includes('*'))) return false;
-                const failed = document.querySelector("[data-mime-type='application/vnd.jupyter.stderr']");
+                const failed = document.querySelector(".jp-NotebookPanel:not(.lm-mod-hidden) [data-mime-type='application/vnd.jupyter.stderr']");
                 return failed !== null || prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
             }""",
             timeout=RUN_TIMEOUT_MS,
@@ -196,6 +196,13 @@ def _assert_no_cell_error(page, name: str):
 
 def _shot(page, name: str, locator=None) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:  # let the widget finish redrawing before the picture is taken
+        page.wait_for_selector(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']",
+            timeout=30_000,
+        )
+    except Exception:
+        pass
     path = SCREENSHOTS / f"{name}.png"
     if locator is not None:
         locator.scroll_into_view_if_needed()
