@@ -21,9 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## make lab: JupyterLab on the notebooks
+## make lab: JupyterLab on the notebooks (the tiny model unless VLTOOLS_MODEL names another)
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),tiny) $(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## make bench: every benchmark (add QUICK=1 for the quick mode)
 bench: $(STAMP)

@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
 }
 _SUBMODULES = (
     "attention",
+    "attention_maps",
     "chat",
     "checkpoints",
     "constants",

@@ -1,0 +1,625 @@
+"""Attention maps, the pure side: placing image-token attention back onto the original image.
+
+Covers the "Attention maps" issue together with :mod:`vltools.attention`, which records the
+attention (:func:`~vltools.attention.capture`); this module holds what was recorded and does the
+arithmetic on it, with no model and no torch. :class:`AttentionMaps` aggregates (tokens, word
+spans, layers, heads, sinks) and :class:`ImageMap` lays the image tokens back onto the ORIGINAL
+image through the :class:`~vltools.tiling.TileGrid`; :func:`token_cell`, :func:`stitch_tiles` and
+:func:`pixel_map` are the token -> tile -> cell -> pixel mapping underneath.
+
+Geometry follows the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``), section 2:
+after pixel shuffle (v2) each tile's 256 tokens are a 16 x 16 grid in row-major order, tiles
+come in ``pixel_values`` order (grid tiles row-major, then the thumbnail), and the images of a
+prompt take their ``<IMG_CONTEXT>`` runs in prompt order.
+
+.. warning:: **Attention is not an explanation.** An attention weight says how much one
+   position's value vector was mixed into one query at one layer and head; it does not say the
+   answer *depends* on that region (values differ in size, later layers re-mix everything,
+   residual paths bypass attention). Heavily attended "sink" tokens collect attention without
+   carrying content. Read these maps as a hint of where information could have flowed, and
+   test claims with interventions (masking or editing the region, comparing answers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from vltools.constants import TOKENS_PER_TILE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+    from vltools.tiling import TileGrid
+
+__all__ = [
+    "AttentionMaps",
+    "ImageMap",
+    "ImageSlot",
+    "VisionAttention",
+    "pixel_map",
+    "stitch_tiles",
+    "token_cell",
+]
+
+Reduce = Literal["mean", "max"]
+Source = Literal["tiles", "thumbnail"]
+
+
+# --- geometry: token index -> tile -> cell -> original-image pixels (pure) ------------------
+
+
+def _grid_side(tokens_per_tile: int) -> int:
+    side = math.isqrt(tokens_per_tile)
+    if side * side != tokens_per_tile:
+        raise ValueError(
+            f"tokens_per_tile={tokens_per_tile} is not a square number; a tile's tokens must "
+            "form a square grid (256 = 16 x 16 for InternVL2)."
+        )
+    return side
+
+
+def token_cell(index: int, *, tokens_per_tile: int = TOKENS_PER_TILE) -> tuple[int, int, int]:
+    """``(tile, row, col)`` of an image's token ``index`` (tiles in ``pixel_values`` order).
+
+    Each tile's tokens are a ``side x side`` grid in row-major order (format sheet, section 2:
+    token ``i * 16 + j`` holds patches ``2i..2i+1`` x ``2j..2j+1`` of the 32 x 32 grid).
+    """
+    side = _grid_side(tokens_per_tile)
+    if index < 0:
+        raise ValueError(f"token index must be >= 0, got {index}.")
+    tile, cell = divmod(int(index), tokens_per_tile)
+    row, col = divmod(cell, side)
+    return tile, row, col
+
+
+def _per_tile(values: Any, grid: TileGrid) -> np.ndarray:
+    """``values`` as ``[num_tiles, side, side]`` (from a flat ``[num_tiles * side**2]`` too)."""
+    arr = np.asarray(values, dtype=np.float64)
+    n = int(grid.num_tiles)
+    if arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] == arr.shape[2]:
+        return arr
+    if arr.ndim == 1 and arr.size % n == 0:
+        side = _grid_side(arr.size // n)
+        return arr.reshape(n, side, side)  # [tiles, side, side], row-major cells
+    raise ValueError(
+        f"Expected one value per image token for a grid of {n} tiles, i.e. an array of "
+        f"[{n} * side**2] or [{n}, side, side]; got shape {arr.shape}."
+    )
+
+
+def stitch_tiles(values: Any, grid: TileGrid) -> tuple[np.ndarray, np.ndarray | None]:
+    """Lay per-tile maps out like the tiles: ``(stitched, thumbnail)``.
+
+    ``values``: ``[num_tiles * side**2]`` (an image's tokens in prompt order) or
+    ``[num_tiles, side, side]``. Returns ``stitched`` ``[side * rows, side * cols]`` (the grid
+    tiles at their row and column; a 1 x 1 grid is its only tile) and ``thumbnail``
+    ``[side, side]`` or ``None`` when the grid has none.
+    """
+    per_tile = _per_tile(values, grid)
+    side = per_tile.shape[1]
+    stitched = np.zeros((side * grid.rows, side * grid.cols), dtype=per_tile.dtype)
+    thumbnail = None
+    for box in grid.boxes:
+        if box.is_thumbnail:
+            thumbnail = per_tile[box.index]
+            continue
+        r0, c0 = box.row * side, box.col * side
+        stitched[r0 : r0 + side, c0 : c0 + side] = per_tile[box.index]
+    return stitched, thumbnail
+
+
+def _cells_along(centres: np.ndarray, edges: list[tuple[float, float]], side: int) -> np.ndarray:
+    """Index into the stitched axis for each pixel centre, given the tiles' (lo, hi) edges."""
+    los = np.array([lo for lo, _ in edges])
+    his = np.array([hi for _, hi in edges])
+    tile = np.clip(np.searchsorted(los, centres, side="right") - 1, 0, len(edges) - 1)
+    frac = (centres - los[tile]) / (his[tile] - los[tile])
+    # a centre exactly on a cell edge belongs to the cell on its right (the epsilon absorbs the
+    # rounding of the float box edges)
+    cell = np.clip(np.floor(frac * side + 1e-9).astype(np.int64), 0, side - 1)
+    return tile * side + cell
+
+
+def pixel_map(
+    values: Any,
+    grid: TileGrid,
+    *,
+    source: Source = "tiles",
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Per-token values painted onto the ORIGINAL image: ``[height, width]``.
+
+    Each output pixel takes the value of the token whose cell covers the pixel's centre. The
+    cell is found through the grid's ``TileBox.original`` rectangles, so the different scale
+    factors of width and height (the image is resized to ``cols*448 x rows*448`` before it is
+    cut) are respected. ``source="thumbnail"`` paints the thumbnail's grid over the whole image
+    instead. ``size=(width, height)`` renders at another resolution (default: the original's).
+    """
+    per_tile = _per_tile(values, grid)
+    side = per_tile.shape[1]
+    width, height = (int(grid.width), int(grid.height)) if size is None else size
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive (width, height), got {size}.")
+    xs = (np.arange(width) + 0.5) * (grid.width / width)  # pixel centres, original coordinates
+    ys = (np.arange(height) + 0.5) * (grid.height / height)
+    if source == "thumbnail":
+        thumbs = [b for b in grid.boxes if b.is_thumbnail]
+        if not thumbs:
+            raise ValueError(
+                f"This {grid.cols}x{grid.rows} grid has no thumbnail (a single tile, or "
+                "use_thumbnail=False); use source='tiles'."
+            )
+        box = thumbs[0]
+        left, top, right, bottom = box.original
+        cx = _cells_along(xs, [(left, right)], side)
+        cy = _cells_along(ys, [(top, bottom)], side)
+        return per_tile[box.index][cy[:, None], cx[None, :]]
+    if source != "tiles":
+        raise ValueError(f"source must be 'tiles' or 'thumbnail', got {source!r}.")
+    stitched, _ = stitch_tiles(per_tile, grid)
+    grid_boxes = [b for b in grid.boxes if not b.is_thumbnail]
+    col_edges = [(b.original[0], b.original[2]) for b in sorted(grid_boxes, key=lambda b: b.col)]
+    row_edges = [(b.original[1], b.original[3]) for b in sorted(grid_boxes, key=lambda b: b.row)]
+    col_edges = list(dict.fromkeys(col_edges))  # one entry per column / row, in order
+    row_edges = list(dict.fromkeys(row_edges))
+    cx = _cells_along(xs, col_edges, side)
+    cy = _cells_along(ys, row_edges, side)
+    return stitched[cy[:, None], cx[None, :]]
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSlot:
+    """One image (or video frame) of a prompt and the sequence positions of its tokens.
+
+    Attributes:
+        index: order of the image in the prompt (0-based).
+        label: ``"Image-1"``, ``"Frame3"``, ...
+        grid: the image's :class:`~vltools.tiling.TileGrid`.
+        positions: ``[grid.num_image_tokens]`` sequence positions of its tokens, tile-major
+            (``pixel_values`` order) and row-major inside each tile.
+        first_tile: index of its first tile among all tiles of the prompt's ``pixel_values``.
+        image: the original PIL image (for overlays), or ``None``.
+    """
+
+    index: int
+    label: str
+    grid: TileGrid
+    positions: np.ndarray
+    first_tile: int = 0
+    image: Image.Image | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.grid.num_tiles)
+
+    def describe(self) -> str:
+        return (
+            f"{self.index} {self.label!r} ({self.grid.cols}x{self.grid.rows} grid, "
+            f"{self.num_tiles} tiles, {len(self.positions)} tokens)"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ImageMap:
+    """Attention over one image's tokens, laid out in image space.
+
+    Attributes:
+        per_tile: ``[num_tiles, side, side]`` values per tile in ``pixel_values`` order
+            (``side`` is 16 for the language model's tokens, 32 for the vision tower's patches).
+        grid: the image's TileGrid; label: the image's label; image: the original PIL image.
+        what: a short description of the selection (for titles).
+    """
+
+    per_tile: np.ndarray
+    grid: TileGrid
+    label: str = ""
+    image: Image.Image | None = field(default=None, repr=False, compare=False)
+    what: str = ""
+
+    @property
+    def side(self) -> int:
+        return int(self.per_tile.shape[1])
+
+    @property
+    def tiles(self) -> np.ndarray:
+        """``[side * rows, side * cols]``: the grid tiles stitched (the single tile for 1 x 1)."""
+        return stitch_tiles(self.per_tile, self.grid)[0]
+
+    @property
+    def thumbnail(self) -> np.ndarray | None:
+        """``[side, side]``: the thumbnail's map (covers the whole image), or ``None``."""
+        return stitch_tiles(self.per_tile, self.grid)[1]
+
+    def pixels(
+        self,
+        *,
+        source: Source = "tiles",
+        size: tuple[int, int] | None = None,
+        blend: float | None = None,
+    ) -> np.ndarray:
+        """``[height, width]`` map on the original image (see :func:`pixel_map`).
+
+        ``blend=w`` (0..1, needs a thumbnail) mixes the tiles' and the thumbnail's maps as
+        densities: each is divided by its total so it sums to 1 over the pixels, then
+        ``(1 - w) * tiles + w * thumbnail``. Without ``blend`` the values are the raw
+        per-token attention of ``source``.
+        """
+        if blend is None:
+            return pixel_map(self.per_tile, self.grid, source=source, size=size)
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(
+                f"blend must be between 0 and 1 (the thumbnail's weight), got {blend}."
+            )
+        tiles = pixel_map(self.per_tile, self.grid, source="tiles", size=size)
+        thumb = pixel_map(self.per_tile, self.grid, source="thumbnail", size=size)
+        return (1.0 - blend) * _density(tiles) + blend * _density(thumb)
+
+
+def _density(values: np.ndarray) -> np.ndarray:
+    total = float(values.sum())
+    return values / total if total > 0 else np.zeros_like(values)
+
+
+# --- the captured result --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class VisionAttention:
+    """The vision tower's CLS attention over the patches of every tile.
+
+    Attributes:
+        cls: ``[tiles, layers, heads, 32, 32]`` float32: the CLS query's softmax over the
+            1024 patch keys (the CLS key itself left out, so a row sums to 1 minus CLS's own
+            share), tiles in ``pixel_values`` order over all images of the prompt.
+        layers: vision-tower layer index of each entry on axis 1.
+    """
+
+    cls: np.ndarray
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionMaps:
+    """What :func:`capture` recorded: each generated token's attention, per layer and head.
+
+    Attributes:
+        rows: ``[tokens, layers, heads, keys]`` float32. ``rows[t]`` is the attention of the
+            query that produced generated token ``t`` (the position just before it) over
+            sequence positions ``0 .. keys-1``; ``keys = prompt_length + tokens - 1``. Positions
+            a query could not see (later than itself) hold 0. Each row sums to 1.
+        layers: language-model layer index of each entry on axis 1.
+        token_ids: ``[tokens]`` the generated (or teacher-forced) token ids.
+        tokens: the text of each token, decoded alone.
+        text: the whole answer decoded; offsets: ``tokens + 1`` character offsets of each
+            token's start in ``text`` (last = ``len(text)``).
+        prompt_length: number of prompt positions.
+        images: one :class:`ImageSlot` per image or frame, in prompt order.
+        vision: the vision tower's CLS attention, or ``None`` if not captured.
+        mode: ``"generate"`` or ``"teacher"``.
+
+    Attention is not an explanation: see the module docstring.
+    """
+
+    rows: np.ndarray
+    layers: tuple[int, ...]
+    token_ids: np.ndarray
+    tokens: tuple[str, ...]
+    text: str
+    offsets: tuple[int, ...]
+    prompt_length: int
+    images: tuple[ImageSlot, ...]
+    vision: VisionAttention | None = None
+    mode: str = "generate"
+
+    # sizes and positions
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.rows.shape[2])
+
+    @property
+    def image_positions(self) -> np.ndarray:
+        """``[image tokens]`` sequence positions of all images' tokens, in prompt order."""
+        if not self.images:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([s.positions for s in self.images])
+
+    def __repr__(self) -> str:
+        imgs = ", ".join(f"{s.label} {s.grid.cols}x{s.grid.rows}" for s in self.images)
+        return (
+            f"AttentionMaps({self.num_tokens} tokens x {len(self.layers)} layers x "
+            f"{self.num_heads} heads, {self.rows.shape[3]} positions, images=[{imgs}], "
+            f"vision={'yes' if self.vision is not None else 'no'}, mode={self.mode!r}, "
+            f"text={self.text!r})"
+        )
+
+    # selection
+
+    def find(self, text: str, *, occurrence: int = 0) -> range:
+        """The generated tokens that spell ``text`` (a word may be several tokens)."""
+        start = -1
+        for _ in range(occurrence + 1):
+            start = self.text.find(text, start + 1)
+            if start < 0:
+                raise ValueError(
+                    f"{text!r} (occurrence {occurrence}) is not in the generated text "
+                    f"{self.text!r}. Pick a word from it, or pass token indices "
+                    f"0..{self.num_tokens - 1}."
+                )
+        end = start + len(text)
+        hit = [
+            t
+            for t in range(self.num_tokens)
+            if self.offsets[t] < end and self.offsets[t + 1] > start
+        ]
+        return range(hit[0], hit[-1] + 1)
+
+    def _token_index(self, tokens: Any) -> np.ndarray:
+        n = self.num_tokens
+        if tokens is None:
+            return np.arange(n)
+        if isinstance(tokens, str):
+            return np.array(self.find(tokens))
+        idx = (
+            np.arange(n)[tokens] if isinstance(tokens, slice) else np.atleast_1d(np.asarray(tokens))
+        )
+        if idx.size == 0:
+            raise ValueError(
+                f"The token selection {tokens!r} is empty; this capture has {n} generated "
+                f"tokens (0..{n - 1})."
+            )
+        if idx.dtype.kind not in "iu":
+            raise TypeError(
+                f"tokens must be an int, a range/slice, a sequence of ints or a word, got "
+                f"{tokens!r}."
+            )
+        bad = [int(i) for i in idx if not -n <= i < n]
+        if bad:
+            shown = ", ".join(f"{i}:{t!r}" for i, t in enumerate(self.tokens[:40]))
+            raise ValueError(
+                f"Token index {bad[0]} is out of range: this capture has {n} generated tokens "
+                f"(0..{n - 1}): {shown}{' ...' if n > 40 else ''}."
+            )
+        return idx % n
+
+    def selected_layers(self, layers: Any = None) -> tuple[int, ...]:
+        """The captured layer indices a ``layers`` selection names (validated)."""
+        return tuple(self.layers[i] for i in self._layer_index(layers))
+
+    def _layer_index(self, layers: Any) -> np.ndarray:
+        if layers is None:
+            return np.arange(len(self.layers))
+        wanted = [int(layers)] if isinstance(layers, (int, np.integer)) else list(layers)
+        out = []
+        for layer in wanted:
+            if layer not in self.layers:
+                raise ValueError(
+                    f"Layer {layer} was not captured; captured layers: {list(self.layers)}. "
+                    "Pick one of them, or capture it with capture(..., layers=[...])."
+                )
+            out.append(self.layers.index(layer))
+        if not out:
+            raise ValueError(f"Empty layer selection; captured layers: {list(self.layers)}.")
+        return np.array(out)
+
+    def _head_index(self, heads: Any) -> np.ndarray:
+        h = self.num_heads
+        if heads is None:
+            return np.arange(h)
+        wanted = [int(heads)] if isinstance(heads, (int, np.integer)) else list(heads)
+        bad = [x for x in wanted if not 0 <= x < h]
+        if bad or not wanted:
+            raise ValueError(
+                f"Head {bad[0] if bad else wanted} does not exist: the language model has "
+                f"{h} heads per layer (0..{h - 1})."
+            )
+        return np.array(wanted)
+
+    def _image_slot(self, image: int | str) -> ImageSlot:
+        for slot in self.images:
+            if image == slot.index or image == slot.label:
+                return slot
+        listing = "; ".join(s.describe() for s in self.images) or "none"
+        raise ValueError(
+            f"No image {image!r} in this prompt. Its images: {listing}. Pass image= one of "
+            "those indices or labels."
+        )
+
+    # sinks
+
+    def sinks(self, *, factor: float = 20.0) -> tuple[int, ...]:
+        """Sequence positions that act as attention sinks.
+
+        A position is a sink when, averaged over the captured tokens (that can see it),
+        layers and heads, it receives more than ``factor`` times the attention of the median
+        position. Typical sinks: the first token of the prompt, a few high-norm image tokens.
+        """
+        mean = self._position_means()
+        median = float(np.median(mean))
+        return tuple(int(p) for p in np.flatnonzero(mean > factor * max(median, 1e-12)))
+
+    def _position_means(self) -> np.ndarray:
+        seen = self.rows.sum(axis=(1, 2))  # [tokens, keys]
+        horizon = self.prompt_length + np.arange(self.num_tokens)  # keys each token sees
+        visible = np.arange(self.rows.shape[3])[None, :] < horizon[:, None]  # [tokens, keys]
+        counts = visible.sum(axis=0) * self.rows.shape[1] * self.rows.shape[2]
+        return seen.sum(axis=0) / np.maximum(counts, 1)
+
+    def _sink_positions(self, sinks: bool | Sequence[int]) -> np.ndarray:
+        if sinks is False or sinks is None:
+            return np.zeros(0, dtype=np.int64)
+        if sinks is True:
+            return np.array(self.sinks(), dtype=np.int64)
+        pos = np.asarray(list(sinks), dtype=np.int64)
+        keys = self.rows.shape[3]
+        if pos.size and (pos.min() < 0 or pos.max() >= keys):
+            raise ValueError(f"Sink positions must be in 0..{keys - 1}, got {list(pos)}.")
+        return pos
+
+    def select(
+        self,
+        *,
+        tokens: Any = None,
+        layers: Any = None,
+        heads: Any = None,
+        sinks: bool | Sequence[int] = False,
+    ) -> np.ndarray:
+        """``[tokens, layers, heads, keys]`` rows for the selection.
+
+        ``tokens``: None (all), an int, a range/slice, a sequence of ints, or a word of the
+        answer (its tokens). ``layers``: None (all captured), a layer index, or several.
+        ``heads``: None (all), an int or several. ``sinks``: ``True`` removes the detected
+        :meth:`sinks`, a sequence removes those positions; removed positions are set to 0 and
+        each row is renormalised over the remaining positions (``row / (1 - sink share)``).
+        """
+        t = self._token_index(tokens)
+        ly = self._layer_index(layers)
+        h = self._head_index(heads)
+        rows = self.rows[np.ix_(t, ly, h)]  # [t, l, h, keys]
+        drop = self._sink_positions(sinks)
+        if drop.size:
+            rows = rows.copy()
+            share = rows[..., drop].sum(axis=-1, keepdims=True)
+            rows[..., drop] = 0.0
+            rest = 1.0 - share
+            rows = np.divide(rows, rest, out=np.zeros_like(rows), where=rest > 1e-12)
+        return rows
+
+    # aggregation
+
+    def image_attention(
+        self,
+        *,
+        tokens: Any = None,
+        layers: Any = None,
+        heads: Any = None,
+        reduce: Reduce = "mean",
+        sinks: bool | Sequence[int] = False,
+    ) -> np.ndarray:
+        """``[image tokens]`` attention to each image token, all images in prompt order.
+
+        Heads are reduced with ``reduce`` (``"mean"`` or ``"max"``; pick one head with
+        ``heads=k``), then layers and tokens are averaged. Selection as in :meth:`select`.
+        """
+        rows = self.select(tokens=tokens, layers=layers, heads=heads, sinks=sinks)
+        img = rows[..., self.image_positions]  # [t, l, h, image tokens]
+        if reduce == "mean":
+            per_head = img.mean(axis=2)
+        elif reduce == "max":
+            per_head = img.max(axis=2)
+        else:
+            raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}.")
+        return per_head.mean(axis=(0, 1))
+
+    def image_share(
+        self,
+        *,
+        layers: Any = None,
+        heads: Any = None,
+        sinks: bool | Sequence[int] = False,
+    ) -> np.ndarray:
+        """``[tokens, layers]`` share of each token's attention that went to any image token.
+
+        Averaged over the selected heads; with ``sinks`` the sink positions are removed from
+        both the image and the total first (so the share is among non-sink positions).
+        """
+        rows = self.select(layers=layers, heads=heads, sinks=sinks)
+        return rows[..., self.image_positions].sum(axis=-1).mean(axis=2)
+
+    def map(
+        self,
+        image: int | str = 0,
+        *,
+        tokens: Any = None,
+        layers: Any = None,
+        heads: Any = None,
+        reduce: Reduce = "mean",
+        sinks: bool | Sequence[int] = False,
+    ) -> ImageMap:
+        """One image's (or frame's) map for the selection (see :meth:`image_attention`)."""
+        slot = self._image_slot(image)
+        values = self.image_attention(
+            tokens=tokens, layers=layers, heads=heads, reduce=reduce, sinks=sinks
+        )
+        offset = sum(len(s.positions) for s in self.images[: slot.index])
+        mine = values[offset : offset + len(slot.positions)]
+        what = self._describe(tokens, layers, heads, reduce, sinks)
+        return ImageMap(_per_tile(mine, slot.grid), slot.grid, slot.label, slot.image, what)
+
+    def maps(self, **selection: Any) -> tuple[ImageMap, ...]:
+        """One :class:`ImageMap` per image or video frame, same selection for all."""
+        return tuple(self.map(s.index, **selection) for s in self.images)
+
+    def vision_map(
+        self,
+        image: int | str = 0,
+        *,
+        layers: Any = None,
+        heads: Any = None,
+        reduce: Reduce = "mean",
+    ) -> ImageMap:
+        """The vision tower's CLS attention over one image's tiles (32 x 32 per tile).
+
+        ``layers`` are vision-tower layer indices (averaged); heads reduced by ``reduce``.
+        """
+        if self.vision is None:
+            raise ValueError(
+                "The vision tower's attention was not captured: use capture(..., vision=True) "
+                "and run the pass with pixel_values (not cached image features)."
+            )
+        slot = self._image_slot(image)
+        v = self.vision
+        if layers is None:
+            ly = np.arange(len(v.layers))
+        else:
+            wanted = [int(layers)] if isinstance(layers, (int, np.integer)) else list(layers)
+            missing = [x for x in wanted if x not in v.layers]
+            if missing or not wanted:
+                raise ValueError(
+                    f"Vision layer {missing[0] if missing else wanted} was not captured; "
+                    f"captured vision layers: {list(v.layers)}."
+                )
+            ly = np.array([v.layers.index(x) for x in wanted])
+        nh = v.cls.shape[2]
+        h = np.arange(nh) if heads is None else np.atleast_1d(np.asarray(heads))
+        if h.size == 0 or h.min() < 0 or h.max() >= nh:
+            raise ValueError(
+                f"Head {heads} does not exist: the vision tower has heads 0..{nh - 1}."
+            )
+        tiles = v.cls[slot.first_tile : slot.first_tile + slot.num_tiles][:, ly][:, :, h]
+        per_head = tiles.mean(axis=2) if reduce == "mean" else tiles.max(axis=2)
+        what = f"vision CLS, layers {_span(layers)}, heads {_span(heads)} ({reduce})"
+        return ImageMap(per_head.mean(axis=1), slot.grid, slot.label, slot.image, what)
+
+    def _describe(self, tokens: Any, layers: Any, heads: Any, reduce: str, sinks: Any) -> str:
+        if tokens is None:
+            tok = "all tokens"
+        elif isinstance(tokens, str):
+            tok = f"{tokens!r}"
+        else:
+            idx = self._token_index(tokens)
+            tok = "+".join(repr(self.tokens[i]) for i in idx[:6]) + ("…" if len(idx) > 6 else "")
+        parts = [tok, f"layers {_span(layers)}", f"heads {_span(heads)} ({reduce})"]
+        if sinks is not False and sinks is not None:
+            parts.append("sinks removed")
+        return ", ".join(parts)
+
+
+def _span(sel: Any) -> str:
+    if sel is None:
+        return "all"
+    if isinstance(sel, (int, np.integer)):
+        return str(int(sel))
+    items = list(sel)
+    if len(items) > 2 and items == list(range(items[0], items[-1] + 1)):
+        return f"{items[0]}-{items[-1]}"
+    return ",".join(str(x) for x in items)
