@@ -33,16 +33,18 @@ class FakeClip:
 
 @pytest.fixture
 def seen_prompts(monkeypatch):
-    """Record every prompt text that vltools.chat tokenizes for a single call."""
+    """Record every prompt text that vltools.chat/vltools.generation tokenize for a single call."""
     import vltools.chat as chat_module
+    import vltools.generation as generation_module
 
     seen: list[str] = []
-    original = chat_module._tokenize
+    original = generation_module._tokenize
 
     def spy(vlm, text):
         seen.append(text)
         return original(vlm, text)
 
+    monkeypatch.setattr(generation_module, "_tokenize", spy)
     monkeypatch.setattr(chat_module, "_tokenize", spy)
     return seen
 

@@ -43,6 +43,7 @@ _SUBMODULES = (
     "constants",
     "data",
     "experiments",
+    "generation",
     "models",
     "prompts",
     "testing",

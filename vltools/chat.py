@@ -1,14 +1,10 @@
-"""Chatting with InternVL2: the model card's ``chat()``/``batch_chat()`` and a notebook session.
+"""The notebook chat session with InternVL2: :class:`Chat`, its :class:`Reply` and :class:`Turn`.
 
-Follows the model card's quick start (``../shared/seed/InternVL2-1B_model_card.md``) and
-section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``):
+Follows the model card's multi-turn ``chat()`` (``../shared/seed/InternVL2-1B_model_card.md``)
+and section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``); the card's
+calls themselves, :func:`model_chat`/:func:`model_batch_chat`, and the generation plumbing live
+in :mod:`vltools.generation` and are re-exported here.
 
-- :func:`model_chat` and :func:`model_batch_chat` are ``VLModel.chat``/``VLModel.batch_chat``:
-  the card's calls with the tokenizer inside the model. The prompt is built by
-  :mod:`vltools.prompts` byte for byte as the original builds it; generation stops on
-  ``<|im_end|>`` and only the new text is returned (decoded, cut at ``<|im_end|>``, stripped).
-  ``batch_chat`` goes beyond the card: a sample may hold several images or none, the model's
-  system message is used (the original drops it), and the tokenizer is left as it was.
 - :class:`Chat` is a notebook session. It keeps each image's projected vision features and the
   key/value cache of the conversation so far. Every turn re-renders the whole conversation as
   text and tokenizes it afresh (the card's semantics); the cache is reused for the longest
@@ -19,16 +15,16 @@ section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``):
   the current token; the partial answer is KEPT in the history and marked
   ``finish_reason="stopped"``. A KeyboardInterrupt ends it the same way, keeps the partial answer
   marked ``"interrupted"``, and is then re-raised. No thread outlives a call.
-- Budget: before any compute the prompt is tokenized and counted; if it plus ``max_new_tokens``
-  exceeds the context (8,192), :class:`ContextBudgetError` says what each image and frame costs
-  and what to lower.
+- Budget: before any compute :class:`Chat` counts the prompt (:meth:`Chat.budget`); when it plus
+  ``max_new_tokens`` exceeds the context, :class:`ContextBudgetError` (from
+  :mod:`vltools.generation`) says what each image and frame costs and what to lower.
+- Display: an HTML transcript with image thumbnails, and a live output area for ``stream=True``.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import difflib
 import html
 import io
 import itertools
@@ -36,17 +32,37 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vltools._optional import require
-from vltools.constants import CONTEXT_LENGTH, IM_END, IMAGE_PLACEHOLDER
+from vltools.constants import IMAGE_PLACEHOLDER
+from vltools.generation import (
+    DEFAULT_GENERATION,
+    Budget,
+    ContextBudgetError,
+    _answer_ids,
+    _budget,
+    _check_pixel_values,
+    _check_question,
+    _context_length,
+    _generate,
+    _raise_if_over,
+    _Streamer,
+    _tokenize,
+    _torch,
+    batch_prompts,
+    decode_answer,
+    embed,
+    image_features,
+    make_generation_config,
+    model_batch_chat,
+    model_chat,
+)
 from vltools.prompts import (
     Prompt,
-    chat_query,
-    check_history,
     expand_images,
     label_images,
     prompt_html,
@@ -54,8 +70,6 @@ from vltools.prompts import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from vltools.models import VLModel
 
 __all__ = [
@@ -71,516 +85,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The card's generation defaults (quick start): greedy, one beam, up to 1024 new tokens.
-DEFAULT_GENERATION: dict[str, Any] = {"num_beams": 1, "max_new_tokens": 1024, "do_sample": False}
-# generate() keyword arguments that are not GenerationConfig fields
-_GENERATE_KWARGS = ("streamer", "stopping_criteria", "logits_processor")
 _uids = itertools.count(1)
-
-
-def _torch():
-    return require("torch", purpose="Chatting with the model")
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_question(question: Any, *, name: str = "question") -> str:
-    if not isinstance(question, str):
-        raise TypeError(f"{name} must be a str, got {type(question).__name__}: {question!r}.")
-    if not question.strip():
-        raise ValueError(
-            f"{name} is empty ({question!r}); expected some text to ask. "
-            "Images alone still need a question such as 'Describe the image.'"
-        )
-    return question
-
-
-def _check_pixel_values(vlm: VLModel, pixel_values: Any) -> torch.Tensor | None:
-    """Validate ``[tiles, 3, S, S]`` floating pixels and move them to the model."""
-    if pixel_values is None:
-        return None
-    torch = _torch()
-    if not isinstance(pixel_values, torch.Tensor):
-        tiled = getattr(pixel_values, "pixel_values", None)  # a TiledImage or VideoClip
-        if isinstance(tiled, torch.Tensor):
-            pixel_values = tiled
-        else:
-            raise TypeError(
-                f"pixel_values must be a torch.Tensor [tiles, 3, {vlm.tile_size}, "
-                f"{vlm.tile_size}], got {type(pixel_values).__name__}. Use "
-                "vltools.load_image(path).pixel_values."
-            )
-    size = vlm.tile_size
-    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
-        raise ValueError(
-            f"pixel_values has shape {tuple(pixel_values.shape)}; expected [tiles, 3, {size}, "
-            f"{size}] (ImageNet-normalised tiles, as vltools.load_image(...).pixel_values)."
-        )
-    if pixel_values.shape[0] == 0:
-        raise ValueError("pixel_values has 0 tiles; pass None for a text-only question.")
-    if not pixel_values.is_floating_point():
-        raise TypeError(
-            f"pixel_values has dtype {pixel_values.dtype}; expected a floating dtype "
-            "(float32, bfloat16 or float16) of normalised pixels, not raw uint8 values. Use "
-            "vltools.load_image(...).pixel_values."
-        )
-    return pixel_values.to(device=vlm.device, dtype=vlm.dtype)
-
-
-def _check_patches(num_patches_list: Any, total: int) -> list[int]:
-    try:
-        patches = [int(n) for n in num_patches_list]
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"num_patches_list must be a list of ints (tiles per image), got {num_patches_list!r}."
-        ) from e
-    if any(n < 1 for n in patches) or sum(patches) != total:
-        raise ValueError(
-            f"num_patches_list={patches} sums to {sum(patches)} but pixel_values has {total} "
-            "tiles; expected positive tile counts, one per image, summing to "
-            "pixel_values.shape[0]."
-        )
-    return patches
-
-
-def make_generation_config(vlm: VLModel, options: Mapping[str, Any] | None) -> tuple[Any, dict]:
-    """The ``GenerationConfig`` for ``options`` (a dict of generate kwargs, as in the card).
-
-    Returns ``(config, extra)`` where ``extra`` holds the non-config generate kwargs
-    (``streamer``, ``stopping_criteria``, ``logits_processor``). Always stops on ``<|im_end|>``.
-    Unknown or invalid options raise ValueError naming them.
-    """
-    transformers = require("transformers", purpose="Generation")
-    options = dict(DEFAULT_GENERATION if options is None else options)
-    if not isinstance(options, dict):
-        raise TypeError(f"generation_config must be a dict of generate options, got {options!r}.")
-    extra = {k: options.pop(k) for k in _GENERATE_KWARGS if k in options}
-    known = transformers.GenerationConfig()
-    unknown = [k for k in options if not hasattr(known, k)]
-    if unknown:
-        hints = {k: difflib.get_close_matches(k, list(known.to_dict()), n=2) for k in unknown}
-        raise ValueError(
-            f"Unknown generation option(s) {unknown} (close matches: {hints}); expected fields of "
-            "transformers.GenerationConfig such as max_new_tokens, do_sample, temperature, top_p, "
-            "top_k, num_beams, repetition_penalty, min_new_tokens."
-        )
-    base = getattr(vlm.model, "generation_config", None)
-    config = copy.deepcopy(base) if base is not None else transformers.GenerationConfig()
-    try:
-        for key, value in options.items():
-            setattr(config, key, value)
-        config.eos_token_id = vlm.im_end_id
-        pad = vlm.tokenizer.pad_token_id
-        config.pad_token_id = vlm.im_end_id if pad is None else pad
-        config.validate(strict=True)
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"transformers rejected the generation options {options}: {e}. Fix or drop the "
-            "option named there (for example temperature/top_p need do_sample=True)."
-        ) from e
-    if config.max_new_tokens is None:
-        config.max_new_tokens = DEFAULT_GENERATION["max_new_tokens"]
-    return config, extra
-
-
-# ----------------------------------------------------------------------------- model plumbing
-
-
-def image_features(vlm: VLModel, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected vision features ``[tiles, 256, hidden]`` of ``[tiles, 3, S, S]`` pixels."""
-    torch = _torch()
-    with torch.no_grad():
-        if hasattr(vlm, "image_features"):
-            return vlm.image_features(pixel_values)
-        out = vlm.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-        return out.pooler_output
-
-
-def embed(vlm: VLModel, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-    """``inputs_embeds [B, L, hidden]``: token embeddings with ``features`` scattered, in
-    batch-then-sequence order, into the ``<IMG_CONTEXT>`` positions (as the original)."""
-    torch = _torch()
-    with torch.no_grad():
-        embeds = vlm.model.get_input_embeddings()(input_ids)  # [B, L, hidden]
-        mask = input_ids == vlm.image_token_id  # [B, L]
-        n_tokens = int(mask.sum())
-        n_features = 0 if features is None else features.shape[0] * features.shape[1]
-        if n_tokens != n_features:
-            raise ValueError(
-                f"The prompt holds {n_tokens} <IMG_CONTEXT> tokens but the images give "
-                f"{n_features} feature vectors; expected one per token "
-                f"({vlm.tokens_per_tile} per tile). Check num_patches_list against the '<image>' "
-                "placeholders."
-            )
-        if n_tokens:
-            flat = features.reshape(-1, features.shape[-1]).to(embeds.dtype)  # [tokens, hidden]
-            embeds = embeds.masked_scatter(mask.unsqueeze(-1), flat)
-    return embeds
-
-
-def _tokenize(vlm: VLModel, text: str) -> torch.Tensor:
-    ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    return ids.to(vlm.device)  # [1, L]
-
-
-def decode_answer(vlm: VLModel, ids: Sequence[int]) -> str:
-    """The card's answer: decode without special tokens, cut at ``<|im_end|>``, strip."""
-    text = vlm.tokenizer.decode(list(ids), skip_special_tokens=True)
-    return text.split(IM_END)[0].strip()
-
-
-def _answer_ids(ids: Sequence[int], eos: int) -> list[int]:
-    out = []
-    for t in ids:
-        out.append(int(t))
-        if int(t) == eos:
-            break
-    return out
-
-
-class _Streamer:
-    """A generate() streamer: collects new ids, times the first, and passes text on."""
-
-    def __init__(self, vlm: VLModel, on_text=None, *, skip_first: bool = True):
-        self.vlm, self.on_text, self.skip_first = vlm, on_text, skip_first
-        self.ids: list[int] = []
-        self.first_time: float | None = None
-        self.emitted = ""
-
-    def put(self, value) -> None:
-        if self.skip_first:  # generate() first puts the prompt
-            self.skip_first = False
-            return
-        ids = [int(t) for t in value.reshape(-1).tolist()]
-        if not ids:
-            return
-        if self.first_time is None:
-            self.first_time = time.perf_counter()
-        self.ids += ids
-        if self.on_text is not None:
-            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more
-                return
-            piece, self.emitted = text[len(self.emitted) :], text
-            if piece:
-                self.on_text(piece)
-
-    def end(self) -> None:
-        if self.on_text is not None and self.ids:  # flush what was held back
-            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
-            piece, self.emitted = text[len(self.emitted) :], text
-            if piece:
-                self.on_text(piece)
-
-
-class _StopWhenSet:
-    """A stopping criterion that ends generation once ``event`` is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        torch = _torch()
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
-def _generate(
-    vlm: VLModel,
-    input_ids: torch.Tensor,
-    embeds: torch.Tensor,
-    attention_mask: torch.Tensor,
-    config: Any,
-    extra: dict,
-    *,
-    cache: Any = None,
-    streamer: Any = None,
-    stop_event: threading.Event | None = None,
-) -> torch.Tensor:
-    """Run native generate from ``inputs_embeds``; returns the new ids ``[B, new]``."""
-    torch = _torch()
-    transformers = require("transformers", purpose="Generation")
-    kwargs = dict(extra)
-    criteria = transformers.StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
-    if stop_event is not None:
-        criteria.append(_StopWhenSet(stop_event))
-    user_streamer = kwargs.pop("streamer", None)
-    if streamer is not None and user_streamer is not None:
-        streamer = _Tee(streamer, user_streamer)
-    else:
-        streamer = streamer or user_streamer
-    with torch.no_grad():
-        try:
-            out = vlm.model.generate(
-                input_ids=input_ids,
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
-                generation_config=config,
-                stopping_criteria=criteria,
-                streamer=streamer,
-                cache=cache,
-                **kwargs,
-            )
-        except (ValueError, TypeError) as e:
-            if "generat" in str(e).lower() or "logits" in str(e).lower():
-                raise ValueError(f"transformers rejected the generation options: {e}") from e
-            raise
-    return out[:, input_ids.shape[1] :]  # [B, new]
-
-
-class _Tee:
-    def __init__(self, *streamers):
-        self.streamers = streamers
-
-    def put(self, value):
-        for s in self.streamers:
-            s.put(value)
-
-    def end(self):
-        for s in self.streamers:
-            s.end()
-
-
-# ----------------------------------------------------------------------------- the card's calls
-
-
-def model_chat(
-    vlm: VLModel,
-    pixel_values: Any,
-    question: str,
-    generation_config: Mapping[str, Any] | None = None,
-    history: Sequence[tuple[str, str]] | None = None,
-    return_history: bool = False,
-    num_patches_list: Sequence[int] | None = None,
-) -> str | tuple[str, list[tuple[str, str]]]:
-    """``VLModel.chat``: the card's ``model.chat(tokenizer, ...)`` without the tokenizer.
-
-    ``pixel_values`` ``[tiles, 3, 448, 448]`` or None; ``num_patches_list`` splits the tiles into
-    images (default: all tiles one image). Everything is recomputed on every call, as in the
-    card; :class:`Chat` is the cached session. Returns the answer, or ``(answer, history)``.
-    """
-    torch = _torch()
-    _check_question(question)
-    history = check_history(history) if history is not None else None
-    pixels = _check_pixel_values(vlm, pixel_values)
-    if pixels is None:
-        if num_patches_list:
-            raise ValueError(
-                f"num_patches_list={list(num_patches_list)} was given without pixel_values; "
-                "pass the images' pixel_values too."
-            )
-        patches: list[int] = []
-    elif num_patches_list is None:
-        patches = [int(pixels.shape[0])]
-    else:
-        patches = _check_patches(num_patches_list, int(pixels.shape[0]))
-    prompt = chat_query(
-        question,
-        history=history,
-        num_patches_list=patches,
-        system_message=vlm.system_message,
-        tokens_per_tile=vlm.tokens_per_tile,
-    )
-    config, extra = make_generation_config(vlm, generation_config)
-    input_ids = _tokenize(vlm, prompt.text)
-    _check_context(vlm, input_ids.shape[1], config.max_new_tokens, prompt.num_patches_list)
-    features = image_features(vlm, pixels) if pixels is not None else None
-    embeds = embed(vlm, input_ids, features)
-    new = _generate(vlm, input_ids, embeds, torch.ones_like(input_ids), config, extra)
-    answer = decode_answer(vlm, _answer_ids(new[0].tolist(), vlm.im_end_id))
-    if not return_history:
-        return answer
-    stored_q = question
-    if history is None and patches and IMAGE_PLACEHOLDER not in question:
-        stored_q = f"{IMAGE_PLACEHOLDER}\n{question}"  # the card stores the prepended form
-    return answer, [*(history or []), (stored_q, answer)]
-
-
-def _batch_patches(num_patches_list: Any, n_questions: int, total: int) -> list[list[int]]:
-    if num_patches_list is None:
-        if total == 0:
-            return [[] for _ in range(n_questions)]
-        if n_questions == 1:
-            return [[total]]
-        raise ValueError(
-            f"{n_questions} questions and {total} tiles but no num_patches_list; expected "
-            "num_patches_list with one entry per question (tiles of its image, a list of tile "
-            "counts for several images, or 0 for none)."
-        )
-    if isinstance(num_patches_list, (str, bytes)) or not isinstance(num_patches_list, Sequence):
-        raise TypeError(f"num_patches_list must be a list, got {num_patches_list!r}.")
-    if len(num_patches_list) != n_questions:
-        raise ValueError(
-            f"num_patches_list has {len(num_patches_list)} entries for {n_questions} questions; "
-            "expected one entry per question."
-        )
-    per_sample = []
-    for entry in num_patches_list:
-        items = list(entry) if isinstance(entry, (list, tuple)) else [entry]
-        per_sample.append([int(n) for n in items if int(n) != 0])
-    flat = [n for s in per_sample for n in s]
-    if any(n < 0 for n in flat) or sum(flat) != total:
-        raise ValueError(
-            f"num_patches_list={list(num_patches_list)} sums to {sum(flat)} but pixel_values has "
-            f"{total} tiles; expected the entries to sum to pixel_values.shape[0]."
-        )
-    return per_sample
-
-
-def batch_prompts(
-    vlm: VLModel, questions: Sequence[str], num_patches: Sequence[Sequence[int]]
-) -> list[Prompt]:
-    """The prompt of each batch sample: its images labelled as the card does, the model's
-    system message, a fresh single-turn template."""
-    prompts = []
-    for q, patches in zip(questions, num_patches, strict=True):
-        user = label_images(q, len(patches))
-        text = render_template(
-            [("user", user), ("assistant", None)], system_message=vlm.system_message
-        )
-        text = expand_images(text, patches, tokens_per_tile=vlm.tokens_per_tile)
-        prompts.append(Prompt(text, tuple(patches), vlm.tokens_per_tile))
-    return prompts
-
-
-def model_batch_chat(
-    vlm: VLModel,
-    pixel_values: Any,
-    questions: Sequence[str],
-    generation_config: Mapping[str, Any] | None = None,
-    num_patches_list: Sequence[Any] | None = None,
-) -> list[str]:
-    """``VLModel.batch_chat``: several independent questions generated as one left-padded batch.
-
-    ``num_patches_list[i]`` is the tile count of sample i's image (the card), or a list of tile
-    counts for several images (labelled ``Image-1:`` … unless the question places ``<image>``),
-    or 0/``[]`` for none. The model's system message is used; the tokenizer is not changed.
-    """
-    _torch()
-    if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
-        raise TypeError(f"questions must be a non-empty list of str, got {questions!r}.")
-    for i, q in enumerate(questions):
-        _check_question(q, name=f"questions[{i}]")
-    pixels = _check_pixel_values(vlm, pixel_values)
-    total = 0 if pixels is None else int(pixels.shape[0])
-    per_sample = _batch_patches(num_patches_list, len(questions), total)
-    prompts = [p.text for p in batch_prompts(vlm, questions, per_sample)]
-    config, extra = make_generation_config(vlm, generation_config)
-    enc = vlm.tokenizer(
-        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-    )
-    input_ids = enc["input_ids"].to(vlm.device)  # [B, L]
-    mask = enc["attention_mask"].to(vlm.device)  # [B, L]
-    for i, patches in enumerate(per_sample):
-        _check_context(vlm, int(mask[i].sum()), config.max_new_tokens, patches)
-    features = image_features(vlm, pixels) if pixels is not None else None
-    embeds = embed(vlm, input_ids, features)
-    new = _generate(vlm, input_ids, embeds, mask, config, extra)
-    return [decode_answer(vlm, _answer_ids(row.tolist(), vlm.im_end_id)) for row in new]
-
-
-# ----------------------------------------------------------------------------- budget
-
-
-class ContextBudgetError(ValueError):
-    """The prompt plus ``max_new_tokens`` does not fit the model's context; see ``.budget``."""
-
-    def __init__(self, message: str, budget: Budget | None = None):
-        super().__init__(message)
-        self.budget = budget
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Token usage of a prompt against the context.
-
-    Attributes:
-        rows: ``(what, tiles, tokens)`` per image or frame, then the text and the answer.
-        prompt_tokens: tokens of the prompt (images and text).
-        max_new_tokens: tokens reserved for the answer.
-        context_length: the model's context (8,192 for InternVL2).
-    """
-
-    rows: tuple[tuple[str, int, int], ...]
-    prompt_tokens: int
-    max_new_tokens: int
-    context_length: int
-
-    @property
-    def total(self) -> int:
-        return self.prompt_tokens + self.max_new_tokens
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.context_length
-
-    def __str__(self) -> str:
-        lines = [
-            f"{what:<40} {f'{tiles} tiles' if tiles else '':>11} {tokens:>6} tokens"
-            for what, tiles, tokens in self.rows
-        ]
-        lines.append(
-            f"{'total (prompt + max_new_tokens)':<40} {'':>11} {self.total:>6} tokens of "
-            f"{self.context_length}" + ("" if self.fits else "  -> TOO LONG")
-        )
-        return "\n".join(lines)
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(w)}</td><td>{t or ''}</td><td>{n}</td></tr>"
-            for w, t, n in self.rows
-        )
-        colour = "#16a34a" if self.fits else "#dc2626"
-        pct = 100 * self.total / self.context_length
-        return (
-            "<table><tr><th>what</th><th>tiles</th><th>tokens</th></tr>"
-            f"{rows}<tr><td><b>total</b></td><td></td><td style='color:{colour}'><b>{self.total}"
-            f" / {self.context_length}</b> ({pct:.0f}%)</td></tr></table>"
-        )
-
-
-def _budget(
-    prompt_tokens: int,
-    max_new_tokens: int,
-    context: int,
-    visuals: Sequence[tuple[str, int]],
-    tokens_per_tile: int,
-) -> Budget:
-    rows = [(label, tiles, tiles * tokens_per_tile) for label, tiles in visuals]
-    image_tokens = sum(r[2] for r in rows)
-    rows.append(("text (template, history, question)", 0, prompt_tokens - image_tokens))
-    rows.append(("answer (max_new_tokens)", 0, max_new_tokens))
-    return Budget(tuple(rows), prompt_tokens, max_new_tokens, context)
-
-
-def _raise_if_over(budget: Budget, *, has_frames: bool = False) -> None:
-    if budget.fits:
-        return
-    over = budget.total - budget.context_length
-    hints = ["lower max_num (fewer tiles per image)"]
-    if has_frames:
-        hints.append("sample fewer frames (num_segments)")
-    hints += ["lower max_new_tokens", "start a new conversation (reset/undo)"]
-    raise ContextBudgetError(
-        f"The prompt needs {budget.prompt_tokens} tokens and max_new_tokens={budget.max_new_tokens}"
-        f": {budget.total} tokens, {over} over the model's context of {budget.context_length}.\n"
-        f"{budget}\nTo fit, " + ", or ".join(hints) + ".",
-        budget,
-    )
-
-
-def _context_length(vlm: VLModel) -> int:
-    return int(getattr(vlm, "context_length", CONTEXT_LENGTH) or CONTEXT_LENGTH)
-
-
-def _check_context(vlm: VLModel, prompt_tokens: int, max_new: int, patches: Sequence[int]) -> None:
-    visuals = [(f"image {i + 1}", n) for i, n in enumerate(patches)]
-    budget = _budget(prompt_tokens, max_new, _context_length(vlm), visuals, vlm.tokens_per_tile)
-    _raise_if_over(budget)
 
 
 # ----------------------------------------------------------------------------- the session

@@ -450,8 +450,8 @@ class VLModel:
         return_history: bool = False,
         num_patches_list: Sequence[int] | None = None,
     ) -> Any:
-        """The model card's ``chat()``; see :func:`vltools.chat.model_chat`."""
-        from vltools.chat import model_chat
+        """The model card's ``chat()``; see :func:`vltools.generation.model_chat`."""
+        from vltools.generation import model_chat
 
         return model_chat(
             self,
@@ -470,8 +470,8 @@ class VLModel:
         generation_config: dict[str, Any] | None = None,
         num_patches_list: Sequence[int] | None = None,
     ) -> list[str]:
-        """The model card's ``batch_chat()``; see :func:`vltools.chat.model_batch_chat`."""
-        from vltools.chat import model_batch_chat
+        """The model card's ``batch_chat()``; see :func:`vltools.generation.model_batch_chat`."""
+        from vltools.generation import model_batch_chat
 
         return model_batch_chat(
             self,
