@@ -41,8 +41,16 @@ def panorama(width: int = 3200, height: int = 480) -> Image.Image:
     ):
         phase = [rng.uniform(0, 2 * math.pi) for _ in range(3)]
         points = [
-            (x, base - amp * (0.5 * math.sin(x / 310 + phase[0]) + 0.3 * math.sin(x / 97 + phase[1])
-                              + 0.2 * math.sin(x / 41 + phase[2])))
+            (
+                x,
+                base
+                - amp
+                * (
+                    0.5 * math.sin(x / 310 + phase[0])
+                    + 0.3 * math.sin(x / 97 + phase[1])
+                    + 0.2 * math.sin(x / 41 + phase[2])
+                ),
+            )
             for x in range(0, width + 1, 8)
         ]
         draw.polygon([(0, height), *points, (width, height)], fill=colour)
@@ -58,13 +66,19 @@ def document(width: int = 850, height: int = 3300) -> Image.Image:
     rng = random.Random(1)
     img = Image.new("RGB", (width, height), (252, 252, 248))
     draw = ImageDraw.Draw(img)
-    words = ("tile grid aspect ratio thumbnail token image model vision language patch "
-             "pixel shuffle context budget frame attention layer head prompt").split()
+    words = (
+        "tile grid aspect ratio thumbnail token image model vision language patch "
+        "pixel shuffle context budget frame attention layer head prompt"
+    ).split()
     y = 60
     section = 1
     while y < height - 200:
-        draw.text((60, y), f"{section}. Section {section}: how dynamic tiling works",
-                  fill=(20, 20, 60), font=font(30))
+        draw.text(
+            (60, y),
+            f"{section}. Section {section}: how dynamic tiling works",
+            fill=(20, 20, 60),
+            font=font(30),
+        )
         y += 60
         for _ in range(rng.randint(6, 10)):
             line = " ".join(rng.choice(words) for _ in range(rng.randint(8, 12)))
@@ -75,8 +89,12 @@ def document(width: int = 850, height: int = 3300) -> Image.Image:
                 for c in range(4):
                     x0, y0 = 60 + c * 180, y + r * 36
                     draw.rectangle([x0, y0, x0 + 180, y0 + 36], outline=(80, 80, 80))
-                    draw.text((x0 + 8, y0 + 8), f"r{r}c{c} = {rng.randint(0, 999)}",
-                              fill=(0, 0, 0), font=font(16))
+                    draw.text(
+                        (x0 + 8, y0 + 8),
+                        f"r{r}c{c} = {rng.randint(0, 999)}",
+                        fill=(0, 0, 0),
+                        font=font(16),
+                    )
             y += 4 * 36
         y += 50
         section += 1
@@ -96,8 +114,13 @@ def chart(path: Path) -> None:
     sales = [12, 15, 11, 18, 22, 19, 25, 28]
     ax.bar(months, sales, color="#4C72B0", label="units sold")
     ax2 = ax.twinx()
-    ax2.plot(months, [3.1, 3.0, 3.4, 3.2, 3.6, 3.9, 3.8, 4.2], color="#DD8452", marker="o",
-             label="price (EUR)")
+    ax2.plot(
+        months,
+        [3.1, 3.0, 3.4, 3.2, 3.6, 3.9, 3.8, 4.2],
+        color="#DD8452",
+        marker="o",
+        label="price (EUR)",
+    )
     ax.set_title("Monthly sales and price")
     ax.set_ylabel("units (thousands)")
     ax2.set_ylabel("price (EUR)")
