@@ -133,7 +133,7 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
         name = _DTYPE_NAMES.get(dtype.lower().removeprefix("torch."))
         if name is None:
             raise ValueError(
-                f"dtype={dtype!r} is not supported; use one of 'float32', 'bfloat16', 'float16' "
+                f"dtype={dtype!r} is not a torch dtype name vltools supports; use one of 'float32', 'bfloat16', 'float16' "
                 "(or a torch dtype), or None for the device's default."
             )
         return getattr(torch, name)

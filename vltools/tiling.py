@@ -516,16 +516,10 @@ class TiledImage:
 
         ``dtype`` may be a ``torch.dtype`` or its name (``"bfloat16"``).
         """
-        import torch
+        if isinstance(dtype, str):  # a name such as "bfloat16": the loader's own resolution
+            from vltools.models import resolve_dtype
 
-        if isinstance(dtype, str):
-            resolved = getattr(torch, dtype, None)
-            if not isinstance(resolved, torch.dtype):
-                raise ValueError(
-                    f"dtype {dtype!r} is not a torch dtype name; use e.g. 'float32', "
-                    "'bfloat16' or 'float16'."
-                )
-            dtype = resolved
+            dtype = resolve_dtype(dtype, None)
         return dataclasses.replace(self, pixel_values=self.pixel_values.to(device, dtype))
 
     @property

@@ -212,15 +212,10 @@ class VideoClip:
 
         ``dtype`` may be a ``torch.dtype`` or its name (``"bfloat16"``).
         """
-        if isinstance(dtype, str):
-            torch = require("torch", purpose="VideoClip.to")
-            resolved = getattr(torch, dtype, None)
-            if not isinstance(resolved, torch.dtype):
-                raise ValueError(
-                    f"dtype {dtype!r} is not a torch dtype name; use e.g. 'float32', "
-                    "'bfloat16' or 'float16'."
-                )
-            dtype = resolved
+        if isinstance(dtype, str):  # a name such as "bfloat16": the loader's own resolution
+            from vltools.models import resolve_dtype
+
+            dtype = resolve_dtype(dtype, None)
         pixel_values = self.pixel_values.to(device=device, dtype=dtype)
         return dataclasses.replace(
             self, pixel_values=pixel_values, tiled=_tiled_views(self.tiled, pixel_values)
