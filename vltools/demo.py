@@ -165,8 +165,8 @@ def write_index(*, model: str) -> Path:
             continue
         title, summary = title_and_summary(notebook)
         items += (
-            f"<li><a href='{html.escape(page_path.name)}'><b>{html.escape(notebook.stem[:2])}</b> "
-            f"{html.escape(title)}</a><br><span>{html.escape(summary)}</span></li>"
+            f"<li><a href='{html.escape(page_path.name)}'>{html.escape(title)}</a>"
+            f"<br><span>{html.escape(summary)}</span></li>"
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>vltools notebooks</title>"
