@@ -5,7 +5,7 @@
 For each case the same in-memory PIL image (decoding is the same for everyone and left out)
 goes through:
 
-* ``card``: the card's pipeline re-implemented step by step: ``convert('RGB')``, the grid
+* ``card``: the card's pipeline step by step (``vltools.card.card_pixel_values``): ``convert('RGB')``, the grid
   choice, ``resize`` to the canvas, one ``crop`` per tile, the thumbnail ``resize``, then per
   tile torchvision's ``Resize((448, 448), BICUBIC)``, ``ToTensor`` and ``Normalize``, and
   ``torch.stack``;
@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks._common import machine, median_time, parser, result_line, table
+from vltools.card import card_pixel_values
 
 SPEED_TARGET = 1.2
 FLOOR_TARGET = round(1 / 1.3, 3)
@@ -50,36 +51,6 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
 
 
-def card_pipeline(image: Image.Image, *, max_num: int, size: int = 448):
-    """The model card's load_image after ``Image.open``, written out step by step."""
-    import torch
-    import torchvision.transforms as T
-    from torchvision.transforms.functional import InterpolationMode
-
-    from vltools.constants import IMAGENET_MEAN, IMAGENET_STD
-    from vltools.tiling import plan_tiles
-
-    image = image.convert("RGB")
-    transform = T.Compose(
-        [
-            T.Lambda(lambda im: im.convert("RGB") if im.mode != "RGB" else im),
-            T.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ]
-    )
-    grid = plan_tiles(image.width, image.height, max_num=max_num, image_size=size)
-    cols, rows = grid.cols, grid.rows  # the same choice as the card's (tests/test_tiling.py)
-    resized = image.resize((cols * size, rows * size))
-    tiles = []
-    for i in range(cols * rows):
-        c, r = i % cols, i // cols
-        tiles.append(resized.crop((c * size, r * size, (c + 1) * size, (r + 1) * size)))
-    if len(tiles) != 1:
-        tiles.append(image.resize((size, size)))
-    return torch.stack([transform(t) for t in tiles])
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     from vltools.tiling import load_image, plan_tiles
@@ -97,14 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     for label, image, max_num in cases:
         grid = plan_tiles(image.width, image.height, max_num=max_num)
         exact = load_image(image, max_num=max_num).pixel_values
-        card = card_pipeline(image, max_num=max_num)
+        card = card_pixel_values(image, max_num=max_num)
         if not bool((exact == card).all()):
             raise SystemExit(f"load_image differs from the card's pipeline on {label}")
         fast = load_image(image, max_num=max_num, fast=True).pixel_values
         diff = (fast - exact).abs()
 
         fns = {
-            "card": lambda image=image, m=max_num: card_pipeline(image, max_num=m),
+            "card": lambda image=image, m=max_num: card_pixel_values(image, max_num=m),
             "ours": lambda image=image, m=max_num: load_image(image, max_num=m),
             "fast": lambda image=image, m=max_num: load_image(image, max_num=m, fast=True),
             "floor": lambda image=image, g=grid: image.resize(g.canvas_size),

@@ -1,6 +1,6 @@
 """Loading video frames: vltools.load_video against the model card's per-frame loop.
 
-The baseline is the card's ``load_video`` (rewritten from the card): a decord ``VideoReader``
+The baseline is the card's ``load_video`` (``vltools.card.card_load_video``): a decord ``VideoReader``
 with one thread, ``vr[i]`` for each sampled frame in a Python loop, ``dynamic_preprocess`` and
 the torchvision transforms tile by tile. vltools is timed with its default backend (decord,
 one batched ``get_batch``) and with PyAV (non-reference frames skipped, only the wanted frames
@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from benchmarks._common import machine, median_time, parser, result_line, table
+from vltools.card import card_load_video
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample_video.mp4"
@@ -44,69 +45,6 @@ def long_video() -> Path:
         module.write_video(tmp, seconds=60, fps=30, size=(640, 360))
         tmp.replace(path)
     return path
-
-
-def card_load_video(path: Path, *, num_segments: int, max_num: int = 1):
-    """The model card's load_video: vr[i] per frame, per-tile transforms (rewritten)."""
-    import decord
-    import torch
-    import torchvision.transforms as T
-    from PIL import Image
-    from torchvision.transforms.functional import InterpolationMode
-
-    from vltools.video import sample_frame_indices
-
-    transform = T.Compose(
-        [
-            T.Lambda(lambda img: img.convert("RGB") if img.mode != "RGB" else img),
-            T.Resize((448, 448), interpolation=InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-        ]
-    )
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    fps = float(vr.get_avg_fps())
-    indices = sample_frame_indices(len(vr), fps, num_segments=num_segments)
-    pixel_values_list, num_patches_list = [], []
-    for index in indices:
-        image = Image.fromarray(vr[int(index)].asnumpy()).convert("RGB")
-        tiles = _card_dynamic_preprocess(image, max_num=max_num)
-        pixel_values = torch.stack([transform(tile) for tile in tiles])
-        num_patches_list.append(pixel_values.shape[0])
-        pixel_values_list.append(pixel_values)
-    return torch.cat(pixel_values_list), num_patches_list
-
-
-def _card_dynamic_preprocess(image, *, max_num: int, image_size: int = 448):
-    width, height = image.size
-    aspect = width / height
-    ratios = sorted(
-        {
-            (i, j)
-            for n in range(1, max_num + 1)
-            for i in range(1, n + 1)
-            for j in range(1, n + 1)
-            if 1 <= i * j <= max_num
-        },
-        key=lambda r: r[0] * r[1],
-    )
-    best, best_diff = (1, 1), float("inf")
-    for ratio in ratios:
-        diff = abs(aspect - ratio[0] / ratio[1])
-        if diff < best_diff:
-            best, best_diff = ratio, diff
-        elif diff == best_diff and width * height > 0.5 * image_size**2 * ratio[0] * ratio[1]:
-            best = ratio
-    cols, rows = best
-    resized = image.resize((image_size * cols, image_size * rows))
-    tiles = [
-        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
-        for r in range(rows)
-        for c in range(cols)
-    ]
-    if len(tiles) != 1:
-        tiles.append(image.resize((image_size, image_size)))
-    return tiles
 
 
 def main() -> None:

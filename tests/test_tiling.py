@@ -1,6 +1,6 @@
 """The tiling geometry: plan_tiles against the model card's algorithm and the reference table.
 
-The reference here is the card's grid choice written out as the card specifies it (a set of
+The reference here is the card's grid choice (``vltools.card``) written out as the card specifies it (a set of
 grids sorted by tile count, a running minimum of the aspect-ratio error with the area
 tie-break), plus ``../shared/reference/tiling_grids.tsv`` computed with the card's own code.
 """
@@ -8,41 +8,14 @@ tie-break), plus ``../shared/reference/tiling_grids.tsv`` computed with the card
 from __future__ import annotations
 
 import csv
-import functools
 from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vltools.card import card_grid, card_target_ratios
 from vltools.tiling import TileGrid, plan_tiles
-
-
-@functools.cache
-def card_ratios(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
-    """The card's candidate grids: a set comprehension sorted by tile count."""
-    ratios = {
-        (i, j)
-        for n in range(min_num, max_num + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if min_num <= i * j <= max_num
-    }
-    return tuple(sorted(ratios, key=lambda r: r[0] * r[1]))
-
-
-def card_grid(width: int, height: int, min_num: int, max_num: int, size: int = 448):
-    """The model card's choice (dynamic_preprocess + find_closest_aspect_ratio), as specified."""
-    ratios = list(card_ratios(min_num, max_num))
-    aspect = width / height
-    best_diff, best = float("inf"), (1, 1)
-    for r in ratios:
-        diff = abs(aspect - r[0] / r[1])
-        if diff < best_diff:
-            best_diff, best = diff, r
-        elif diff == best_diff and width * height > 0.5 * size * size * r[0] * r[1]:
-            best = r
-    return best, ratios
 
 
 def test_grid_matches_the_card_for_every_reference_row(reference_dir):
@@ -61,7 +34,7 @@ def test_grid_matches_the_card_for_every_reference_row(reference_dir):
 def test_candidates_are_visited_in_the_cards_order_for_large_budgets():
     # The order among grids with the same tile count is the card's set order: it decides ties.
     for lo, hi in [(1, 12), (1, 40), (2, 6), (6, 6), (12, 12), (7, 33), (24, 24), (1, 64)]:
-        _, ratios = card_grid(1, 1, lo, hi)
+        ratios = list(card_target_ratios(lo, hi))
         grid = plan_tiles(1, 1, min_num=lo, max_num=hi)
         assert [(c.cols, c.rows) for c in grid.candidates] == ratios, (lo, hi)
 
@@ -72,7 +45,7 @@ def test_exact_ties_are_broken_like_the_card_including_large_max_num():
     # counts matter.
     checked = taken = kept = 0
     for lo, hi in [(6, 6), (12, 12), (24, 24), (2, 16), (5, 20), (1, 48), (36, 40)]:
-        _, ratios = card_grid(1, 1, lo, hi)
+        ratios = list(card_target_ratios(lo, hi))
         by_ratio = sorted(ratios, key=lambda r: Fraction(*r))
         neighbours = list(zip(by_ratio, by_ratio[1:], strict=False))
         same_count = [
@@ -86,7 +59,12 @@ def test_exact_ties_are_broken_like_the_card_including_large_max_num():
                     if w > 60_000 or h > 60_000:
                         continue
                     grid = plan_tiles(w, h, min_num=lo, max_num=hi)
-                    assert (grid.cols, grid.rows) == card_grid(w, h, lo, hi)[0], (w, h, lo, hi)
+                    assert (grid.cols, grid.rows) == card_grid(w, h, min_num=lo, max_num=hi), (
+                        w,
+                        h,
+                        lo,
+                        hi,
+                    )
                     checked += 1
                     taken += grid.winner.decision == "tie-taken"
                     kept += any(c.decision == "tie-kept" for c in grid.candidates)
@@ -103,7 +81,7 @@ def test_exact_ties_are_broken_like_the_card_including_large_max_num():
 def test_grid_matches_the_card_for_random_sizes_and_budgets(width, height, min_num, extra):
     max_num = min_num + extra
     grid = plan_tiles(width, height, min_num=min_num, max_num=max_num)
-    assert (grid.cols, grid.rows) == card_grid(width, height, min_num, max_num)[0]
+    assert (grid.cols, grid.rows) == card_grid(width, height, min_num=min_num, max_num=max_num)
 
 
 @settings(max_examples=200, deadline=None)

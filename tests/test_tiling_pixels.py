@@ -1,6 +1,6 @@
 """load_image: pixel values bit-identical to the model card's pipeline, EXIF, and clear errors.
 
-The reference is the card's pipeline as specified: ``convert('RGB')``, ``dynamic_preprocess``
+The reference is the card's pipeline as specified (``vltools.card.card_pixel_values``): ``convert('RGB')``, ``dynamic_preprocess``
 (resize with PIL's default filter, crop row-major, a 448 x 448 thumbnail of the original),
 then per tile torchvision's ``Resize((448, 448), BICUBIC)``, ``ToTensor``, ``Normalize``.
 """
@@ -12,40 +12,12 @@ import io
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms as T
 from PIL import Image
-from test_tiling import card_grid
-from torchvision.transforms.functional import InterpolationMode
 
 import vltools
+from vltools.card import card_pixel_values
 from vltools.constants import IMAGENET_MEAN, IMAGENET_STD
 from vltools.tiling import TiledImage, load_image
-
-
-def card_pixel_values(
-    image: Image.Image, *, max_num: int, min_num: int = 1, size: int = 448, thumbnail: bool = True
-):
-    """The card's load_image on an already opened image (Image.open(...).convert('RGB'))."""
-    image = image.convert("RGB")
-    transform = T.Compose(
-        [
-            T.Lambda(lambda im: im.convert("RGB") if im.mode != "RGB" else im),
-            T.Resize((size, size), interpolation=InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ]
-    )
-    (cols, rows), _ = card_grid(image.width, image.height, min_num, max_num, size)
-    resized = image.resize((cols * size, rows * size))
-    tiles = [
-        resized.crop(
-            ((i % cols) * size, (i // cols) * size, (i % cols + 1) * size, (i // cols + 1) * size)
-        )
-        for i in range(cols * rows)
-    ]
-    if thumbnail and len(tiles) != 1:
-        tiles.append(image.resize((size, size)))
-    return torch.stack([transform(t) for t in tiles])
 
 
 def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -100,11 +72,11 @@ def test_pixel_values_follow_the_card_for_another_tile_size_and_without_thumbnai
     image = Image.fromarray(_photo(500, 260, seed=4))
     ours = load_image(image, max_num=4, image_size=224)
     assert ours.pixel_values.shape == (3, 3, 224, 224)
-    assert torch.equal(ours.pixel_values, card_pixel_values(image, max_num=4, size=224))
+    assert torch.equal(ours.pixel_values, card_pixel_values(image, max_num=4, image_size=224))
     assert ours.grid.tokens_per_tile == 64
     bare = load_image(image, max_num=4, use_thumbnail=False)
     assert bare.num_patches == 2 and not bare.grid.has_thumbnail
-    assert torch.equal(bare.pixel_values, card_pixel_values(image, max_num=4, thumbnail=False))
+    assert torch.equal(bare.pixel_values, card_pixel_values(image, max_num=4, use_thumbnail=False))
 
 
 def test_every_source_kind_gives_the_same_pixels(tmp_path):

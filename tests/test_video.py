@@ -1,7 +1,8 @@
 """Frame sampling (the card's get_index) and load_video on the sample video.
 
-The reference for pixels is the model card's pipeline, rewritten here from the card's text:
-decord ``vr[i]`` per frame, PIL, ``dynamic_preprocess`` and the torchvision transforms.
+The reference for pixels is the model card's pipeline (``vltools.card``), rewritten from the
+card's text: decord ``vr[i]`` per frame, PIL, ``dynamic_preprocess`` and the torchvision
+transforms.
 """
 
 from __future__ import annotations
@@ -13,22 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vltools.card import card_get_index
 from vltools.video import frame_range, sample_frame_indices
-
-# --- the card's get_index, rewritten from the model card for comparison ----------------------
-
-
-def card_get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
-    if bound:
-        start, end = bound[0], bound[1]
-    else:
-        start, end = -100000, 100000
-    start_idx = max(first_idx, round(start * fps))
-    end_idx = min(round(end * fps), max_frame)
-    seg_size = float(end_idx - start_idx) / num_segments
-    return np.array(
-        [int(start_idx + (seg_size / 2) + np.round(seg_size * idx)) for idx in range(num_segments)]
-    )
 
 
 def reference_rows(reference_dir):

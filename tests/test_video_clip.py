@@ -1,6 +1,6 @@
 """load_video on the sample video: the card's frames and bit-identical pixels, the clip's fields.
 
-The reference pipeline is the model card's ``load_video``, rewritten here from the card's
+The reference pipeline is the model card's ``load_video``, in ``vltools.card``, rewritten from the card's
 text: decord ``vr[i]`` for each frame, PIL, ``dynamic_preprocess`` and ``build_transform``.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vltools.card import card_load_video
 from vltools.video import load_video, sample_frame_indices
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
@@ -24,68 +25,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-# --- the card's pipeline, rewritten from the model card ---------------------------------------
-
-
-def card_dynamic_preprocess(image, *, max_num, image_size=448):
-    width, height = image.size
-    aspect = width / height
-    ratios = sorted(
-        {
-            (i, j)
-            for n in range(1, max_num + 1)
-            for i in range(1, n + 1)
-            for j in range(1, n + 1)
-            if 1 <= i * j <= max_num
-        },
-        key=lambda r: r[0] * r[1],
-    )
-    best, best_diff = (1, 1), float("inf")
-    for ratio in ratios:
-        diff = abs(aspect - ratio[0] / ratio[1])
-        if diff < best_diff:
-            best, best_diff = ratio, diff
-        elif diff == best_diff and width * height > 0.5 * image_size**2 * ratio[0] * ratio[1]:
-            best = ratio
-    cols, rows = best
-    resized = image.resize((image_size * cols, image_size * rows))
-    tiles = [
-        resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
-        for r in range(rows)
-        for c in range(cols)
-    ]
-    if len(tiles) != 1:
-        tiles.append(image.resize((image_size, image_size)))
-    return tiles
-
-
 @functools.lru_cache(maxsize=4)
-def card_load_video(path, *, num_segments, max_num):
-    decord = pytest.importorskip("decord")
-    torch = pytest.importorskip("torch")
-    transforms = pytest.importorskip("torchvision.transforms")
-    from PIL import Image
-    from torchvision.transforms.functional import InterpolationMode
-
-    transform = transforms.Compose(
-        [
-            transforms.Lambda(lambda img: img.convert("RGB") if img.mode != "RGB" else img),
-            transforms.Resize((448, 448), interpolation=InterpolationMode.BICUBIC),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-        ]
-    )
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    indices = sample_frame_indices(
-        len(reader), float(reader.get_avg_fps()), num_segments=num_segments
-    )
-    pixel_values, num_patches = [], []
-    for index in indices:
-        image = Image.fromarray(reader[int(index)].asnumpy()).convert("RGB")
-        tiles = card_dynamic_preprocess(image, max_num=max_num)
-        pixel_values.append(torch.stack([transform(t) for t in tiles]))
-        num_patches.append(len(tiles))
-    return torch.cat(pixel_values), num_patches
+def card_clip(path, *, num_segments, max_num):
+    """The card's load_video (``vltools.card``), cached: it decodes and tiles frame by frame."""
+    pytest.importorskip("decord")
+    return card_load_video(path, num_segments=num_segments, max_num=max_num)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +43,7 @@ def test_pixel_values_are_bit_identical_to_the_card_on_the_sample_video(
     num_segments, max_num, backend
 ):
     pytest.importorskip(backend if backend == "decord" else "av")
-    expected, expected_patches = card_load_video(SAMPLE, num_segments=num_segments, max_num=max_num)
+    expected, expected_patches = card_clip(SAMPLE, num_segments=num_segments, max_num=max_num)
     clip = load_video(SAMPLE, num_segments=num_segments, max_num=max_num, backend=backend)
     assert list(clip.num_patches_list) == expected_patches
     assert clip.pixel_values.dtype == expected.dtype

@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = (
     "attention",
     "attention_maps",
+    "card",
     "chat",
     "checkpoints",
     "constants",
