@@ -224,61 +224,49 @@ def _nudge_slider(page, widget, label: str, key: str, presses: int = 1):
         handle.press(key)
 
 
-def test_tile_explorer_renders_and_follows_its_max_num_slider(browser, lab):
-    page = _run_all(browser, lab, "01_dynamic_tiling.ipynb")
+def _explore(
+    browser, lab, notebook: str, widget_class: str, slider: str, key: str, presses: int = 1
+):
+    """Run ``notebook``, find its explorer, move one slider; return (widget, before, after)."""
+    name = notebook.removesuffix(".ipynb")
+    page = _run_all(browser, lab, notebook)
     try:
-        _assert_no_cell_error(page, "01_dynamic_tiling")
-        widget = page.locator(".vltools-tile-explorer").first
+        _assert_no_cell_error(page, name)
+        widget = page.locator(f".{widget_class}").first
         widget.wait_for()
-        assert widget.locator(".widget-slider").count() >= 2
-        assert widget.locator("img").count() >= 1
+        assert widget.locator("img").count() >= 1, f"{name}: the explorer shows no picture"
+        sliders = widget.locator(".widget-slider").count()
         before = _summary_text(widget)
-        _nudge_slider(page, widget, "max_num", "Home")
+        _nudge_slider(page, widget, slider, key, presses=presses)
         page.wait_for_function(
             "([sel, before]) => document.querySelector(sel).innerText !== before",
-            arg=[".vltools-tile-explorer .vltools-summary", before],
+            arg=[f".{widget_class} .vltools-summary", before],
             timeout=30_000,
         )
         after = _summary_text(widget)
-        assert re.search(r"\d+ tiles?", after) and after != before, (before, after)
-        _shot(page, "01_dynamic_tiling", widget)
+        _shot(page, name, widget)
+        return sliders, before, after
     finally:
         page.close()
+
+
+def test_tile_explorer_renders_and_follows_its_max_num_slider(browser, lab):
+    sliders, before, after = _explore(
+        browser, lab, "01_dynamic_tiling.ipynb", "vltools-tile-explorer", "max_num", "Home"
+    )
+    assert sliders >= 2
+    assert re.search(r"\d+ tiles?", after) and after != before, (before, after)
 
 
 def test_frame_strip_renders_and_resamples(browser, lab):
-    page = _run_all(browser, lab, "05_video.ipynb")
-    try:
-        _assert_no_cell_error(page, "05_video")
-        widget = page.locator(".vltools-frame-strip").first
-        widget.wait_for()
-        assert widget.locator("img").count() >= 1
-        before = _summary_text(widget)
-        _nudge_slider(page, widget, "segments", "ArrowLeft", presses=2)
-        page.wait_for_function(
-            "([sel, before]) => document.querySelector(sel).innerText !== before",
-            arg=[".vltools-frame-strip .vltools-summary", before],
-            timeout=30_000,
-        )
-        _shot(page, "05_video", widget)
-    finally:
-        page.close()
+    _, before, after = _explore(
+        browser, lab, "05_video.ipynb", "vltools-frame-strip", "segments", "ArrowLeft", presses=2
+    )
+    assert after != before
 
 
 def test_attention_explorer_renders_and_steps_through_tokens(browser, lab):
-    page = _run_all(browser, lab, "07_attention_maps.ipynb")
-    try:
-        _assert_no_cell_error(page, "07_attention_maps")
-        widget = page.locator(".vltools-attention-explorer").first
-        widget.wait_for()
-        assert widget.locator("img").count() >= 1
-        before = _summary_text(widget)
-        _nudge_slider(page, widget, "token", "ArrowRight")
-        page.wait_for_function(
-            "([sel, before]) => document.querySelector(sel).innerText !== before",
-            arg=[".vltools-attention-explorer .vltools-summary", before],
-            timeout=30_000,
-        )
-        _shot(page, "07_attention_maps", widget)
-    finally:
-        page.close()
+    _, before, after = _explore(
+        browser, lab, "07_attention_maps.ipynb", "vltools-attention-explorer", "token", "ArrowRight"
+    )
+    assert after != before

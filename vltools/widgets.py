@@ -126,8 +126,8 @@ class TileExplorer(StaticFallback, widgets.VBox):
         self.error = ""
         self.tiled = tiled
         self.grid = grid = tiled.grid
-        self.cost = _tile_cost(grid)
-        over = " <b>exceeds the context</b>" if grid.num_image_tokens > _context() else ""
+        self.cost = grid.summary()
+        over = " <b>exceeds the context</b>" if grid.context_share > 1 else ""
         self._summary.value = f"<b>{_escape(self.cost)}</b>{over}"
         self._table.value = _candidate_table(grid, rows=self._table_rows)
         self._picture.value = _png(self.figure())
@@ -147,27 +147,10 @@ def _escape(text: str) -> str:
     return html.escape(text)
 
 
-def _context() -> int:
-    from vltools.constants import CONTEXT_LENGTH
-
-    return CONTEXT_LENGTH
-
-
 def _png(fig: Any) -> bytes:
     from vltools.viz import figure_to_png
 
     return figure_to_png(fig, dpi=72)
-
-
-def _tile_cost(grid: Any) -> str:
-    """``'3x2 grid + thumbnail: 7 tiles x 256 = 1,792 image tokens = 21.9% of ...'``."""
-    thumb = " + thumbnail" if grid.has_thumbnail else ""
-    tiles = "tile" if grid.num_tiles == 1 else "tiles"
-    return (
-        f"{grid.cols}x{grid.rows} grid{thumb}: {grid.num_tiles} {tiles} x "
-        f"{grid.tokens_per_tile} = {grid.num_image_tokens:,} image tokens = "
-        f"{grid.num_image_tokens / _context():.1%} of the {_context():,}-token context"
-    )
 
 
 def _candidate_table(grid: Any, *, rows: int) -> str:
