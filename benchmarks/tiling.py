@@ -18,9 +18,11 @@ goes through:
 Cases: a 4032 x 3024 photo-like image at ``max_num`` 6 and 12, and a small 640 x 480 image
 at 12. Times are medians of interleaved runs. Targets: ``card / ours >= 1.2`` (headline, the
 photo at 12) and ``ours <= 1.3 x floor`` (``floor / ours >= 0.77``), printed against both the
-canvas resize alone and the two resizes an exact pipeline must do. ``load_image`` runs the
-thumbnail's resize and half of the normalisation on a second thread: on an idle 2-core
-machine that hides most of the work beyond the canvas resize, on a busy one it cannot.
+canvas resize alone and the two resizes an exact pipeline must do. ``load_image`` spreads its
+work over a few threads: the thumbnail's resize beside the canvas, the tiles' float
+conversion, and, where the canvas does not shrink the height (the small image), the canvas's
+vertical pass one tile column per thread. On an idle 2-core machine that hides most of the
+work beyond the canvas resize; on a busy one it cannot.
 """
 
 from __future__ import annotations

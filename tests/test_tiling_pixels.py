@@ -8,16 +8,27 @@ then per tile torchvision's ``Resize((448, 448), BICUBIC)``, ``ToTensor``, ``Nor
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import vltools
 from vltools.card import card_pixel_values
 from vltools.constants import IMAGENET_MEAN, IMAGENET_STD
-from vltools.tiling import TiledImage, load_image
+from vltools.tiling import (
+    TiledImage,
+    _column_resizer,
+    _columns_are_exact,
+    _pool,
+    _run_shared,
+    load_image,
+    plan_tiles,
+)
 
 
 def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -79,6 +90,85 @@ def test_pixel_values_follow_the_card_for_another_tile_size_and_without_thumbnai
     assert torch.equal(bare.pixel_values, card_pixel_values(image, max_num=4, use_thumbnail=False))
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    width=st.integers(1, 300),
+    height=st.integers(1, 300),
+    out_width=st.integers(1, 400),
+    grow=st.integers(0, 300),
+    cut=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_a_canvas_made_by_columns_is_pils_one_resize(width, height, out_width, grow, cut, seed):
+    # Where the height does not shrink, load_image makes the canvas one tile column at a
+    # time; every column strip must be the bytes PIL's single resize gives it.
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    size = (out_width, height + grow)
+    columns = _column_resizer(image, size)
+    x = int(cut * out_width)
+    strips = [np.asarray(columns(a, b)) for a, b in [(0, x), (x, out_width)] if b > a]
+    one = np.asarray(image.resize(size, Image.Resampling.BICUBIC))
+    assert np.array_equal(np.concatenate(strips, axis=1), one)
+
+
+def test_the_column_path_is_checked_on_this_pillow_and_refuses_a_shrinking_height():
+    assert _columns_are_exact()  # the installed Pillow resizes horizontally first here
+    with pytest.raises(ValueError, match="height shrinks"):
+        _column_resizer(Image.new("RGB", (10, 10)), (20, 5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 1400),
+    height=st.integers(1, 1400),
+    max_num=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_tiles_are_pils_canvas_cut_and_pixel_values_their_normalisation(
+    width, height, max_num, seed
+):
+    # Both paths: canvases that keep or grow the height (made by columns) and ones that shrink
+    # it (one resize). The reference is the card's dynamic_preprocess with PIL alone.
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    tiled = load_image(image, max_num=max_num)
+    grid = plan_tiles(width, height, max_num=max_num)
+    canvas = image.resize(grid.canvas_size, Image.Resampling.BICUBIC)
+    expected = [canvas.crop(b.canvas) for b in grid.boxes if not b.is_thumbnail]
+    if grid.has_thumbnail:
+        expected.append(image.resize((448, 448), Image.Resampling.BICUBIC))
+    assert len(tiled.tiles) == len(expected) == grid.num_tiles
+    for k, (ours, theirs) in enumerate(zip(tiled.tiles, expected, strict=True)):
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs)), k
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for k, tile in enumerate(expected):  # torchvision's ToTensor + Normalize, op for op
+        x = torch.from_numpy(np.array(tile)).permute(2, 0, 1).to(torch.float32).div(255)
+        assert torch.equal(tiled.pixel_values[k], x.sub_(mean).div_(std)), k
+
+
+def test_shared_jobs_all_run_across_threads_and_the_first_error_is_raised():
+    pool, workers = _pool()
+    seen: list[tuple[int, str]] = []
+    gate = threading.Barrier(2, timeout=10)
+
+    def job(k: int) -> None:
+        if k < 2:
+            gate.wait()  # the first two jobs can only finish if two threads run them at once
+        seen.append((k, threading.current_thread().name))
+
+    _run_shared(pool, workers, [lambda k=k: job(k) for k in range(8)])
+    assert sorted(k for k, _ in seen) == list(range(8))
+    assert len({name for _, name in seen}) >= 2
+
+    def boom() -> None:
+        raise RuntimeError("tile 3 failed")
+
+    with pytest.raises(RuntimeError, match="tile 3 failed"):
+        _run_shared(pool, workers, [boom, lambda: None, boom])
+
+
 def test_every_source_kind_gives_the_same_pixels(tmp_path):
     array = _photo(500, 300)
     path = tmp_path / "photo.png"
@@ -127,6 +217,24 @@ def test_fast_mode_stays_close_to_the_exact_pixels():
     diff = (fast - exact).abs()
     assert diff.mean().item() < 0.05  # a couple of uint8 levels on average (1 level ~ 0.017)
     assert diff.max().item() > 0.0  # it really is a different resize
+
+    # A long strip whose height grows but whose width shrinks over 4x: fast mode is PIL's
+    # resize with reducing_gap (a reduce first), not the exact column path.
+    strip = Image.fromarray(_photo(6000, 40))
+    grid = plan_tiles(6000, 40, max_num=2)
+    canvas = strip.resize(grid.canvas_size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    fast_tiles = load_image(strip, max_num=2, fast=True).tiles
+    exact_tiles = load_image(strip, max_num=2).tiles
+    first = grid.boxes[0].canvas
+    assert np.array_equal(np.asarray(fast_tiles[0]), np.asarray(canvas.crop(first)))
+    assert not np.array_equal(np.asarray(fast_tiles[0]), np.asarray(exact_tiles[0]))
+
+    # Where PIL would not reduce, fast mode is the exact resize.
+    small = Image.fromarray(_photo(640, 480))
+    assert torch.equal(
+        load_image(small, max_num=12, fast=True).pixel_values,
+        load_image(small, max_num=12).pixel_values,
+    )
 
 
 def _jpeg_with_orientation(array: np.ndarray, orientation: int) -> bytes:
