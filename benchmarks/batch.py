@@ -36,7 +36,7 @@ def _images():
 
     try:
         from vltools.data import sample
-        from vltools.tiling import load_image
+        from vltools.images import load_image
 
         names = ("photo_cat.jpg", "photo_coffee.jpg", "photo_rocket.jpg", "photo_astronaut.jpg")
         return [load_image(sample(n), max_num=1).pixel_values for n in names], "sample photos"

@@ -55,7 +55,7 @@ def _image(max_num: int):
     """7 tiles of a sample photo (or random tiles if tiling is not available)."""
     try:
         from vltools.data import sample
-        from vltools.tiling import load_image
+        from vltools.images import load_image
 
         for name in ("photo_cat.jpg", "photo_coffee.jpg", "photo_rocket.jpg"):
             tiled = load_image(sample(name), max_num=max_num)

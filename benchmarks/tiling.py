@@ -55,7 +55,8 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    from vltools.tiling import load_image, plan_tiles
+    from vltools.images import load_image
+    from vltools.tiling import plan_tiles
 
     repeats = 3 if args.quick else 9
     big = photo(2016, 1512) if args.quick else photo(4032, 3024)

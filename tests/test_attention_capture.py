@@ -8,7 +8,7 @@ import torch
 
 from vltools.attention import capture, eager_language_model
 from vltools.data import sample
-from vltools.tiling import load_image
+from vltools.images import load_image
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,6 @@ from vltools.card import card_load_video
 from vltools.video import load_video, sample_frame_indices
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
-pytestmark = pytest.mark.skipif(
-    "vltools.tiling" not in sys.modules
-    and not (SAMPLE.parent.parent / "vltools" / "tiling.py").exists(),
-    reason="vltools.tiling not written yet",
-)
 
 
 @functools.lru_cache(maxsize=4)

@@ -6,7 +6,6 @@ Every video here is written into ``tmp_path`` with PyAV by :func:`write_video`.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -70,11 +69,6 @@ def open_handles(path: Path) -> list[str]:
 
 
 BACKENDS = video.available_backends()
-needs_tiling = pytest.mark.skipif(
-    "vltools.tiling" not in sys.modules
-    and not (Path(video.__file__).parent / "tiling.py").exists(),
-    reason="vltools.tiling not written yet",
-)
 needs_decord = pytest.mark.skipif("decord" not in BACKENDS, reason="decord does not import here")
 
 
@@ -131,7 +125,6 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 # --- both backends ---------------------------------------------------------------------------
 
 
-@needs_tiling
 @needs_decord
 @pytest.mark.parametrize("name", ["plain", "single", "vfr"])
 def test_both_backends_pick_the_same_frames_with_the_same_times_and_pixels(videos, name):
@@ -162,7 +155,6 @@ def test_ten_bit_video_differs_between_decoders_by_a_measured_tolerance(videos):
     assert diff.max() > 0  # if this starts failing, the decoders agree now: tighten the test
 
 
-@needs_tiling
 def test_auto_backend_prefers_decord_where_it_imports(videos):
     clip = load_video(videos["plain"], num_segments=2)
     assert clip.backend == BACKENDS[0]
@@ -176,7 +168,6 @@ def test_an_unknown_backend_is_refused(videos):
 # --- single frames and variable frame rates --------------------------------------------------
 
 
-@needs_tiling
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_single_frame_video_repeats_its_frame(videos, backend):
     clip = load_video(videos["single"], num_segments=4, backend=backend)
@@ -186,7 +177,6 @@ def test_a_single_frame_video_repeats_its_frame(videos, backend):
     assert clip.pixel_values.shape == (4, 3, 448, 448)
 
 
-@needs_tiling
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_variable_frame_rate_video_warns_and_reports_real_times(videos, backend):
     with pytest.warns(UserWarning, match="variable frame rate"):
@@ -238,7 +228,6 @@ def test_bad_files_raise_a_clear_value_error_and_release_the_file(videos, name, 
     assert open_handles(path) == []
 
 
-@needs_tiling
 def test_a_truncated_video_is_read_up_to_the_cut_with_pyav(videos):
     path = videos["truncated"]
     with warnings.catch_warnings(record=True) as caught:
@@ -268,7 +257,6 @@ def test_a_bound_past_the_end_raises_and_releases_the_file(videos, backend):
 # --- containers ------------------------------------------------------------------------------
 
 
-@needs_tiling
 @pytest.mark.parametrize("suffix", [".mkv", ".mov", ".avi", ".ts"])
 def test_pyav_finds_the_right_frames_in_other_containers(tmp_path, suffix):
     # AVI stores no presentation times (B-frames come out with shuffled ones) and MPEG-TS
@@ -287,7 +275,6 @@ def test_pyav_finds_the_right_frames_in_other_containers(tmp_path, suffix):
     assert auto.pixel_values.equal(clip.pixel_values)
 
 
-@needs_tiling
 @needs_decord
 def test_forcing_decord_on_mpeg_ts_warns_that_it_returns_other_frames(tmp_path):
     path = write_video(tmp_path / "clip.ts", 30)
@@ -296,14 +283,12 @@ def test_forcing_decord_on_mpeg_ts_warns_that_it_returns_other_frames(tmp_path):
     assert clip.backend == "decord"
 
 
-@needs_tiling
 def test_auto_falls_back_to_pyav_where_decord_does_not_import(videos, monkeypatch):
     monkeypatch.setattr(video, "available_backends", lambda: ("pyav",))
     clip = load_video(videos["plain"], num_segments=3)
     assert clip.backend == "pyav"
 
 
-@needs_tiling
 @pytest.mark.parametrize("backend", ["auto", *BACKENDS])
 def test_a_damaged_video_gives_concealed_frames_or_a_clear_error(videos, backend):
     path = videos["damaged"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,6 @@ import pytest
 from vltools.video import load_video, sample_frame_indices
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
-pytestmark = pytest.mark.skipif(
-    "vltools.tiling" not in sys.modules
-    and not (SAMPLE.parent.parent / "vltools" / "tiling.py").exists(),
-    reason="vltools.tiling not written yet",
-)
 
 
 @pytest.fixture(scope="module")

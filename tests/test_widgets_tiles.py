@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vltools.tiling import load_image, plan_tiles
+from vltools.images import load_image
+from vltools.tiling import plan_tiles
 
 pytest.importorskip("matplotlib")
 

@@ -1,7 +1,7 @@
 """vltools: a Jupyter-centric research toolkit around InternVL2-1B.
 
 The dozen names a notebook needs are re-exported here; everything else is reachable by
-module (``vltools.tiling``, ``vltools.video``, ``vltools.models``, ``vltools.prompts``,
+module (``vltools.tiling``, ``vltools.images``, ``vltools.video``, ``vltools.models``, ``vltools.prompts``,
 ``vltools.chat``, ``vltools.attention``, ``vltools.viz``, ``vltools.widgets``,
 ``vltools.testing``).
 
@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "plan_tiles": "tiling",
     "TileGrid": "tiling",
-    "load_image": "tiling",
-    "TiledImage": "tiling",
+    "load_image": "images",
+    "TiledImage": "images",
     "sample_frame_indices": "video",
     "load_video": "video",
     "VideoClip": "video",
@@ -45,6 +45,7 @@ _SUBMODULES = (
     "data",
     "experiments",
     "generation",
+    "images",
     "models",
     "prompts",
     "testing",
@@ -78,8 +79,9 @@ if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from vltools.attention import AttentionMaps  # noqa: F401
     from vltools.chat import Chat, Reply  # noqa: F401
     from vltools.experiments import GridResult, prompt_grid  # noqa: F401
+    from vltools.images import TiledImage, load_image  # noqa: F401
     from vltools.models import VLModel, load_model  # noqa: F401
     from vltools.prompts import render_prompt  # noqa: F401
     from vltools.testing import tiny_checkpoint  # noqa: F401
-    from vltools.tiling import TiledImage, TileGrid, load_image, plan_tiles  # noqa: F401
+    from vltools.tiling import TileGrid, plan_tiles  # noqa: F401
     from vltools.video import VideoClip, load_video, sample_frame_indices  # noqa: F401

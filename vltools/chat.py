@@ -322,7 +322,7 @@ class Chat:
         if hasattr(src, "pixel_values") and hasattr(src, "grid"):
             tiled = src
         else:
-            from vltools.tiling import load_image
+            from vltools.images import load_image
 
             tiled = load_image(src, max_num=self.max_num)
         name = getattr(tiled, "source", None) or getattr(tiled, "name", None)

@@ -250,7 +250,7 @@ def _tiled(item: Any, max_num: int, cache: dict, name: str) -> Any:
         return item
     key = (name, max_num)
     if key not in cache:
-        from vltools.tiling import load_image
+        from vltools.images import load_image
 
         cache[key] = load_image(item, max_num=max_num)
     return cache[key]

@@ -11,7 +11,7 @@ samples different frames (format sheet, section 6.3); vltools follows the card.
   card would read outside the video.
 - :func:`load_video` decodes the chosen frames with decord (the card's choice; one batched call)
   or PyAV (the fallback where decord has no wheels), tiles each with
-  :func:`vltools.tiling.load_image`, and returns a :class:`VideoClip`.
+  :func:`vltools.images.load_image`, and returns a :class:`VideoClip`.
 
 Before decoding, the file is probed with PyAV (demuxing only, no decoding): that gives clear
 errors for missing, empty and non-video files before a decoder sees them, and the presentation
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-    from vltools.tiling import TiledImage
+    from vltools.images import TiledImage
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class VideoClip:
         duration: ``num_frames / fps`` seconds.
         num_frames: frames in the video.
         frames: the sampled frames as RGB PIL images, one per segment.
-        tiled: one :class:`~vltools.tiling.TiledImage` per frame, each with its ``TileGrid``;
+        tiled: one :class:`~vltools.images.TiledImage` per frame, each with its ``TileGrid``;
             their ``pixel_values`` are views into ``pixel_values``.
         bound: the ``(start, end)`` seconds asked for, or None for the whole video.
         backend: the decoder used, ``"decord"`` or ``"pyav"``.
@@ -324,7 +324,7 @@ def load_video(
 
 
 def tile_frames(frames: Sequence[Image.Image], *, max_num: int = 1) -> list[TiledImage]:
-    """Tile each frame through :func:`vltools.tiling.load_image`, with the card's settings.
+    """Tile each frame through :func:`vltools.images.load_image`, with the card's settings.
 
     Frames are independent, so they are tiled on a few threads (PIL's resize and numpy's
     gathers release the GIL); the result is in frame order and identical to a serial loop.
@@ -339,7 +339,7 @@ def tile_frames(frames: Sequence[Image.Image], *, max_num: int = 1) -> list[Tile
 
 
 def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
-    from vltools.tiling import load_image
+    from vltools.images import load_image
 
     return load_image(
         frame,

@@ -16,7 +16,7 @@ from vltools._optional import require
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from vltools.tiling import TiledImage
+    from vltools.images import TiledImage
     from vltools.video import VideoClip
 
 

@@ -1,7 +1,7 @@
 """ipywidgets views: the tiling explorer, the frame strip and the attention explorer.
 
 Widgets are thin views. Their state is traitlets; their callbacks call the pure functions of
-``vltools.tiling``, ``vltools.video``, ``vltools.attention`` and draw with ``vltools.viz``.
+``vltools.tiling``, ``vltools.images``, ``vltools.video``, ``vltools.attention`` and draw with ``vltools.viz``.
 Every ``observe`` names its traits, and errors raised in a callback are shown in the widget's
 ``Output`` area instead of being lost.
 
@@ -49,12 +49,12 @@ class StaticFallback:
 class TileExplorer(StaticFallback, widgets.VBox):
     """InternVL's dynamic tiling, live: sliders for ``max_num`` (1 to 40) and ``min_num``.
 
-    Every change re-tiles the image through :func:`vltools.tiling.load_image` and redraws
+    Every change re-tiles the image through :func:`vltools.images.load_image` and redraws
     :func:`vltools.viz.show_tiles` (the grid on the original, the tiles in order, the
     thumbnail), the table of candidate grids nearest the image's aspect ratio with the winner
     highlighted and the reason it won, and the running cost: image tokens and their share of
     the 8,192-token context. State is traitlets: ``max_num``, ``min_num``; the result is
-    ``tiled`` (a :class:`~vltools.tiling.TiledImage`) and ``grid`` (its ``TileGrid``), the
+    ``tiled`` (a :class:`~vltools.images.TiledImage`) and ``grid`` (its ``TileGrid``), the
     cost line ``cost``; an impossible choice (``min_num > max_num``) goes to ``error`` and the
     output area and leaves the last good view in place.
     """
@@ -76,7 +76,7 @@ class TileExplorer(StaticFallback, widgets.VBox):
         slider_max: int = 40,
         table_rows: int = 8,
     ) -> None:
-        from vltools.tiling import _open
+        from vltools.images import _open
 
         self.image, self.source = _open(image, exif_transpose=exif_transpose)
         self._table_rows = table_rows
@@ -112,7 +112,7 @@ class TileExplorer(StaticFallback, widgets.VBox):
     def _update(self, change: Any = None) -> None:
         import dataclasses
 
-        from vltools.tiling import load_image
+        from vltools.images import load_image
 
         self._output.outputs = ()
         try:

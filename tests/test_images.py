@@ -1,4 +1,4 @@
-"""load_image: pixel values bit-identical to the model card's pipeline, EXIF, and clear errors.
+"""load_image (vltools.images): pixels bit-identical to the card's pipeline, EXIF, clear errors.
 
 The reference is the card's pipeline as specified (``vltools.card.card_pixel_values``): ``convert('RGB')``, ``dynamic_preprocess``
 (resize with PIL's default filter, crop row-major, a 448 x 448 thumbnail of the original),
@@ -20,15 +20,15 @@ from PIL import Image
 import vltools
 from vltools.card import card_pixel_values
 from vltools.constants import IMAGENET_MEAN, IMAGENET_STD
-from vltools.tiling import (
+from vltools.images import (
     TiledImage,
     _column_resizer,
     _columns_are_exact,
     _pool,
     _run_shared,
     load_image,
-    plan_tiles,
 )
+from vltools.tiling import plan_tiles
 
 
 def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:

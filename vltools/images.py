@@ -1,0 +1,506 @@
+"""Opening an image and turning it into InternVL's tiles: :func:`load_image`, :class:`TiledImage`.
+
+The model card's ``load_image`` (``../shared/seed/InternVL2-1B_model_card.md``): open the
+source, plan the grid with :func:`vltools.tiling.plan_tiles`, resize the image to the grid's
+canvas (``cols * 448`` by ``rows * 448``, bicubic), cut the tiles row by row, add a 448 x 448
+thumbnail of the whole image when there is more than one tile, and normalise everything with
+the ImageNet mean and std into ``pixel_values`` ``[num_tiles, 3, 448, 448]``.
+
+Exactness. The pixel values are bit-identical to the card's pipeline (max abs difference
+0.0): the same PIL ``convert("RGB")``, the same bicubic resizes, and the same float32
+operations as torchvision's ``ToTensor`` + ``Normalize`` (``(x / 255 - mean) / std``,
+checked value for value against torch for all 256 inputs, see :func:`_normaliser`).
+
+Speed. Instead of tile by tile through PIL and torchvision, the tiles are written straight
+into one preallocated tensor by a few threads (PIL's resize and numpy's arithmetic release
+the GIL), with the thumbnail's resize running beside the canvas's, and, where the height
+does not shrink, the canvas itself made one tile column per thread in exactly PIL's
+arithmetic (:func:`_column_resizer`). This makes it about 1.5 times faster than the card and
+about as fast as PIL's resize of the canvas alone (``benchmarks/tiling.py``).
+
+EXIF. ``load_image(..., exif_transpose=False)`` is the card exactly; the default first
+applies the EXIF orientation, which the card ignores (a phone photo taken upright but stored
+sideways is tiled upright here, sideways by the card).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import itertools
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vltools.constants import (
+    DEFAULT_MAX_NUM,
+    DEFAULT_MIN_NUM,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TILE_SIZE,
+)
+from vltools.tiling import TileBox, TileGrid, _check_settings, plan_tiles
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["TiledImage", "load_image"]
+
+# The card's pipeline resizes with PIL's default filter, which is BICUBIC for an RGB image.
+_RESAMPLE = Image.Resampling.BICUBIC
+# fast=True: PIL first shrinks by an integer factor with a box filter (Image.reduce) when the
+# image is at least twice the reducing gap larger, then resizes bicubically; and the thumbnail
+# is resized from the canvas instead of the original (see benchmarks/tiling.py for the error).
+_FAST_REDUCING_GAP = 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class TiledImage:
+    """An image cut into InternVL tiles, ready for the model.
+
+    Attributes:
+        image: the original image as PIL RGB (after the EXIF orientation unless
+            ``exif_transpose=False``), ``grid.width x grid.height``.
+        grid: the :class:`TileGrid` it was cut with.
+        tiles: ``grid.num_tiles`` PIL images of ``image_size x image_size``, in
+            ``pixel_values`` order (grid tiles row-major, the thumbnail last).
+        pixel_values: float32 ``[num_tiles, 3, image_size, image_size]``, ImageNet-normalised
+            (``(x / 255 - mean) / std``), on the CPU unless moved with :meth:`to`.
+        num_patches: ``grid.num_tiles``; pass ``[tiled.num_patches]`` as ``num_patches_list``.
+        source: a name for where the image came from (the path), or ``None``.
+    """
+
+    image: Image.Image
+    grid: TileGrid
+    tiles: tuple[Image.Image, ...]
+    pixel_values: torch.Tensor
+    num_patches: int
+    source: str | None = None
+
+    def to(self, device: Any = None, dtype: Any = None) -> TiledImage:
+        """A copy with ``pixel_values`` moved to ``device`` and/or cast to ``dtype``.
+
+        ``dtype`` may be a ``torch.dtype`` or its name (``"bfloat16"``).
+        """
+        if isinstance(dtype, str):  # a name such as "bfloat16": the loader's own resolution
+            from vltools.models import resolve_dtype
+
+            dtype = resolve_dtype(dtype, None)
+        return dataclasses.replace(self, pixel_values=self.pixel_values.to(device, dtype))
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens this image costs in the prompt (``grid.num_image_tokens``)."""
+        return self.grid.num_image_tokens
+
+    def __repr__(self) -> str:
+        pv = self.pixel_values
+        name = f"{self.source!r}, " if self.source else ""
+        return (
+            f"TiledImage({name}{self.grid.width}x{self.grid.height} -> "
+            f"{self.grid.cols}x{self.grid.rows} grid, num_patches={self.num_patches}"
+            f"{' incl. thumbnail' if self.grid.has_thumbnail else ''}, "
+            f"pixel_values={tuple(pv.shape)} {str(pv.dtype).removeprefix('torch.')} on "
+            f"{pv.device}, {self.grid.num_image_tokens:,} image tokens)"
+        )
+
+    def _repr_png_(self) -> bytes:
+        from vltools.viz import figure_to_png, show_tiles
+
+        return figure_to_png(show_tiles(self), dpi=72)
+
+
+def _decode(opener: Callable[[], Image.Image], what: str) -> Image.Image:
+    """Open and fully decode an image file, turning PIL's failures into clear errors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = opener()
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        limit = Image.MAX_IMAGE_PIXELS or 0
+        raise ValueError(
+            f"{what} is larger than Pillow's decompression-bomb limit of {limit:,} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS). vltools refuses it rather than decode a possibly "
+            "malicious file. If you trust the file, raise the limit deliberately first: "
+            f"`PIL.Image.MAX_IMAGE_PIXELS = <pixels>` (None disables the check). Pillow says: {e}"
+        ) from e
+    except Image.UnidentifiedImageError as e:
+        raise ValueError(
+            f"{what} is not an image Pillow can read (formats: JPEG, PNG, WebP, GIF, BMP, "
+            "TIFF, ...). Check that it is an image file and not, say, text or a video; "
+            "videos go to vltools.load_video."
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(
+            f"{what} could not be decoded; it is truncated or corrupt ({e}). Re-download or "
+            "re-export it; to accept a partly decoded image on purpose, set "
+            "`PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`."
+        ) from e
+    return image
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ValueError(
+            f"A numpy image must be [height, width] or [height, width, channels] with 1, 3 or "
+            f"4 channels, got shape {array.shape}. Channels-first arrays need "
+            "array.transpose(1, 2, 0)."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"The numpy image has shape {array.shape}: zero pixels. Pass a non-empty image."
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.dtype == np.uint8 or array.dtype == np.bool_:
+        return Image.fromarray(np.ascontiguousarray(array))
+    if array.dtype == np.uint16 and array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array))  # mode I;16, as PIL reads 16-bit
+    raise TypeError(
+        f"A numpy image must be uint8 (or uint16 grey / bool), got dtype {array.dtype} with "
+        f"shape {array.shape}. For floats in [0, 1] use "
+        "`(array * 255).round().clip(0, 255).astype(np.uint8)`."
+    )
+
+
+def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None]:
+    """The source as a PIL RGB image (the card's ``convert('RGB')``) and a name for it."""
+    name: str | None = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        name = str(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"No image file at {str(path)!r} (resolved against the working directory "
+                f"{os.getcwd()!r}). Check the path; sample images are at "
+                "vltools.data.sample('photo_cat.jpg') and friends."
+            )
+        if path.is_dir():
+            images = sorted(
+                p.name
+                for p in path.iterdir()
+                if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+            )
+            hint = f" Images in it: {', '.join(images[:5])}." if images else ""
+            raise ValueError(
+                f"{str(path)!r} is a directory; load_image wants one image file.{hint}"
+            )
+        image = _decode(lambda: Image.open(path), f"The file {str(path)!r}")
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ValueError("The image bytes are empty (0 bytes); pass an encoded image file.")
+        data = bytes(source)
+        image = _decode(lambda: Image.open(io.BytesIO(data)), f"The {len(data):,} image bytes")
+    elif isinstance(source, Image.Image):
+        image = source
+        try:
+            image.load()
+        except OSError as e:
+            raise ValueError(
+                f"The PIL image could not be decoded; it is truncated or corrupt ({e}). To accept "
+                "a partly decoded image on purpose, set `PIL.ImageFile.LOAD_TRUNCATED_IMAGES = "
+                "True`."
+            ) from e
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    elif hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        name = str(name) if isinstance(name, (str, os.PathLike)) else None
+        image = _decode(lambda: Image.open(source), f"The file object {name or source!r}")
+    else:
+        raise TypeError(
+            f"load_image takes a path (str or Path), a PIL.Image, a numpy array [H, W, 3] "
+            f"uint8, or the bytes of an image file; got {type(source).__name__}."
+        )
+    if image.width < 1 or image.height < 1:
+        raise ValueError(
+            f"The image is {image.width}x{image.height} pixels: nothing to tile. "
+            "Pass a non-empty image."
+        )
+    if exif_transpose and image.getexif().get(0x0112, 1) not in (1, None):
+        image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        try:
+            image = image.convert("RGB")
+        except ValueError as e:
+            raise ValueError(
+                f"Pillow cannot convert this {image.mode} image to RGB ({e}); convert it to RGB "
+                "yourself first."
+            ) from e
+    return image, name
+
+
+@functools.lru_cache(maxsize=8)
+def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[..., None]:
+    """A function ``(out [3, S, S] float32, pixels [S, S, 3] uint8)`` doing ToTensor + Normalize.
+
+    torchvision computes ``((uint8 -> float32) / 255 - mean) / std`` in float32, one whole
+    tensor pass per operation. Here the same three IEEE float32 operations run with numpy on
+    one tile at a time (the tile stays in cache), which gives the same bits as long as both
+    libraries divide and subtract exactly (correctly rounded) rather than, say, multiply by a
+    reciprocal. That is checked once for all 256 values of each channel against torch's own
+    operations; if they ever differ, a 256-entry lookup table per channel computed with
+    torch's operations (exact by construction, somewhat slower) is used instead.
+    """
+    import torch
+
+    # torch, exactly as torchvision: ToTensor (to float32, div(255)), Normalize (sub_, div_)
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
+    x = values.to(dtype=torch.float32).div(255)
+    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+    x = x.div_(torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1))
+    table = x.reshape(3, 256).numpy().copy()  # [3, 256]: channel, uint8 value -> float32
+
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    scale = np.float32(255)
+
+    def arithmetic(out: np.ndarray, pixels: np.ndarray) -> None:
+        out[...] = pixels.transpose(2, 0, 1)  # uint8 [S, S, 3] -> float32 [3, S, S], exact
+        np.divide(out, scale, out=out)
+        np.subtract(out, mean32, out=out)
+        np.divide(out, std32, out=out)
+
+    def lookup(out: np.ndarray, pixels: np.ndarray) -> None:
+        for c in range(3):
+            np.take(table[c], pixels[:, :, c], out=out[c])
+
+    probe = np.empty((3, 1, 256), dtype=np.float32)
+    arithmetic(probe, np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, axis=2))
+    if np.array_equal(probe.reshape(3, 256).view(np.uint32), table.view(np.uint32)):
+        return arithmetic
+    logging.getLogger(__name__).info("numpy and torch float32 arithmetic differ; using a table")
+    return lookup
+
+
+_POOL: tuple[int, ThreadPoolExecutor, int] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> tuple[ThreadPoolExecutor, int]:
+    """A small shared thread pool and its size: PIL's resize and numpy's arithmetic release
+    the GIL.
+
+    One per process: a forked child (a DataLoader worker) gets its own, since the parent's
+    worker threads do not exist there.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(2, min(4, os.cpu_count() or 2))
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-tiling")
+            _POOL = (os.getpid(), pool, workers)
+        return _POOL[1], _POOL[2]
+
+
+def _column_resizer(image: Image.Image, size: tuple[int, int]) -> Callable[[int, int], Image.Image]:
+    """``columns(x0, x1)``: columns ``x0:x1`` of ``image.resize(size)`` (bicubic), made alone.
+
+    Only for a height that does not shrink (``size[1] >= image.height``). PIL resizes in two
+    passes with an 8-bit image between them: horizontal, then vertical. Newer Pillows may run
+    the vertical pass first when the height shrinks, never when it does not. The vertical pass
+    computes each column on its own, from the same coefficients whatever the image's width.
+    So the horizontal pass alone (done here, once), then the vertical pass of any strip of
+    its columns, gives the same bytes as one resize, and the strips can be made in parallel.
+    ``tests/test_images.py`` checks this against PIL's resize on many sizes, and
+    :func:`_columns_are_exact` on the installed Pillow before it is used.
+    """
+    width, height = size
+    if height < image.height:
+        raise ValueError(f"the height shrinks ({image.height} -> {height}): resize in one call")
+    wide = image if image.width == width else image.resize((width, image.height), _RESAMPLE)
+
+    def columns(x0: int, x1: int) -> Image.Image:
+        strip = wide.crop((x0, 0, x1, image.height))
+        return strip if height == image.height else strip.resize((x1 - x0, height), _RESAMPLE)
+
+    return columns
+
+
+@functools.lru_cache(maxsize=1)
+def _columns_are_exact() -> bool:
+    """Whether the installed Pillow resizes as :func:`_column_resizer` assumes, on a few
+    small probes (up, down, one axis, and over 100 times taller than wide); otherwise (a fork
+    that resizes another way) :func:`load_image` resizes the canvas in one call."""
+    rng = np.random.default_rng(0)
+    probes = [
+        ((37, 23), (96, 64)),
+        ((50, 20), (28, 41)),
+        ((20, 31), (20, 77)),
+        ((3, 301), (32, 320)),
+    ]
+    for (w, h), (width, height) in probes:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        columns = _column_resizer(image, (width, height))
+        cuts = [0, width // 3, width // 3 + 1, width]
+        strips = [np.asarray(columns(x0, x1)) for x0, x1 in itertools.pairwise(cuts)]
+        one = np.asarray(image.resize((width, height), _RESAMPLE))
+        if not np.array_equal(np.concatenate(strips, axis=1), one):
+            logging.getLogger(__name__).info("Pillow resizes differently; one resize per canvas")
+            return False
+    return True
+
+
+def _run_shared(pool: ThreadPoolExecutor, workers: int, jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` on this thread and up to ``workers`` pool threads, each taking the next
+    job until none is left (so a pool thread busy elsewhere simply joins later), and return
+    once all have finished; the first exception is raised."""
+    lock = threading.Lock()
+    pending = iter(jobs)
+
+    def drain() -> None:
+        while True:
+            with lock:
+                job = next(pending, None)
+            if job is None:
+                return
+            job()
+
+    helpers = [pool.submit(drain) for _ in range(min(workers, len(jobs) - 1))]
+    try:
+        drain()
+    finally:
+        for helper in helpers:  # always wait: they write into the caller's buffers
+            helper.exception()
+    for helper in helpers:
+        helper.result()
+
+
+def load_image(
+    source: Any,
+    *,
+    max_num: int = DEFAULT_MAX_NUM,
+    min_num: int = DEFAULT_MIN_NUM,
+    image_size: int = TILE_SIZE,
+    use_thumbnail: bool = True,
+    exif_transpose: bool = True,
+    fast: bool = False,
+) -> TiledImage:
+    """Open an image and cut it into InternVL tiles: the model card's ``load_image``.
+
+    Args:
+        source: a path (str or Path), a ``PIL.Image`` (any mode), a numpy array
+            ``[H, W]``/``[H, W, 3|4]`` uint8, the bytes of an image file, or a binary file
+            object.
+        max_num: the most tiles in the grid (thumbnail not counted). Default 12, InternVL2-1B's
+            own ``max_dynamic_patch``; the model card's examples use ``max_num=6``.
+        min_num: the fewest tiles in the grid (default 1).
+        image_size: the tile side (448 for InternVL2).
+        use_thumbnail: add the whole image as a last tile when the grid has several (True, as
+            InternVL2's config and the card's ``load_image``).
+        exif_transpose: apply the EXIF orientation first (default True: the model sees the
+            photo the way a person does). The card does not; pass ``False`` to reproduce its
+            pixel values exactly for photos that carry a rotation tag.
+        fast: trade bit-exactness for speed: resize with PIL's ``reducing_gap=2`` (a
+            box-filter shrink by an integer factor first, for downscales of 4x and more) and,
+            when the image is larger than the canvas, make the thumbnail from the resized
+            canvas instead of the original. Pixels move by
+            a level or two (see ``benchmarks/tiling.py``); ``False`` (default) is
+            bit-identical to the card.
+
+    Returns:
+        A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
+        ``pixel_values`` float32 ``[num_tiles, 3, image_size, image_size]``. For the chat API
+        pass ``tiled.pixel_values`` (after ``.to(device, dtype)``) and ``tiled.num_patches``.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: a directory, a file that is not an image, a truncated file, an image over
+            Pillow's decompression-bomb limit, a zero-size image, or bad tiling settings
+            (see :func:`plan_tiles`).
+        TypeError: an unsupported source type or array dtype.
+    """
+    import torch
+
+    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    image, name = _open(source, exif_transpose=exif_transpose)
+    grid = plan_tiles(
+        image.width,
+        image.height,
+        min_num=min_num,
+        max_num=max_num,
+        image_size=image_size,
+        use_thumbnail=use_thumbnail,
+    )
+    gap = _FAST_REDUCING_GAP if fast else None
+    normalise = _normaliser(IMAGENET_MEAN, IMAGENET_STD)
+    S = image_size
+    canvas_w, canvas_h = grid.canvas_size
+    pixel_values = torch.empty((grid.num_tiles, 3, S, S), dtype=torch.float32)
+    out = pixel_values.numpy()  # [num_tiles, 3, S, S], shares memory with pixel_values
+    pool, workers = _pool()
+
+    def resize(source: Image.Image, size: tuple[int, int]) -> Image.Image:
+        if source.size == size:
+            return source  # PIL would return a copy: same pixels
+        return source.resize(size, _RESAMPLE, reducing_gap=gap)
+
+    def thumbnail_job(source: Image.Image) -> Image.Image:
+        thumb = resize(source, (S, S))
+        normalise(out[grid.num_tiles - 1], np.asarray(thumb))
+        return thumb
+
+    # The thumbnail (a second resize of the whole image) runs beside the canvas; in fast mode,
+    # when the canvas is smaller than the image, it is a resize of the canvas instead.
+    thumb_from_canvas = fast and canvas_w * canvas_h < image.width * image.height
+    thumb_future: Future[Image.Image] | None = None
+    if grid.has_thumbnail and not thumb_from_canvas:
+        thumb_future = pool.submit(thumbnail_job, image)
+
+    tiles: list[Image.Image | None] = [None] * (grid.cols * grid.rows)
+
+    def finish(index: int, tile: Image.Image) -> None:
+        tiles[index] = tile
+        normalise(out[index], np.asarray(tile))
+
+    # The canvas one tile column at a time, in parallel (see _column_resizer), where the
+    # height does not shrink; in fast mode only where its resize is the exact one anyway (no
+    # reduce first: PIL reduces when the image is 2 * reducing_gap times the canvas or more)
+    # and no thumbnail is made from the canvas.
+    by_columns = (
+        canvas_h >= image.height
+        and not thumb_from_canvas
+        and not (fast and image.width >= 2 * _FAST_REDUCING_GAP * canvas_w)
+        and _columns_are_exact()
+    )
+    jobs: list[Callable[[], None]]
+    if by_columns:
+        columns = _column_resizer(image, grid.canvas_size)
+
+        def column_job(col: int) -> None:
+            strip = columns(col * S, (col + 1) * S)
+            for row in range(grid.rows):
+                finish(row * grid.cols + col, strip.crop((0, row * S, S, (row + 1) * S)))
+
+        jobs = [functools.partial(column_job, col) for col in range(grid.cols)]
+    else:
+        canvas = resize(image, grid.canvas_size)
+        if grid.has_thumbnail and thumb_from_canvas:
+            thumb_future = pool.submit(thumbnail_job, canvas)
+
+        def tile_job(box: TileBox) -> None:
+            finish(box.index, canvas.crop(box.canvas))
+
+        jobs = [functools.partial(tile_job, b) for b in grid.boxes if not b.is_thumbnail]
+    _run_shared(pool, workers, jobs)
+    if thumb_future is not None:
+        tiles.append(thumb_future.result())
+    return TiledImage(
+        image=image,
+        grid=grid,
+        tiles=tuple(tiles),
+        pixel_values=pixel_values,
+        num_patches=grid.num_tiles,
+        source=name,
+    )
