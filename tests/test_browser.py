@@ -77,8 +77,15 @@ def lab(tmp_path_factory, tiny_path):
         "JUPYTER_CONFIG_DIR": str(root / ".jupyter-config"),
         "JUPYTER_RUNTIME_DIR": str(root / ".jupyter-runtime"),
         "JUPYTERLAB_WORKSPACES_DIR": str(root / ".jupyter-workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(root / ".jupyter-settings"),
     }
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
+    # Answer JupyterLab's first-run "get notified about news?" question (no), so that its
+    # popup does not cover the screenshots.
+    news = root / ".jupyter-settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    log_dir = tmp_path_factory.mktemp("lab-log")  # outside root: not in the file browser
+    log = open(log_dir / "server.log", "w")  # noqa: SIM115 - closed in finally
     server = subprocess.Popen(
         [
             sys.executable,
@@ -110,7 +117,7 @@ def lab(tmp_path_factory, tiny_path):
                 if server.poll() is not None or time.monotonic() > deadline:
                     log.flush()
                     pytest.fail(
-                        "JupyterLab did not start:\n" + (root / "server.log").read_text()[-3000:]
+                        "JupyterLab did not start:\n" + (log_dir / "server.log").read_text()[-3000:]
                     )
                 time.sleep(0.5)
         yield base, token, root

@@ -31,7 +31,22 @@ def test_show_frames_draws_the_timeline_and_one_thumbnail_per_frame():
     assert f"{clip.timestamps[-1]:.2f} s" in titles[-1]
     markers = timeline.collections[-1].get_offsets()[:, 0]  # the sampled frames on the timeline
     assert markers.tolist() == clip.frame_indices.tolist()
-    assert "1,536 image tokens" in fig._suptitle.get_text()
+    assert "1,536 image tokens" in " ".join(fig._suptitle.get_text().split())
+
+
+def test_a_narrow_strip_wraps_its_title_inside_the_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vltools.viz import show_frames
+
+    fig = show_frames(load_video(SAMPLE, num_segments=4, bound=(0.5, 2.5), max_num=1))
+    title = fig._suptitle
+    assert "\n" in title.get_text()  # too long for one line at 6 inches
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box, page = title.get_window_extent(renderer), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1, (box, page)
 
 
 def test_show_frames_wraps_many_frames_into_rows():

@@ -30,7 +30,7 @@ def test_show_tiles_returns_a_figure_with_the_grid_tiles_thumbnail_and_cost():
     assert texts.count("0") == 2  # labelled on the original and in the tile strip
     titles = " ".join(ax.get_title() for ax in fig.axes)
     assert "thumbnail (tile 3)" in titles and "3x1 grid" in titles
-    caption = fig._suptitle.get_text()
+    caption = " ".join(fig._suptitle.get_text().split())  # wrapped to the figure's width
     assert "4 tiles" in caption and "1,024 image tokens" in caption and "8,192" in caption
     assert len(fig.axes[0].patches) == 3  # one rectangle per grid tile on the original
     assert figure_to_png(fig)[:4] == b"\x89PNG"
@@ -41,7 +41,8 @@ def test_show_tiles_draws_a_tall_single_tile_image_without_a_thumbnail():
 
     fig = show_tiles(load_image(_image(60, 500), max_num=1))
     titles = " ".join(ax.get_title() for ax in fig.axes)
-    assert "thumbnail" not in titles and "1 tile x 256" in fig._suptitle.get_text()
+    caption = " ".join(fig._suptitle.get_text().split())
+    assert "thumbnail" not in titles and "1 tile x 256" in caption
 
 
 def test_a_tiled_image_shows_itself_as_a_png_and_a_grid_as_html():

@@ -136,7 +136,7 @@ def show_tiles(tiled: TiledImage, *, preview: int = 160) -> Figure:
         thumb_ax.imshow(tiled.tiles[thumbs[0].index].resize((p, p), reducing_gap=2.0))
         thumb_ax.set_title(f"thumbnail (tile {thumbs[0].index})", fontsize=8)
     name = f"{Path(tiled.source).name}: " if tiled.source else ""
-    fig.suptitle(_safe_text(name + grid.summary()), fontsize=9)
+    _suptitle(fig, name + grid.summary(), fontsize=9)
     return fig
 
 
@@ -202,7 +202,8 @@ def show_frames(clip: VideoClip, *, columns: int | None = None, thumb_width: flo
     tiles = sum(clip.num_patches_list)
     tokens = clip.num_image_tokens
     bound = "whole video" if clip.bound is None else f"bound {clip.bound[0]:g}-{clip.bound[1]:g} s"
-    fig.suptitle(
+    _suptitle(
+        fig,
         f"{Path(clip.source).name}: {n} of {clip.num_frames} frames ({bound}), {tiles} tiles, "
         f"{tokens:,} image tokens = {tokens / CONTEXT_LENGTH:.0%} of the {CONTEXT_LENGTH:,} context",
         fontsize=9,
@@ -222,6 +223,15 @@ def show_frames(clip: VideoClip, *, columns: int | None = None, thumb_width: flo
 # --- attention (attention issue) ------------------------------------------------------------
 
 _ATTENTION_CAVEAT = "attention is not an explanation"
+
+
+def _suptitle(fig: Figure, text: str, *, fontsize: float) -> None:
+    """``fig``'s title, wrapped to the figure's width (a narrow strip of a few frames or one
+    tile would cut a long title off at both edges) and with unsupported characters escaped."""
+    import textwrap
+
+    chars_per_line = int(fig.get_figwidth() * 72 / (fontsize * 0.6))  # ~0.6 em per character
+    fig.suptitle(textwrap.fill(_safe_text(text), max(chars_per_line, 20)), fontsize=fontsize)
 
 
 def _safe_text(text: str) -> str:
@@ -373,7 +383,7 @@ def tile_maps(
         ax.set_yticks([])
     if art is not None:
         fig.colorbar(art, ax=fig.axes, shrink=0.8, label="attention")
-    fig.suptitle(_safe_text(f"{imap.label}: {imap.what} ({_ATTENTION_CAVEAT})"), fontsize=8)
+    _suptitle(fig, f"{imap.label}: {imap.what} ({_ATTENTION_CAVEAT})", fontsize=8)
     return fig
 
 
@@ -400,7 +410,7 @@ def compare_layers(
         _draw_attention(ax, imap)
         ax.set_title(f"layer {layer}", fontsize=8)
     what = first.what.replace(f"layers {chosen[0]}", "per layer")
-    fig.suptitle(_safe_text(f"{first.label}: {what} ({_ATTENTION_CAVEAT})"), fontsize=8)
+    _suptitle(fig, f"{first.label}: {what} ({_ATTENTION_CAVEAT})", fontsize=8)
     return fig
 
 
