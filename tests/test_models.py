@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vltools import checkpoints, models, testing
+from vltools import checkpoints, conversion, models, testing
 from vltools.constants import HERMES2_SYSTEM_MESSAGE
 
 
@@ -38,7 +38,7 @@ def fail_if_filled(monkeypatch) -> None:
     def _no_fill(*args, **kwargs):
         pytest.fail("the weights were read before the error was raised")
 
-    monkeypatch.setattr(checkpoints, "_fill", _no_fill)
+    monkeypatch.setattr(conversion, "_fill", _no_fill)
 
 
 # --- the VLModel ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ _SUBMODULES = (
     "chat",
     "checkpoints",
     "constants",
+    "conversion",
     "data",
     "experiments",
     "generation",

@@ -1,61 +1,41 @@
-"""Reading and converting InternVL checkpoints on disk or on the Hub, without remote code.
+"""InternVL checkpoints on disk or on the Hub: finding one and reading its configuration.
 
 Covers the ORIGINAL InternVL2 checkpoint format (``model_type: internvl_chat``, e.g.
 OpenGVLab/InternVL2-1B) and the file side of native checkpoints (``model_type: internvl``, the
-``-hf`` repos), following sections 1, 2 and 4 of the format sheet
+``-hf`` repos), following sections 1, 2 and 4.4 of the format sheet
 (``../shared/reference/INTERNVL2_FORMAT.md``):
 
 - finding the checkpoint: ``"tiny"``, a local directory, or a Hub id downloaded with allow
   patterns that fetch configuration, tokenizer and safetensors only (never ``*.py``); offline
   errors that name the ways out; pickle weights (``*.bin``) refused unless opted in;
+- the chat templates the original configs name (:data:`TEMPLATES`);
 - reading and validating ``config.json`` (required fields, template, ``ps_version``, language
   model, LoRA, ``select_layer``, tile geometry) into :class:`InternVLFacts`;
 - mapping the original config fields onto transformers' native ``InternVLConfig``
-  (format sheet 4.4, with its traps);
-- reading and checking ``.safetensors`` headers (every dtype, shape and byte range) before
-  anything large is allocated;
-- mapping every original key onto the native model's tensors, the fused vision ``attn.qkv``
-  split by rows (format sheet 4.3), checked as a :class:`ConversionPlan`;
-- building the native model on the meta device and filling it tensor by tensor, one copy of
-  the weights in all (copy-on-write views of the memory-mapped file where the dtype matches on
-  the CPU, otherwise one cast per tensor).
+  (format sheet 4.4, with its traps).
 
-:mod:`vltools.models` puts these together with the tokenizer into a ``VLModel``.
+:mod:`vltools.conversion` reads the weights and fills the native model;
+:mod:`vltools.models` puts both together with the tokenizer into a ``VLModel``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import mmap
 import os
-import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vltools._optional import require
 from vltools.constants import DEFAULT_MIN_NUM, DEFAULT_MODEL, HERMES2_SYSTEM_MESSAGE, IM_END
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
 __all__ = [
-    "ConversionPlan",
     "InternVLFacts",
-    "KeyMapping",
     "TEMPLATES",
     "Template",
-    "TensorEntry",
-    "convert_original",
     "native_config_from_original",
-    "plan_conversion",
-    "read_weight_index",
 ]
-
-logger = logging.getLogger(__name__)
 
 TINY = "tiny"
 # Files fetched from the Hub: configuration, tokenizer and safetensors weights; never *.py.
@@ -202,152 +182,6 @@ def _require_fields(path: Path, section: dict[str, Any], prefix: str, names: Seq
             "original InternVL2 config.json (see OpenGVLab/InternVL2-1B) has all of them; "
             "restore the file from the checkpoint's repository."
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight files: headers, validation, reading
-# ---------------------------------------------------------------------------------------------
-
-_ST_DTYPES = {
-    "BF16": ("bfloat16", 2),
-    "F16": ("float16", 2),
-    "F32": ("float32", 4),
-    "F64": ("float64", 8),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
-}
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lives in a ``.safetensors`` file (absolute byte range) and its layout."""
-
-    file: Path
-    dtype: str  # torch dtype name, e.g. "bfloat16"
-    shape: tuple[int, ...]
-    start: int  # absolute offset of the first byte in ``file``
-    end: int
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _read_header(path: Path) -> dict[str, TensorEntry]:
-    """Parse and check a safetensors header; raise a ValueError naming ``path`` on any damage."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path} is truncated or not a safetensors file ({size} bytes).")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
-            raise ValueError(
-                f"{path} is truncated or not a safetensors file: its header claims {n} bytes but "
-                f"the file has {size}. Download the file again."
-            )
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"{path} has a damaged safetensors header ({e}). Download it again."
-        ) from e
-    data_start = 8 + n
-    entries: dict[str, TensorEntry] = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            name, itemsize = _ST_DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(
-                f"{path}: tensor {key!r} has an unsupported header entry {info!r}."
-            ) from e
-        if end - begin != _numel(shape) * itemsize:
-            raise ValueError(
-                f"{path}: tensor {key!r} spans {end - begin} bytes but shape {list(shape)} of "
-                f"{info['dtype']} needs {_numel(shape) * itemsize}. The file is damaged."
-            )
-        if data_start + end > size:
-            raise ValueError(
-                f"{path} is truncated: tensor {key!r} ends at byte {data_start + end} but the file "
-                f"has only {size} bytes. Download the file again."
-            )
-        entries[key] = TensorEntry(path, name, shape, data_start + begin, data_start + end)
-    return entries
-
-
-def read_weight_index(folder: Path) -> dict[str, TensorEntry]:
-    """Every tensor of the checkpoint in ``folder`` (single or sharded safetensors), checked.
-
-    Raises FileNotFoundError without weights, and refuses pickle weights (``*.bin``): loading
-    them can run arbitrary code. ``allow_pickle=True`` is handled by the caller.
-    """
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index} is not a valid safetensors index ({e}).") from e
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{index} names weight files that are not in {folder}: {', '.join(missing[:5])}. "
-                "Download the missing shards."
-            )
-        paths = [folder / f for f in files]
-    else:
-        paths = sorted(folder.glob("*.safetensors"))
-    if not paths:
-        pickles = sorted(p.name for p in folder.glob("*.bin"))
-        if pickles:
-            raise ValueError(
-                f"{folder} has only pickle weights ({', '.join(pickles[:3])}). vltools refuses "
-                "them by default because unpickling can execute arbitrary code; convert them to "
-                "safetensors, or pass allow_pickle=True to load_model if you trust the source."
-            )
-        raise FileNotFoundError(
-            f"{folder} has no *.safetensors weight files. Copy the checkpoint's "
-            "model*.safetensors (and model.safetensors.index.json if sharded) into it; a Hub "
-            "repository with only pickle weights (*.bin) needs allow_pickle=True, which also "
-            "downloads them."
-        )
-    entries: dict[str, TensorEntry] = {}
-    for p in paths:
-        for key, entry in _read_header(p).items():
-            if key in entries:
-                raise ValueError(f"tensor {key!r} appears in both {entries[key].file} and {p}.")
-            entries[key] = entry
-    return entries
-
-
-def _weight_entries(folder: Path, allow_pickle: bool) -> dict[str, Any]:
-    try:
-        return read_weight_index(folder)
-    except ValueError as e:
-        if not allow_pickle or not list(folder.glob("*.bin")) or list(folder.glob("*.safetensors")):
-            raise
-        torch = require("torch", purpose="Loading pickle weights")
-        logger.warning("Loading pickle weights from %s because allow_pickle=True.", folder)
-        tensors: dict[str, Any] = {}
-        for p in sorted(folder.glob("*.bin")):
-            try:
-                tensors |= torch.load(p, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as err:
-                raise ValueError(f"{p} could not be read as pickle weights: {err}") from e
-        return tensors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,277 +363,3 @@ def native_config_from_original(
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Key mapping (format sheet 4.3)
-# ---------------------------------------------------------------------------------------------
-
-_VISION_LAYER_RENAMES = (
-    ("ls1", "lambda_1"),
-    ("ls2", "lambda_2"),
-    ("attn.proj.", "attention.projection_layer."),
-    ("attn.q_norm.", "attention.q_norm."),
-    ("attn.k_norm.", "attention.k_norm."),
-    ("norm1.", "layernorm_before."),
-    ("norm2.", "layernorm_after."),
-    ("mlp.", "mlp."),
-)
-_FIXED = {
-    "vision_model.embeddings.class_embedding": "model.vision_tower.embeddings.cls_token",
-    "vision_model.embeddings.position_embedding": "model.vision_tower.embeddings.position_embeddings",
-    "vision_model.embeddings.patch_embedding.weight": "model.vision_tower.embeddings.patch_embeddings.projection.weight",
-    "vision_model.embeddings.patch_embedding.bias": "model.vision_tower.embeddings.patch_embeddings.projection.bias",
-    "mlp1.0.weight": "model.multi_modal_projector.layer_norm.weight",
-    "mlp1.0.bias": "model.multi_modal_projector.layer_norm.bias",
-    "mlp1.1.weight": "model.multi_modal_projector.linear_1.weight",
-    "mlp1.1.bias": "model.multi_modal_projector.linear_1.bias",
-    "mlp1.3.weight": "model.multi_modal_projector.linear_2.weight",
-    "mlp1.3.bias": "model.multi_modal_projector.linear_2.bias",
-    "language_model.lm_head.weight": "lm_head.weight",
-}
-_VISION_LAYER = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.(.+)$")
-
-
-@dataclass(frozen=True)
-class KeyMapping:
-    """One original tensor and where it goes: ``rows`` slices dim 0 (the fused qkv split)."""
-
-    source: str
-    target: str
-    rows: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class ConversionPlan:
-    """How an original state dict fills a native model: every key consumed, every param filled.
-
-    Attributes:
-        mappings: one entry per native tensor, in file order of the sources.
-        source_keys: the original keys consumed (all of them).
-    """
-
-    mappings: tuple[KeyMapping, ...]
-    source_keys: tuple[str, ...]
-
-    def targets(self) -> set[str]:
-        return {m.target for m in self.mappings}
-
-
-def _map_key(key: str, shape: Sequence[int]) -> list[KeyMapping] | None:
-    if key in _FIXED:
-        return [KeyMapping(key, _FIXED[key])]
-    if key.startswith("language_model.model."):
-        return [
-            KeyMapping(key, "model.language_model." + key.removeprefix("language_model.model."))
-        ]
-    m = _VISION_LAYER.match(key)
-    if m is None:
-        return None
-    layer, rest = m.groups()
-    prefix = f"model.vision_tower.encoder.layer.{layer}."
-    if rest in ("attn.qkv.weight", "attn.qkv.bias"):
-        if not shape or shape[0] % 3:
-            return None
-        dim = shape[0] // 3
-        kind = rest.rsplit(".", 1)[-1]
-        return [
-            KeyMapping(key, f"{prefix}attention.{name}_proj.{kind}", (i * dim, (i + 1) * dim))
-            for i, name in enumerate("qkv")
-        ]
-    for old, new in _VISION_LAYER_RENAMES:
-        if rest.startswith(old):
-            return [KeyMapping(key, prefix + new + rest.removeprefix(old))]
-    return None
-
-
-def plan_conversion(
-    source_shapes: dict[str, Sequence[int]],
-    target_shapes: dict[str, Sequence[int]],
-    *,
-    source_name: str = "the weights",
-) -> ConversionPlan:
-    """Map every original key onto the native model's tensors and check every shape.
-
-    Raises a ValueError naming ``source_name`` that lists keys it cannot place, native
-    tensors left unfilled, and shape mismatches (at most a few of each).
-    """
-    mappings: list[KeyMapping] = []
-    unknown: list[str] = []
-    mismatched: list[str] = []
-    for key in sorted(source_shapes):
-        shape = tuple(source_shapes[key])
-        mapped = _map_key(key, shape)
-        if mapped is None or any(m.target not in target_shapes for m in mapped):
-            unknown.append(key)
-            continue
-        for m in mapped:
-            want = tuple(target_shapes[m.target])
-            have = shape if m.rows is None else (m.rows[1] - m.rows[0], *shape[1:])
-            if want != have:
-                mismatched.append(f"{key} {list(shape)} -> {m.target} needs {list(want)}")
-            mappings.append(m)
-    filled = [m.target for m in mappings]
-    missing = sorted(set(target_shapes) - set(filled))
-    doubled = (
-        sorted({t for t in filled if filled.count(t) > 1})
-        if len(filled) != len(set(filled))
-        else []
-    )
-    problems = []
-    if mismatched:
-        problems.append(
-            f"{len(mismatched)} shape(s) do not match the config: " + "; ".join(mismatched[:4])
-        )
-    if unknown:
-        problems.append(f"{len(unknown)} unexpected key(s): " + ", ".join(unknown[:4]))
-    if missing:
-        problems.append(
-            f"{len(missing)} model tensor(s) with no weights: " + ", ".join(missing[:4])
-        )
-    if doubled:
-        problems.append("tensors filled twice: " + ", ".join(doubled[:4]))
-    if problems:
-        raise ValueError(
-            f"{source_name} do not match config.json: " + " | ".join(problems) + ". The weights "
-            "and config.json must come from the same checkpoint."
-        )
-    return ConversionPlan(tuple(mappings), tuple(sorted(source_shapes)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Building and filling the model
-# ---------------------------------------------------------------------------------------------
-
-
-def _empty_model(config: Any, dtype: torch.dtype, attn_implementation: str):
-    """The native model with every parameter on the meta device (nothing allocated)."""
-    torch = require("torch", purpose="Loading a model")
-    transformers = require("transformers", purpose="Loading a model")
-    with torch.device("meta"):
-        model = transformers.InternVLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation
-        )
-    return model
-
-
-def _set_tensor(model: Any, name: str, tensor: torch.Tensor) -> None:
-    torch = require("torch", purpose="Loading a model")
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    old = module._parameters.get(attr)
-    if old is None:
-        raise KeyError(name)
-    param = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
-    param._is_hf_initialized = True
-    module._parameters[attr] = param
-
-
-def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], device, dtype) -> None:
-    """Put each planned tensor in its final place, one copy of the weights in all.
-
-    Every file is memory-mapped privately (copy-on-write: nothing ever writes to it). A tensor
-    already in the wanted dtype, for a model on the CPU, becomes a view of the mapping, read
-    lazily by the OS, as transformers' own loader does; the fused qkv rows are views too. Any
-    other tensor is cast (and moved to ``device``) at once, after which its pages are dropped
-    from the mapping, so the file is never held in memory beside the converted weights.
-    """
-    torch = require("torch", purpose="Loading a model")
-    targets = dict(model.named_parameters())
-    maps: dict[Path, mmap.mmap] = {}
-    for path in sorted({e.file for e in entries.values()}):
-        with open(path, "rb") as f:
-            maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    views_in = {
-        e.file
-        for e in entries.values()
-        if device.type == "cpu" and getattr(torch, e.dtype) == dtype
-    }
-    for m in plan.mappings:
-        entry = entries[m.source]
-        shape = tuple(targets[m.target].shape)
-        count = _numel(shape)
-        offset = entry.start
-        if m.rows:  # the rows of a fused qkv tensor are contiguous bytes
-            offset += m.rows[0] * (entry.end - entry.start) // entry.shape[0]
-        file_dtype = getattr(torch, entry.dtype)
-        if count == 0:
-            tensor = torch.empty(shape, dtype=dtype, device=device)
-        else:
-            view = torch.frombuffer(maps[entry.file], dtype=file_dtype, count=count, offset=offset)
-            view = view.view(shape)
-            if device.type == "cpu" and file_dtype == dtype:
-                tensor = view
-            else:
-                tensor = view.to(device=device, dtype=dtype, copy=True)
-                del view
-                if entry.file not in views_in and hasattr(mmap, "MADV_DONTNEED"):
-                    # no parameter lives in these pages: let the OS drop them now
-                    start = offset - offset % mmap.PAGESIZE
-                    end = offset + count * file_dtype.itemsize
-                    maps[entry.file].madvise(mmap.MADV_DONTNEED, start, end - start)
-        _set_tensor(model, m.target, tensor)
-
-
-def _finish(model: Any, device: torch.device) -> None:
-    """Materialise the non-persistent buffers (rotary inv_freq, ...) and check nothing is left."""
-    torch = require("torch", purpose="Loading a model")
-    for name, buf in list(model.named_buffers()):
-        if buf.is_meta:
-            module_name, _, attr = name.rpartition(".")
-            module = model.get_submodule(module_name)
-            module._buffers[attr] = torch.empty_like(buf, device=device)
-    # transformers' own initialisation recomputes the buffers (e.g. the RoPE frequencies from
-    # the config); every parameter is marked as initialised, so none is touched.
-    model.initialize_weights()
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # pragma: no cover - would be a bug in the plan
-        raise RuntimeError(f"these tensors were not loaded: {left[:5]}")
-    model.eval()
-
-
-def _fill_from_tensors(model, plan, tensors, device, dtype) -> None:
-    for m in plan.mappings:
-        t = tensors[m.source]
-        if m.rows:
-            t = t[m.rows[0] : m.rows[1]]
-        _set_tensor(model, m.target, t.to(device=device, dtype=dtype).contiguous().clone())
-
-
-def convert_original(
-    folder: Path,
-    config: dict[str, Any],
-    entries: dict[str, Any],
-    *,
-    image_token_id: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    attn_implementation: str,
-):
-    """The native model, in eval mode, filled from an original checkpoint's weights.
-
-    ``config`` is the original config.json (already checked), ``entries`` what
-    :func:`_weight_entries` read from ``folder`` (safetensors headers, or the tensors of opted-in
-    pickle weights), ``image_token_id`` the tokenizer's ``<IMG_CONTEXT>`` id. Every key and shape
-    is planned against the model on the meta device before a single weight is read.
-    """
-    config_path = folder / "config.json"
-    native_config = native_config_from_original(
-        config, image_token_id=image_token_id, path=config_path
-    )
-    model = _empty_model(native_config, dtype, attn_implementation)
-    target_shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    names = sorted({e.file.name for e in entries.values() if isinstance(e, TensorEntry)}) or sorted(
-        p.name for p in folder.glob("*.bin")
-    )
-    plan = plan_conversion(
-        {k: e.shape for k, e in entries.items()},
-        target_shapes,
-        source_name=f"The weights in {folder} ({', '.join(names[:3])})",
-    )
-    if isinstance(next(iter(entries.values())), TensorEntry):
-        _fill(model, plan, entries, device, dtype)
-    else:  # pragma: no cover - pickle opt-in
-        _fill_from_tensors(model, plan, entries, device, dtype)
-    _finish(model, device)
-    return model

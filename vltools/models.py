@@ -5,8 +5,9 @@ vltools instead converts the ORIGINAL checkpoint (``model_type: internvl_chat``)
 into the native model, following the key and config mapping of the format sheet
 (``../shared/reference/INTERNVL2_FORMAT.md``, sections 1, 2 and 4), and loads native checkpoints
 (``model_type: internvl``, the ``-hf`` repos) directly. No remote code is ever downloaded or run.
-The checkpoint side (finding and downloading files, config.json, safetensors headers, the key
-and config mapping, filling the model) lives in :mod:`vltools.checkpoints`; this module picks
+The checkpoint side lives in :mod:`vltools.checkpoints` (finding and downloading files,
+config.json, the config mapping) and :mod:`vltools.conversion` (safetensors headers, the key
+mapping, filling the model); this module picks
 the device, dtype and attention, loads the tokenizer, and assembles the :class:`VLModel`.
 
 Loading holds one copy of the weights: the model is built on the meta device, then each
@@ -35,17 +36,11 @@ from vltools._optional import require
 from vltools.checkpoints import (
     NATIVE_TEMPLATE,
     TEMPLATES,
-    ConversionPlan,
     InternVLFacts,
-    KeyMapping,
     _check_original_config,
     _read_config,
     _resolve_source,
-    _weight_entries,
-    convert_original,
     native_config_from_original,
-    plan_conversion,
-    read_weight_index,
 )
 from vltools.constants import (
     CONTEXT_LENGTH,
@@ -55,6 +50,14 @@ from vltools.constants import (
     IMG_CONTEXT_TOKEN,
     IMG_END_TOKEN,
     IMG_START_TOKEN,
+)
+from vltools.conversion import (
+    ConversionPlan,
+    KeyMapping,
+    _weight_entries,
+    convert_original,
+    plan_conversion,
+    read_weight_index,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
