@@ -5,6 +5,7 @@ Every video here is written into ``tmp_path`` with PyAV by :func:`write_video`.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from fractions import Fraction
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vltools import video
+from vltools import decoding, video
 from vltools.video import load_video, sample_frame_indices
 
 av = pytest.importorskip("av")
@@ -146,9 +147,10 @@ def test_ten_bit_video_differs_between_decoders_by_a_measured_tolerance(videos):
     # decord's bundled FFmpeg converts 10-bit YUV to RGB with other rounding than PyAV's:
     # measured max 47 levels, mean ~3.8 on this noisy picture. Everything else agrees exactly.
     path = videos["ten_bit"]
-    probe = video._probe(path)
-    a = video._read_decord(path, probe, num_segments=6, bound=None)
-    b = video._decode_pyav(path, probe, a.indices)
+    probe = decoding._probe(path)
+    pick = functools.partial(sample_frame_indices, num_segments=6, bound=None)
+    a = decoding._read_decord(path, probe, pick=pick)
+    b = decoding._decode_pyav(path, probe, a.indices)
     diff = np.abs(np.stack(a.arrays).astype(int) - np.stack(b).astype(int))
     assert diff.max() <= 64
     assert diff.mean() < 6.0
@@ -284,7 +286,7 @@ def test_forcing_decord_on_mpeg_ts_warns_that_it_returns_other_frames(tmp_path):
 
 
 def test_auto_falls_back_to_pyav_where_decord_does_not_import(videos, monkeypatch):
-    monkeypatch.setattr(video, "available_backends", lambda: ("pyav",))
+    monkeypatch.setattr(decoding, "available_backends", lambda: ("pyav",))
     clip = load_video(videos["plain"], num_segments=3)
     assert clip.backend == "pyav"
 

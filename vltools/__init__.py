@@ -44,6 +44,7 @@ _SUBMODULES = (
     "constants",
     "conversion",
     "data",
+    "decoding",
     "experiments",
     "generation",
     "images",

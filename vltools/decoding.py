@@ -1,0 +1,305 @@
+"""Reading video files: probing them with PyAV and decoding the sampled frames.
+
+The decoding half of :func:`vltools.video.load_video`, which decides which frames to take.
+
+- :func:`_probe` demuxes the file with PyAV (no decoding): clear errors for missing, empty and
+  non-video files before a decoder sees them, and the presentation time of every frame, so
+  both backends report the same timestamps. Frames are numbered in presentation order, as
+  decord does.
+- :func:`_read_decord` reads the frames with decord (the card's decoder) in one batched call;
+  :func:`_decode_pyav` decodes them with PyAV, seeking by timestamp where the container allows
+  it and counting frames from the start where it does not.
+
+Every file handle is closed on every path, and every loop is bounded by the file's packets,
+so a damaged file ends in an error, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from vltools._optional import require
+
+__all__ = ["BACKENDS", "Backend", "available_backends"]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "decord", "pyav"]
+BACKENDS: tuple[str, ...] = ("auto", "decord", "pyav")
+
+
+def available_backends() -> tuple[str, ...]:
+    """The decoders that import here, in order of preference."""
+    out = []
+    for name, module in (("decord", "decord"), ("pyav", "av")):
+        try:
+            require(module, purpose="Decoding video")
+        except ImportError:
+            continue
+        out.append(name)
+    return tuple(out)
+
+
+def _choose_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if backend == "auto":
+        found = available_backends()
+        if not found:
+            require("av", purpose="vltools.load_video")  # raises the ImportError to install it
+        return found[0]
+    require("decord" if backend == "decord" else "av", purpose=f"load_video(backend={backend!r})")
+    return backend
+
+
+# --- probing (PyAV, no decoding) ------------------------------------------------------------
+
+# Containers where decord 0.6 returned other frames than the ones asked for (tests/
+# test_video_files.py): sparse reads from AVI with B-frames, any read from MPEG-TS.
+_DECORD_MISSEEKS: frozenset[str] = frozenset({"avi", "mpegts"})
+
+
+@dataclass(frozen=True)
+class _Probe:
+    container_format: str
+    num_frames: int
+    fps: float
+    pts: np.ndarray  # int64 [num_frames], presentation order
+    keyframe_pts: np.ndarray  # int64, sorted
+    time_base: Fraction
+    timestamps: np.ndarray  # float64 [num_frames], seconds from the first frame
+    variable_frame_rate: bool
+
+
+def _probe(path: Path) -> _Probe:
+    av = require("av", purpose="Reading video files")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise ValueError(f"{path.name} is not a video FFmpeg can read ({e}).") from e
+    try:
+        if not container.streams.video:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            raise ValueError(
+                f"{path.name} has no video stream (streams: {kinds}); pass a video file."
+            )
+        stream = container.streams.video[0]
+        pts, keys = [], []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the demuxer's flush packet
+                    continue
+                if packet.pts is None:
+                    raise ValueError(
+                        f"{path.name} has frames without timestamps; remux it, e.g. "
+                        "ffmpeg -i in -c copy out.mp4."
+                    )
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        except av.FFmpegError as e:
+            raise ValueError(f"{path.name} is damaged: reading it failed with {e}.") from e
+        if not pts:
+            raise ValueError(f"{path.name} has a video stream but no frames.")
+        rate = stream.average_rate or stream.guessed_rate
+        time_base = stream.time_base
+        container_format = container.format.name
+    finally:
+        container.close()
+    pts_sorted = np.sort(np.asarray(pts, dtype=np.int64))  # [num_frames]
+    timestamps = (pts_sorted - pts_sorted[0]).astype(np.float64) * float(time_base)
+    if rate is None or rate <= 0:  # no rate in the container: derive it from the timestamps
+        span = timestamps[-1]
+        rate = (len(pts) - 1) / span if span > 0 else 1.0
+        logger.warning("%s declares no frame rate; using %.3f fps from its timestamps", path, rate)
+    steps = np.diff(pts_sorted)
+    vfr = bool(len(steps) > 1 and steps.max() - steps.min() > 1)
+    return _Probe(
+        container_format=container_format,
+        num_frames=len(pts),
+        fps=float(rate),
+        pts=pts_sorted,
+        keyframe_pts=np.sort(np.asarray(keys, dtype=np.int64)),
+        time_base=time_base,
+        timestamps=timestamps,
+        variable_frame_rate=vfr,
+    )
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Frames:
+    arrays: list[np.ndarray]  # [H, W, 3] uint8 each, one per index
+    indices: np.ndarray  # int64 [num_segments]
+    timestamps: np.ndarray  # float64 [num_segments]
+    num_frames: int
+    fps: float
+
+
+class _DecordFailed(Exception):
+    pass
+
+
+def _read_decord(path: Path, probe: _Probe, *, pick: Callable[[int, float], np.ndarray]) -> _Frames:
+    """Sample and read the frames with decord: ``pick(num_frames, fps)`` chooses the indices
+    from decord's own frame count and rate (as the card does), then one batched read."""
+    decord = require("decord", purpose="load_video(backend='decord')")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception as e:  # decord raises RuntimeError/DECORDError
+        first = str(e).strip().splitlines()[-1][:200]
+        raise _DecordFailed(f"decord cannot open {path.name} ({first})") from e
+    try:
+        num_frames = len(reader)
+        fps = float(reader.get_avg_fps())
+        indices = pick(num_frames, fps)
+        if num_frames == probe.num_frames:
+            timestamps = probe.timestamps[indices]
+        else:
+            warnings.warn(
+                f"decord counts {num_frames} frames in {path.name}, the container "
+                f"{probe.num_frames}; following decord, as the model card does.",
+                stacklevel=3,
+            )
+            timestamps = reader.get_frame_timestamp(indices.tolist())[:, 0]
+        try:
+            batch = reader.get_batch(indices.tolist()).asnumpy()  # [n, H, W, 3] uint8
+        except Exception as e:
+            first = str(e).strip().splitlines()[-1][:200]
+            raise _DecordFailed(
+                f"decord could not decode frames {indices.tolist()} of {path.name} ({first}); "
+                "the file may be damaged. backend='pyav' conceals damaged frames instead"
+            ) from e
+    finally:
+        del reader  # decord has no close(); dropping the reader closes the file
+    return _Frames(list(batch), indices, timestamps, num_frames, fps)
+
+
+def _decode_pyav(path: Path, probe: _Probe, indices: np.ndarray) -> list[np.ndarray]:
+    """The frames at ``indices`` (presentation order) as ``[H, W, 3]`` uint8 arrays, via PyAV.
+
+    First by timestamps with seeking (:func:`_decode_seeking`); where that misses frames (a
+    container whose seeking is coarse, such as MPEG-TS, or whose packet timestamps are not
+    the frames', such as AVI with B-frames) by decoding from the start and counting frames.
+    """
+    av = require("av", purpose="load_video(backend='pyav')")
+    wanted = {int(probe.pts[i]) for i in indices.tolist()}
+    with av.open(str(path), metadata_errors="ignore") as container:
+        try:
+            found = _decode_seeking(container, probe, wanted)
+        except _UnreliableTimestamps:
+            found = {}
+    arrays = [found.get(int(probe.pts[i])) for i in indices]
+    if any(a is None for a in arrays):
+        logger.info("%s: seeking by timestamp missed frames; decoding from the start", path)
+        with av.open(str(path), metadata_errors="ignore") as container:
+            by_index = _decode_counting(container, set(indices.tolist()))
+        arrays = [by_index.get(int(i)) for i in indices]
+    missing = [int(i) for i, a in zip(indices, arrays, strict=True) if a is None]
+    if missing and len(missing) == len(arrays):
+        raise ValueError(
+            f"{path.name} has no decodable frames among {indices.tolist()}: the file is "
+            "damaged or its codec is not supported. Re-encode it, e.g. with ffmpeg -i in out.mp4."
+        )
+    if missing:
+        raise ValueError(
+            f"Frames {missing} of {path.name} could not be decoded: the file is truncated or "
+            "damaged there. Try a bound that avoids the damaged part, or re-encode the file."
+        )
+    return arrays
+
+
+def _decode_seeking(container, probe: _Probe, wanted: set[int]) -> dict[int, np.ndarray]:
+    """Frames by pts: seek to the keyframe before each wanted frame unless decoding is there.
+
+    Frames no other frame refers to are skipped unless wanted (FFmpeg's
+    ``skip_frame=NONREF``; the wanted ones decode exactly as they would otherwise), and only
+    the wanted frames are converted to RGB. Packets that fail to decode are skipped, so FFmpeg
+    conceals damage where it can.
+    """
+    stream = container.streams.video[0]
+    stream.thread_type = "SLICE"  # frame threads would apply skip_frame changes late
+    stream.codec_context.skip_frame = "NONREF"
+    found: dict[int, np.ndarray] = {}
+    position: int | None = None  # pts of the last decoded frame
+    for target in sorted(wanted):
+        if target in found:
+            continue
+        key = probe.keyframe_pts[probe.keyframe_pts <= target]
+        key = int(key[-1]) if len(key) else int(probe.pts[0])
+        at_start = position is None and key <= int(probe.pts[0])
+        if not at_start and (position is None or position >= target or key > position):
+            container.seek(key, stream=stream, backward=True, any_frame=False)
+            position = None
+        position = _decode_until(container, stream, target, wanted, found, position)
+    return found
+
+
+class _UnreliableTimestamps(Exception):
+    """Decoded frames came out with timestamps out of order: frames cannot be found by pts."""
+
+
+def _decode_counting(container, wanted: set[int]) -> dict[int, np.ndarray]:
+    """Frames by number: decode from the start, counting frames as they come out."""
+    av = require("av", purpose="load_video(backend='pyav')")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    found: dict[int, np.ndarray] = {}
+    last, count = max(wanted), 0
+    for packet in container.demux(stream):
+        try:
+            frames = stream.decode(packet)
+        except av.FFmpegError as e:
+            logger.debug("skipping a packet that does not decode: %s", e)
+            continue
+        for frame in frames:
+            if count in wanted:
+                found[count] = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
+            count += 1
+        if count > last:
+            break
+    return found
+
+
+def _decode_until(
+    container, stream, target: int, wanted: set, found: dict, position: int | None
+) -> int | None:
+    """Decode forward until the frame with pts ``target`` (or a later one) has come out.
+
+    ``position`` is the pts of the last frame out of the decoder (None after a seek); frames
+    must come out with increasing pts, else :class:`_UnreliableTimestamps` is raised.
+    """
+    av = require("av", purpose="load_video(backend='pyav')")
+    context = stream.codec_context
+    packets = container.demux(stream)
+    while True:
+        packet = next(packets, None)
+        keep = packet is None or packet.pts in wanted
+        if keep:
+            context.skip_frame = "DEFAULT"
+        try:
+            frames = stream.decode(packet)  # packet None: drain the decoder
+        except av.FFmpegError as e:
+            logger.debug("skipping a packet that does not decode: %s", e)
+            frames = []
+        finally:
+            if keep:
+                context.skip_frame = "NONREF"
+        for frame in frames:
+            if frame.pts is None or (position is not None and frame.pts <= position):
+                raise _UnreliableTimestamps(frame.pts)
+            position = frame.pts
+            if frame.pts in wanted and frame.pts not in found:
+                found[frame.pts] = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8
+        if packet is None or (position is not None and position >= target):
+            return position
