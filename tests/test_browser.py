@@ -152,11 +152,7 @@ def _run_all(browser, lab, name: str):
     page.goto(f"{base}/lab/tree/{name}?reset&token={token}")  # reset: no restored tabs
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     # the kernel is connected once the status bar names it and says Idle
-    page.wait_for_function(
-        "() => /\\|\\s*Idle/.test(document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar')?.innerText || '')",
-        timeout=90_000,
-        polling=500,
-    )
+    _wait_idle(page)
     page.wait_for_timeout(1000)
     for _attempt in range(3):  # a Run All sent while the session still settles can be dropped
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
@@ -231,6 +227,15 @@ def _nudge_slider(page, widget, label: str, key: str, presses: int = 1):
         handle.press(key)
 
 
+def _wait_idle(page, timeout: int = 90_000) -> None:
+    """Wait until JupyterLab's status bar says the kernel is Idle."""
+    page.wait_for_function(
+        "() => /\\|\\s*Idle/.test(document.querySelector('.jp-StatusBar-Widget, #jp-main-statusbar')?.innerText || '')",
+        timeout=timeout,
+        polling=500,
+    )
+
+
 def _explore(
     browser, lab, notebook: str, widget_class: str, slider: str, key: str, presses: int = 1
 ):
@@ -251,6 +256,7 @@ def _explore(
             timeout=30_000,
         )
         after = _summary_text(widget)
+        _wait_idle(page, timeout=30_000)  # the picture redraws after the summary: shoot it done
         _shot(page, name, widget)
         return sliders, before, after
     finally:
