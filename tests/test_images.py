@@ -169,6 +169,20 @@ def test_shared_jobs_all_run_across_threads_and_the_first_error_is_raised():
         _run_shared(pool, workers, [boom, lambda: None, boom])
 
 
+def test_load_image_from_many_threads_at_once_gives_the_serial_results():
+    # Every call shares one small pool; calls from a user's own threads must neither block
+    # each other nor mix their tiles.
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [Image.fromarray(_photo(300 + 97 * k, 200 + 61 * k, seed=k)) for k in range(8)]
+    serial = [load_image(image, max_num=6).pixel_values for image in images]
+    with ThreadPoolExecutor(max_workers=8) as users:
+        futures = [users.submit(load_image, image, max_num=6) for image in images * 2]
+        results = [f.result(timeout=120) for f in futures]
+    for k, tiled in enumerate(results):
+        assert torch.equal(tiled.pixel_values, serial[k % len(images)]), k
+
+
 def test_every_source_kind_gives_the_same_pixels(tmp_path):
     array = _photo(500, 300)
     path = tmp_path / "photo.png"
