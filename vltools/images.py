@@ -321,9 +321,12 @@ def _column_resizer(image: Image.Image, size: tuple[int, int]) -> Callable[[int,
         raise ValueError(f"the height shrinks ({image.height} -> {height}): resize in one call")
     wide = image if image.width == width else image.resize((width, image.height), _RESAMPLE)
 
-    def columns(x0: int, x1: int) -> Image.Image:
-        strip = wide.crop((x0, 0, x1, image.height))
-        return strip if height == image.height else strip.resize((x1 - x0, height), _RESAMPLE)
+    def columns(x0: int, x1: int) -> Image.Image:  # always a new image, never ``image``
+        if height == image.height:
+            return wide.crop((x0, 0, x1, image.height))
+        whole = (x0, x1) == (0, wide.width)  # one column: no copy before the resize
+        strip = wide if whole else wide.crop((x0, 0, x1, image.height))
+        return strip.resize((x1 - x0, height), _RESAMPLE)
 
     return columns
 
@@ -433,12 +436,32 @@ def load_image(
         image_size=image_size,
         use_thumbnail=use_thumbnail,
     )
+    pixel_values = torch.empty((grid.num_tiles, 3, image_size, image_size), dtype=torch.float32)
+    tiles = _cut(image, grid, pixel_values.numpy(), fast=fast)
+    return TiledImage(
+        image=image,
+        grid=grid,
+        tiles=tuple(tiles),
+        pixel_values=pixel_values,
+        num_patches=grid.num_tiles,
+        source=name,
+    )
+
+
+def _cut(image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool) -> list[Image.Image]:
+    """Resize ``image`` to ``grid``'s canvas, cut it, and write the normalised tiles into ``out``.
+
+    ``out``: float32 ``[grid.num_tiles, 3, S, S]`` (a view into the caller's tensor; the video
+    loader passes one frame's slice of the clip's). Returns the PIL tiles in ``out``'s order.
+    """
     gap = _FAST_REDUCING_GAP if fast else None
     normalise = _normaliser(IMAGENET_MEAN, IMAGENET_STD)
-    S = image_size
+    S = grid.image_size
     canvas_w, canvas_h = grid.canvas_size
-    pixel_values = torch.empty((grid.num_tiles, 3, S, S), dtype=torch.float32)
-    out = pixel_values.numpy()  # [num_tiles, 3, S, S], shares memory with pixel_values
+    if out.shape != (grid.num_tiles, 3, S, S) or out.dtype != np.float32:
+        raise ValueError(
+            f"out must be float32 {(grid.num_tiles, 3, S, S)}, got {out.dtype} {out.shape}"
+        )
     pool, workers = _pool()
 
     def resize(source: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -479,7 +502,10 @@ def load_image(
         columns = _column_resizer(image, grid.canvas_size)
 
         def column_job(col: int) -> None:
-            strip = columns(col * S, (col + 1) * S)
+            strip = columns(col * S, (col + 1) * S)  # [rows * S, S], a new image
+            if grid.rows == 1:  # the strip is the tile (a video frame at max_num 1)
+                finish(col, strip)
+                return
             for row in range(grid.rows):
                 finish(row * grid.cols + col, strip.crop((0, row * S, S, (row + 1) * S)))
 
@@ -496,11 +522,4 @@ def load_image(
     _run_shared(pool, workers, jobs)
     if thumb_future is not None:
         tiles.append(thumb_future.result())
-    return TiledImage(
-        image=image,
-        grid=grid,
-        tiles=tuple(tiles),
-        pixel_values=pixel_values,
-        num_patches=grid.num_tiles,
-        source=name,
-    )
+    return tiles  # type: ignore[return-value]

@@ -9,9 +9,10 @@ samples different frames (format sheet, section 6.3); vltools follows the card.
 
 - :func:`sample_frame_indices` is the card's ``get_index``, pure, with a ``ValueError`` where the
   card would read outside the video.
-- :func:`load_video` decodes the chosen frames with decord (the card's choice; one batched call)
-  or PyAV (the fallback where decord has no wheels), tiles each with
-  :func:`vltools.images.load_image`, and returns a :class:`VideoClip`.
+- :func:`load_video` decodes the chosen frames with decord (the card's choice; batched reads,
+  two readers in parallel) or PyAV (the fallback where decord has no wheels), tiles each
+  frame as :func:`vltools.images.load_image` would while the rest decode, straight into the
+  clip's one tensor, and returns a :class:`VideoClip`.
 
 Before decoding, the file is probed with PyAV (demuxing only, no decoding): that gives clear
 errors for missing, empty and non-video files before a decoder sees them, and the presentation
@@ -31,6 +32,7 @@ import functools
 import logging
 import math
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -293,57 +295,128 @@ def load_video(
                 f"other frames than {path.name}'s frames asked for; backend='pyav' is exact.",
                 stacklevel=2,
             )
-    if chosen == "decord":
-        try:
-            pick = functools.partial(sample_frame_indices, num_segments=num_segments, bound=bound)
-            frames = _read_decord(path, probe, pick=pick)
-        except _DecordFailed as e:
-            if backend == "decord":
-                raise ValueError(str(e)) from e
-            warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=2)
-            chosen = "pyav"
-    if frames is None:
-        indices = sample_frame_indices(
-            probe.num_frames, probe.fps, num_segments=num_segments, bound=bound
-        )
-        frames = _Frames(
-            arrays=_decode_pyav(path, probe, indices),
-            indices=indices,
-            timestamps=probe.timestamps[indices],
-            num_frames=probe.num_frames,
-            fps=probe.fps,
-        )
-    if probe.variable_frame_rate:
-        warnings.warn(
-            f"{path.name} has a variable frame rate. Frames are sampled evenly in frame "
-            f"numbers, as the model card does, not in time, and bound seconds are converted "
-            f"with the average rate ({frames.fps:.3f} fps); timestamps are the frames' real "
-            "times.",
-            stacklevel=2,
-        )
+    tiler = _FrameTiler(num_segments, max_num=max_num)  # tiles frames as they arrive
+    try:
+        if chosen == "decord":
+            try:
+                pick = functools.partial(
+                    sample_frame_indices, num_segments=num_segments, bound=bound
+                )
+                frames = _read_decord(path, probe, pick=pick, on_frame=tiler.add)
+            except _DecordFailed as e:
+                if backend == "decord":
+                    raise ValueError(str(e)) from e
+                warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=2)
+                chosen = "pyav"
+                tiler.close()
+                tiler = _FrameTiler(num_segments, max_num=max_num)
+        if frames is None:
+            indices = sample_frame_indices(
+                probe.num_frames, probe.fps, num_segments=num_segments, bound=bound
+            )
+            frames = _Frames(
+                arrays=_decode_pyav(path, probe, indices),
+                indices=indices,
+                timestamps=probe.timestamps[indices],
+                num_frames=probe.num_frames,
+                fps=probe.fps,
+            )
+            for k, array in enumerate(frames.arrays):
+                tiler.add(k, array)
+        if probe.variable_frame_rate:
+            warnings.warn(
+                f"{path.name} has a variable frame rate. Frames are sampled evenly in frame "
+                f"numbers, as the model card does, not in time, and bound seconds are converted "
+                f"with the average rate ({frames.fps:.3f} fps); timestamps are the frames' real "
+                "times.",
+                stacklevel=2,
+            )
+    except BaseException:
+        tiler.close()
+        raise
     return _make_clip(
         path,
         frames,
-        max_num=max_num,
+        tiler,
         bound=None if bound is None else (float(bound[0]), float(bound[1])),
         backend=chosen,
         variable_frame_rate=probe.variable_frame_rate,
     )
 
 
-def tile_frames(frames: Sequence[Image.Image], *, max_num: int = 1) -> list[TiledImage]:
-    """Tile each frame through :func:`vltools.images.load_image`, with the card's settings.
+class _FrameTiler:
+    """Tiles a clip's frames on a few threads while they are still being decoded.
 
-    Frames are independent, so they are tiled on a few threads (PIL's resize and numpy's
-    gathers release the GIL); the result is in frame order and identical to a serial loop.
+    ``add(k, array)`` takes frame ``k`` (``[H, W, 3]`` uint8) as it arrives and tiles it on a
+    worker thread; ``finish()`` waits and returns ``(frames, tiled, pixel_values)``. Frames of
+    the first frame's size (every frame of a decord batch) are written straight into slices of
+    one preallocated ``[num_frames * tiles_per_frame, 3, 448, 448]`` tensor, so there is no
+    concatenation; a frame of another size (a stream that changes resolution) is tiled on its
+    own and everything is concatenated at the end. Each frame is tiled exactly as
+    :func:`vltools.images.load_image` tiles an image, the card's settings.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(len(frames), os.cpu_count() or 1, 4)
-    if workers <= 1:
-        return [_tile_frame(frame, max_num) for frame in frames]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-frames") as pool:
-        return list(pool.map(_tile_frame, frames, [max_num] * len(frames)))
+    def __init__(self, count: int, *, max_num: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.count, self.max_num = count, max_num
+        workers = max(1, min(count, os.cpu_count() or 1, 4))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-frames")
+        self._futures: list[Any] = [None] * count
+        self._grid: Any = None
+        self._pixel_values: Any = None
+        self._mixed = False
+        self._lock = threading.Lock()
+
+    def add(self, k: int, array: np.ndarray) -> None:
+        """Tile frame ``k`` on a worker thread; safe to call from several threads."""
+        with self._lock:
+            if self._grid is None:
+                self._start(array)
+        self._futures[k] = self._pool.submit(self._tile, k, array)
+
+    def _start(self, array: np.ndarray) -> None:
+        """The first frame fixes the grid and allocates the clip's tensor."""
+        from vltools.tiling import plan_tiles
+
+        torch = require("torch", purpose="vltools.load_video")
+        height, width = array.shape[:2]
+        self._grid = plan_tiles(width, height, max_num=self.max_num, image_size=TILE_SIZE)
+        n = self._grid.num_tiles
+        self._pixel_values = torch.empty((self.count * n, 3, TILE_SIZE, TILE_SIZE))
+
+    def _tile(self, k: int, array: np.ndarray) -> TiledImage:
+        from PIL import Image
+
+        from vltools.images import TiledImage, _cut
+
+        image = Image.fromarray(array)  # [H, W, 3] uint8: RGB, as the card's convert("RGB")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        grid = self._grid
+        if image.size != (grid.width, grid.height):
+            self._mixed = True
+            return _tile_frame(image, self.max_num)
+        n = grid.num_tiles
+        pixel_values = self._pixel_values[k * n : (k + 1) * n]  # [n, 3, 448, 448] view
+        tiles = _cut(image, grid, pixel_values.numpy(), fast=False)
+        return TiledImage(image, grid, tuple(tiles), pixel_values, num_patches=n)
+
+    def finish(self) -> tuple[tuple[Image.Image, ...], tuple[TiledImage, ...], torch.Tensor]:
+        try:
+            tiled = tuple(future.result() for future in self._futures)
+        finally:
+            self.close()
+        pixel_values = self._pixel_values
+        if self._mixed:
+            torch = require("torch", purpose="vltools.load_video")
+            pixel_values = torch.cat([t.pixel_values for t in tiled])  # [sum(tiles), 3, S, S]
+            tiled = _tiled_views(tiled, pixel_values)
+        return tuple(t.image for t in tiled), tiled, pixel_values
+
+    def close(self) -> None:
+        """Stop: drop frames not started, wait for the running ones (they write our tensor)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
@@ -362,17 +435,13 @@ def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
 def _make_clip(
     path: Path,
     frames: _Frames,
+    tiler: _FrameTiler,
     *,
-    max_num: int,
     bound: tuple[float, float] | None,
     backend: str,
     variable_frame_rate: bool,
 ) -> VideoClip:
-    torch = require("torch", purpose="vltools.load_video")
-    pil = require("PIL.Image", purpose="vltools.load_video")
-    images = tuple(pil.fromarray(a).convert("RGB") for a in frames.arrays)  # each [H, W, 3]
-    tiled = tile_frames(images, max_num=max_num)
-    pixel_values = torch.cat([t.pixel_values for t in tiled])  # [sum(tiles), 3, 448, 448]
+    images, tiled, pixel_values = tiler.finish()
     return VideoClip(
         source=str(path),
         pixel_values=pixel_values,
@@ -383,7 +452,7 @@ def _make_clip(
         duration=frames.num_frames / float(frames.fps),
         num_frames=int(frames.num_frames),
         frames=images,
-        tiled=_tiled_views(tiled, pixel_values),
+        tiled=tiled,
         bound=bound,
         backend=backend,
         variable_frame_rate=variable_frame_rate,
