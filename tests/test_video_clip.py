@@ -104,6 +104,33 @@ def test_per_frame_tiles_are_views_into_the_clips_pixels(clip):
     assert clip.tiled[3].pixel_values.equal(clip.pixel_values[3:4])
 
 
+def test_frames_of_another_size_are_tiled_on_their_own_and_concatenated():
+    # decord's batches always share one size; a stream that changes resolution (PyAV) must
+    # still give each frame the load_image tiling, in order, with views into one tensor.
+    import torch
+
+    from vltools.images import load_image
+    from vltools.video import _FrameTiler
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.integers(0, 256, shape, dtype=np.uint8)
+        for shape in [(360, 640, 3), (480, 480, 3), (360, 640, 3), (200, 900, 3)]
+    ]
+    tiler = _FrameTiler(len(arrays), max_num=4)
+    for k in [2, 0, 3, 1]:  # in any order, as two decord readers deliver them
+        tiler.add(k, arrays[k])
+    frames, tiled, pixel_values = tiler.finish()
+    expected = [load_image(a, max_num=4, exif_transpose=False) for a in arrays]
+    assert torch.equal(pixel_values, torch.cat([e.pixel_values for e in expected]))
+    assert [t.num_patches for t in tiled] == [e.num_patches for e in expected]
+    offset = 0
+    for t in tiled:
+        assert t.pixel_values.data_ptr() == pixel_values[offset].data_ptr()  # a view
+        offset += t.num_patches
+    assert [f.size for f in frames] == [(640, 360), (480, 480), (640, 360), (900, 200)]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
