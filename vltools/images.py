@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["TiledImage", "load_image"]
 
+logger = logging.getLogger(__name__)
+
 # The card's pipeline resizes with PIL's default filter, which is BICUBIC for an RGB image.
 _RESAMPLE = Image.Resampling.BICUBIC
 # fast=True: PIL first shrinks by an integer factor with a box filter (Image.reduce) when the
@@ -280,7 +282,7 @@ def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[...
     arithmetic(probe, np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, axis=2))
     if np.array_equal(probe.reshape(3, 256).view(np.uint32), table.view(np.uint32)):
         return arithmetic
-    logging.getLogger(__name__).info("numpy and torch float32 arithmetic differ; using a table")
+    logger.info("numpy and torch float32 arithmetic differ; using a table")
     return lookup
 
 
@@ -350,7 +352,7 @@ def _columns_are_exact() -> bool:
         strips = [np.asarray(columns(x0, x1)) for x0, x1 in itertools.pairwise(cuts)]
         one = np.asarray(image.resize((width, height), _RESAMPLE))
         if not np.array_equal(np.concatenate(strips, axis=1), one):
-            logging.getLogger(__name__).info("Pillow resizes differently; one resize per canvas")
+            logger.info("Pillow resizes differently; one resize per canvas")
             return False
     return True
 

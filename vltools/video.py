@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 import threading
@@ -60,8 +59,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from vltools.images import TiledImage
-
-logger = logging.getLogger(__name__)
 
 # The card's get_index stands in +-100000 seconds for "no bound".
 _NO_BOUND: tuple[float, float] = (-100000.0, 100000.0)
