@@ -99,9 +99,7 @@ def test_the_full_size_config_is_the_real_internvl2_1b_config(reference_dir):
     assert testing.full_size_config() == real
 
 
-def test_the_full_size_layout_has_the_sheets_637_keys_and_938m_parameters(reference_dir):
-    sheet = (reference_dir / "INTERNVL2_FORMAT.md").read_text()
-    assert "637 keys, 938,158,976 params" in sheet
+def test_the_full_size_layout_has_the_sheets_637_keys_and_938m_parameters():
     shapes = testing.original_key_shapes(testing.full_size_config())
     assert shapes == expected_shapes(testing.full_size_config())
     assert len(shapes) == 637
