@@ -18,8 +18,11 @@ import hashlib
 import html
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +72,19 @@ def execute(notebook: Path, *, model: str = "tiny", timeout: int = TIMEOUT_S):
     """
     import nbformat
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     nb = nbformat.read(notebook, as_version=4)
     env = {**os.environ, "VLTOOLS_MODEL": model, "MPLBACKEND": "agg", "HF_HUB_OFFLINE": "1"}
+    # IPC sockets (files only this user can open) instead of TCP on localhost: nothing crosses
+    # the network stack, and the kernel has no reason to warn about unencrypted TCP.
+    sockets = tempfile.mkdtemp(prefix="vltools-kernel-")
+    config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "k")}})
     client = NotebookClient(
         nb,
-        timeout=timeout,
+        config=config,
         kernel_name="python3",
+        timeout=timeout,
         resources={"metadata": {"path": str(notebook.parent)}},
         record_timing=False,
     )
@@ -86,11 +95,22 @@ def execute(notebook: Path, *, model: str = "tiny", timeout: int = TIMEOUT_S):
     finally:
         os.environ.clear()
         os.environ.update(previous)
+        shutil.rmtree(sockets, ignore_errors=True)
     return nb
 
 
+SNAPSHOT_NOTE = (
+    "A snapshot of the live widget as the notebook left it. To move its controls, open the "
+    "notebook in JupyterLab: <code>make lab</code>."
+)
+
+
 def static_copy(nb):
-    """A copy of an executed notebook for HTML: live widget views replaced by their pictures."""
+    """A copy of an executed notebook for HTML: live widget views replaced by their pictures.
+
+    Each picture is captioned as a snapshot with the way to the live control, since the text
+    around it talks about moving sliders that a static page cannot move.
+    """
     import copy
 
     nb = copy.deepcopy(nb)
@@ -98,10 +118,19 @@ def static_copy(nb):
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            if WIDGET_MIME in data:
-                data.pop(WIDGET_MIME)
-                if not any(k.startswith("image/") for k in data):
-                    data["text/plain"] = "(interactive widget: open the notebook in JupyterLab)"
+            if WIDGET_MIME not in data:
+                continue
+            data.pop(WIDGET_MIME)
+            png = data.get("image/png")
+            if png:
+                src = "data:image/png;base64," + "".join(png.split())
+                data["text/html"] = (
+                    f"<figure style='margin:0'><img src='{src}' alt='widget snapshot'>"
+                    f"<figcaption style='color:#555;font-size:90%'>{SNAPSHOT_NOTE}"
+                    "</figcaption></figure>"
+                )
+            else:
+                data["text/plain"] = "(interactive widget: open the notebook in JupyterLab)"
     return nb
 
 
@@ -115,21 +144,42 @@ def to_html(nb) -> str:
 
 
 def title_and_summary(notebook: Path) -> tuple[str, str]:
-    """The first markdown cell's heading and its first paragraph."""
+    """The first markdown cell's heading and its first paragraph, whole (Markdown source)."""
     cells = json.loads(notebook.read_text())["cells"]
     for cell in cells:
         if cell["cell_type"] == "markdown":
             text = "".join(cell["source"]).strip().splitlines()
             title = text[0].lstrip("# ").strip() if text else notebook.stem
-            rest = [line for line in text[1:] if line.strip()]
-            return title, (rest[0] if rest else "")
+            paragraph: list[str] = []
+            for line in text[1:]:
+                if line.strip():
+                    paragraph.append(line.strip())
+                elif paragraph:
+                    break
+            return title, " ".join(paragraph)
     return notebook.stem, ""
 
 
+def inline_html(markdown: str) -> str:
+    """One paragraph of Markdown as inline HTML (code, emphasis, links), without the ``<p>``."""
+    import mistune
+
+    rendered = mistune.create_markdown(escape=True)(markdown).strip()  # raw HTML is escaped
+    return rendered.removeprefix("<p>").removesuffix("</p>")
+
+
 def build(
-    *, only: list[str] | None = None, force: bool = False, model: str = "tiny"
+    *,
+    only: list[str] | None = None,
+    force: bool = False,
+    model: str = "tiny",
+    progress: Callable[[str], None] | None = None,
 ) -> list[Built]:
-    """Execute (or reuse) each notebook and write its HTML and the index. Returns what was built."""
+    """Execute (or reuse) each notebook and write its HTML and the index. Returns what was built.
+
+    ``progress``, if given, receives one line as each notebook starts and one as it finishes.
+    """
+    say = progress or (lambda line: None)
     import nbformat
 
     from vltools.testing import tiny_checkpoint
@@ -138,20 +188,26 @@ def build(
     if model == "tiny":
         tiny_checkpoint()  # built once, before any kernel needs it
     built = []
-    for notebook in notebooks(only):
+    todo = notebooks(only)
+    for number, notebook in enumerate(todo, 1):
+        step = f"[{number}/{len(todo)}] {notebook.name}"
         html_path = OUT / f"{notebook.stem}.html"
         key_path = OUT / f".{notebook.stem}.key"
         key = inputs_key(notebook, model)
         title, summary = title_and_summary(notebook)
         if not force and html_path.exists() and key_path.exists() and key_path.read_text() == key:
             built.append(Built(notebook, html_path, title, summary, 0.0, cached=True))
+            say(f"{step}: unchanged since the last run, kept")
             continue
+        say(f"{step}: running ...")
         start = time.perf_counter()
         nb = execute(notebook, model=model)
         nbformat.write(nb, OUT / notebook.name)
         html_path.write_text(to_html(nb), encoding="utf-8")
         key_path.write_text(key)
-        built.append(Built(notebook, html_path, title, summary, time.perf_counter() - start, False))
+        seconds = time.perf_counter() - start
+        built.append(Built(notebook, html_path, title, summary, seconds, False))
+        say(f"{step}: done in {seconds:.0f} s")
     write_index(model=model)
     return built
 
@@ -166,7 +222,7 @@ def write_index(*, model: str) -> Path:
         title, summary = title_and_summary(notebook)
         items += (
             f"<li><a href='{html.escape(page_path.name)}'>{html.escape(title)}</a>"
-            f"<br><span>{html.escape(summary)}</span></li>"
+            f"<br><span>{inline_html(summary)}</span></li>"
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>vltools notebooks</title>"
@@ -194,14 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="execute even if nothing changed")
     args = parser.parse_args(argv)
     model = os.environ.get("VLTOOLS_MODEL", "tiny")
+    print(f"Executing the notebooks against the {model!r} model:", flush=True)
+    start = time.perf_counter()
     try:
-        built = build(only=args.only, force=args.force, model=model)
+        build(
+            only=args.only,
+            force=args.force,
+            model=model,
+            progress=lambda line: print("  " + line, flush=True),
+        )
     except Exception as e:  # the demo's user wants the failing notebook and cell, not a trace
         print(f"make demo failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    for b in built:
-        how = "unchanged, kept" if b.cached else f"executed in {b.seconds:.0f} s"
-        print(f"  {b.notebook.name:34s} {how}")
+    print(f"All done in {time.perf_counter() - start:.0f} s.")
     print(f"\nThe executed notebooks are in {OUT}/ — open {OUT / 'index.html'}")
     return 0
 
