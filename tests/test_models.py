@@ -164,7 +164,7 @@ def test_eager_attention_is_set_on_both_towers(tiny_path):
     assert m.model.config.text_config._attn_implementation == "eager"
 
 
-# --- traps (format sheet, section 4) ------------------------------------------------------
+# --- traps (``docs/FORMAT.md``, section 4) ------------------------------------------------------
 
 
 def test_lm_head_stays_separate_because_only_the_top_level_flag_counts(tiny_model, tiny_path):

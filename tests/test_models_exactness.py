@@ -1,7 +1,7 @@
 """The conversion is exact: checked against independent computations from the ORIGINAL weights.
 
-Without the original InternVL code, the proof is assembled from parts (format sheet, sections
-1, 2 and 4): every original key consumed and every native tensor filled (tiny, and full size on
+Without the original InternVL code, the proof is assembled from parts (``docs/FORMAT.md``, sections
+1, 3 and 4): every original key consumed and every native tensor filled (tiny, and full size on
 the meta device); one vision attention layer recomputed from the fused ``attn.qkv``; the whole
 vision tower, pixel shuffle (v2, by its definition) and ``mlp1`` recomputed in plain torch; the
 language model checked against transformers' Qwen2 (which the original wraps unchanged) fed
@@ -32,7 +32,7 @@ def original(tiny_path):
 
 
 def reference_vision(weights, config, pixel_values, *, layer=-1):
-    """InternViT from the original weights, written from the format sheet's section 1.3."""
+    """InternViT from the original weights, written from ``docs/FORMAT.md``, section 3."""
     v = config["vision_config"]
     dim, patch = v["hidden_size"], v["patch_size"]
     eps = v["layer_norm_eps"]

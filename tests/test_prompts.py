@@ -1,4 +1,4 @@
-"""The prompt text: every scenario of ../shared/reference/prompts.json, byte for byte."""
+"""The prompt text: every scenario of tests/reference/prompts.json, byte for byte."""
 
 from __future__ import annotations
 

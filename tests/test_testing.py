@@ -15,7 +15,7 @@ from vltools.constants import (
     INTERNVL_SPECIAL_TOKENS,
 )
 
-# Section 1.3 of the format sheet, written with symbolic sizes: Dv/Iv vision width/MLP,
+# The original state dict (``docs/FORMAT.md``, section 3), written with symbolic sizes: Dv/Iv vision width/MLP,
 # Dt/It/KV/V language width/MLP/key-value width/vocabulary, G the patch grid, P the patch.
 SECTION_1_3 = {
     "vision_model.embeddings.class_embedding": ("1", "1", "Dv"),
@@ -104,7 +104,7 @@ def test_the_full_size_layout_has_the_sheets_637_keys_and_938m_parameters():
     assert shapes == expected_shapes(testing.full_size_config())
     assert len(shapes) == 637
     assert sum(math.prod(s) for s in shapes.values()) == 938_158_976
-    # a few shapes quoted verbatim in the sheet
+    # a few shapes of the real checkpoint
     assert shapes["vision_model.encoder.layers.23.attn.qkv.weight"] == (3072, 1024)
     assert shapes["language_model.model.layers.0.self_attn.k_proj.weight"] == (128, 896)
     assert shapes["language_model.lm_head.weight"] == (151655, 896)

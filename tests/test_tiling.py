@@ -2,7 +2,7 @@
 
 The reference here is the card's grid choice (``vltools.card``) written out as the card specifies it (a set of
 grids sorted by tile count, a running minimum of the aspect-ratio error with the area
-tie-break), plus ``../shared/reference/tiling_grids.tsv`` computed with the card's own code.
+tie-break), plus ``tests/reference/tiling_grids.tsv`` computed with the card's own code.
 """
 
 from __future__ import annotations

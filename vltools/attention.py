@@ -10,7 +10,7 @@ the image tokens back onto the ORIGINAL image through the :class:`~vltools.tilin
 This module is the recording side (:func:`capture`, :class:`AttentionCapture`, the hooks);
 the maps and their geometry live in :mod:`vltools.attention_maps` and are re-exported here.
 
-Geometry follows the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``), section 2:
+Geometry follows the format notes (``docs/FORMAT.md``), section 1:
 after pixel shuffle (v2) each tile's 256 tokens are a 16 x 16 grid in row-major order, tiles
 come in ``pixel_values`` order (grid tiles row-major, then the thumbnail), and the images of a
 prompt take their ``<IMG_CONTEXT>`` runs in prompt order.

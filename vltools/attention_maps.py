@@ -7,7 +7,7 @@ spans, layers, heads, sinks) and :class:`ImageMap` lays the image tokens back on
 image through the :class:`~vltools.tiling.TileGrid`; :func:`token_cell`, :func:`stitch_tiles` and
 :func:`pixel_map` are the token -> tile -> cell -> pixel mapping underneath.
 
-Geometry follows the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``), section 2:
+Geometry follows the format notes (``docs/FORMAT.md``), section 1:
 after pixel shuffle (v2) each tile's 256 tokens are a 16 x 16 grid in row-major order, tiles
 come in ``pixel_values`` order (grid tiles row-major, then the thumbnail), and the images of a
 prompt take their ``<IMG_CONTEXT>`` runs in prompt order.
@@ -66,7 +66,7 @@ def _grid_side(tokens_per_tile: int) -> int:
 def token_cell(index: int, *, tokens_per_tile: int = TOKENS_PER_TILE) -> tuple[int, int, int]:
     """``(tile, row, col)`` of an image's token ``index`` (tiles in ``pixel_values`` order).
 
-    Each tile's tokens are a ``side x side`` grid in row-major order (format sheet, section 2:
+    Each tile's tokens are a ``side x side`` grid in row-major order (``docs/FORMAT.md``, section 1:
     token ``i * 16 + j`` holds patches ``2i..2i+1`` x ``2j..2j+1`` of the 32 x 32 grid).
     """
     side = _grid_side(tokens_per_tile)

@@ -1,7 +1,7 @@
 """The notebook chat session with InternVL2: :class:`Chat`, its :class:`Reply` and :class:`Turn`.
 
-Follows the model card's multi-turn ``chat()`` (``../shared/seed/InternVL2-1B_model_card.md``)
-and section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``); the card's
+Follows the model card's multi-turn ``chat()`` and section 2 of the format notes
+(``docs/FORMAT.md``); the card's
 calls themselves, :func:`model_chat`/:func:`model_batch_chat`, and the generation plumbing live
 in :mod:`vltools.generation` and are re-exported here.
 

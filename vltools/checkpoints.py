@@ -2,8 +2,8 @@
 
 Covers the ORIGINAL InternVL2 checkpoint format (``model_type: internvl_chat``, e.g.
 OpenGVLab/InternVL2-1B) and the file side of native checkpoints (``model_type: internvl``, the
-``-hf`` repos), following sections 1, 2 and 4.4 of the format sheet
-(``../shared/reference/INTERNVL2_FORMAT.md``):
+``-hf`` repos), following section 3 of the format notes
+(``docs/FORMAT.md``):
 
 - finding the checkpoint: ``"tiny"``, a local directory, or a Hub id downloaded with allow
   patterns that fetch configuration, tokenizer and safetensors only (never ``*.py``); offline
@@ -12,7 +12,7 @@ OpenGVLab/InternVL2-1B) and the file side of native checkpoints (``model_type: i
 - reading and validating ``config.json`` (required fields, template, ``ps_version``, language
   model, LoRA, ``select_layer``, tile geometry) into :class:`InternVLFacts`;
 - mapping the original config fields onto transformers' native ``InternVLConfig``
-  (format sheet 4.4, with its traps).
+  (``docs/FORMAT.md``, sections 3 and 4).
 
 :mod:`vltools.conversion` reads the weights and fills the native model;
 :mod:`vltools.models` puts both together with the tokenizer into a ``VLModel``.
@@ -255,7 +255,7 @@ def _check_original_config(config: dict[str, Any], path: Path) -> InternVLFacts:
         raise ValueError(
             f"{path}: ps_version {ps_version!r} is not supported. transformers' native pixel "
             "shuffle is the 'v2' layout only; a 'v1' checkpoint's image tokens are transposed "
-            "(format sheet, section 2), and loading it as v2 would silently scramble every "
+            "(``docs/FORMAT.md``, section 1), and loading it as v2 would silently scramble every "
             "image. Use a checkpoint with ps_version 'v2' (all InternVL2 and later models)."
         )
     llm_type = t["model_type"]
@@ -316,7 +316,7 @@ def native_config_from_original(
 ):
     """transformers' ``InternVLConfig`` for an original ``internvl_chat`` config dict.
 
-    Follows the format sheet's section 4.4, with its traps: ``qkv_bias`` -> ``attention_bias``
+    Follows ``docs/FORMAT.md``, sections 3 and 4: ``qkv_bias`` -> ``attention_bias``
     and ``qk_normalization`` -> ``use_qk_norm`` (the native config ignores the old names), the
     top-level ``tie_word_embeddings=False`` (only the top-level flag counts), ``select_layer`` ->
     ``vision_feature_layer``, and the checkpoint's own ``<IMG_CONTEXT>`` id.

@@ -1,7 +1,6 @@
 """Facts about InternVL2 that every module shares, in one place.
 
-Values follow the model card (``../shared/seed/InternVL2-1B_model_card.md``) and the format
-sheet (``../shared/reference/INTERNVL2_FORMAT.md``). A loaded model reads its own facts from
+Values follow the model card and the format notes (``docs/FORMAT.md``). A loaded model reads its own facts from
 its config (see :class:`vltools.models.VLModel`); these are the InternVL2-1B defaults.
 """
 
@@ -11,7 +10,7 @@ from __future__ import annotations
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# Geometry (format sheet, sections 1 and 2)
+# Geometry (``docs/FORMAT.md``, section 1)
 TILE_SIZE: int = 448  # force_image_size: every tile is 448 x 448 pixels
 PATCH_SIZE: int = 14  # InternViT patch: a tile is 32 x 32 patches
 DOWNSAMPLE_RATIO: float = 0.5  # pixel shuffle: 2 x 2 patches -> one token
@@ -25,7 +24,7 @@ DEFAULT_MIN_NUM: int = 1
 # Language model
 CONTEXT_LENGTH: int = 8192  # InternVL2-1B's training context, the budget vltools checks against
 
-# Token strings (format sheet, section 1.2)
+# Token strings (``docs/FORMAT.md``, section 2)
 IMG_START_TOKEN: str = "<img>"
 IMG_END_TOKEN: str = "</img>"
 IMG_CONTEXT_TOKEN: str = "<IMG_CONTEXT>"
@@ -45,7 +44,7 @@ INTERNVL_SPECIAL_TOKENS: tuple[str, ...] = (
     "</box>",
 )
 
-# The Hermes-2 template's default system message (format sheet, section 3.1): 59 characters,
+# The Hermes-2 template's default system message (``docs/FORMAT.md``, section 2): 59 characters,
 # one ASCII comma plus space after "InternVL", all other punctuation full-width.
 HERMES2_SYSTEM_MESSAGE: str = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "

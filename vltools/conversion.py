@@ -1,11 +1,11 @@
 """Converting an original InternVL2 checkpoint's weights into transformers' native model.
 
-Follows sections 2 and 4.3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``):
+Follows sections 1 and 3 of the format notes (``docs/FORMAT.md``):
 
 - reading and checking ``.safetensors`` headers (every dtype, shape and byte range) before
   anything large is allocated (:func:`read_weight_index`, :class:`TensorEntry`);
 - mapping every original key onto the native model's tensors, the fused vision ``attn.qkv``
-  split by rows (format sheet 4.3), checked as a :class:`ConversionPlan`;
+  split by rows (``docs/FORMAT.md``, section 3), checked as a :class:`ConversionPlan`;
 - building the native model on the meta device and filling it tensor by tensor, one copy of
   the weights in all (copy-on-write views of the memory-mapped file where the dtype matches on
   the CPU, otherwise one cast per tensor): :func:`convert_original`.
@@ -190,7 +190,7 @@ def _weight_entries(folder: Path, allow_pickle: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Key mapping (format sheet 4.3)
+# Key mapping (``docs/FORMAT.md``, section 3)
 # ---------------------------------------------------------------------------------------------
 
 _VISION_LAYER_RENAMES = (

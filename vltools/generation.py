@@ -1,7 +1,6 @@
 """Generation for InternVL2: the model card's ``chat()``/``batch_chat()`` and their plumbing.
 
-Follows the model card's quick start (``../shared/seed/InternVL2-1B_model_card.md``) and
-section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``):
+Follows the model card's quick start and section 2 of the format notes (``docs/FORMAT.md``):
 
 - :func:`model_chat` and :func:`model_batch_chat` are ``VLModel.chat``/``VLModel.batch_chat``:
   the card's calls with the tokenizer inside the model. The prompt is built by

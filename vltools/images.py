@@ -1,6 +1,6 @@
 """Opening an image and turning it into InternVL's tiles: :func:`load_image`, :class:`TiledImage`.
 
-The model card's ``load_image`` (``../shared/seed/InternVL2-1B_model_card.md``): open the
+The model card's ``load_image`` (``docs/FORMAT.md``, section 1): open the
 source, plan the grid with :func:`vltools.tiling.plan_tiles`, resize the image to the grid's
 canvas (``cols * 448`` by ``rows * 448``, bicubic), cut the tiles row by row, add a 448 x 448
 thumbnail of the whole image when there is more than one tile, and normalise everything with

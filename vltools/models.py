@@ -2,8 +2,8 @@
 
 The model card loads InternVL2-1B with ``trust_remote_code=True`` under transformers 4.37.2.
 vltools instead converts the ORIGINAL checkpoint (``model_type: internvl_chat``) at load time
-into the native model, following the key and config mapping of the format sheet
-(``../shared/reference/INTERNVL2_FORMAT.md``, sections 1, 2 and 4), and loads native checkpoints
+into the native model, following the key and config mapping of the format notes
+(``docs/FORMAT.md``, sections 1 and 3), and loads native checkpoints
 (``model_type: internvl``, the ``-hf`` repos) directly. No remote code is ever downloaded or run.
 The checkpoint side lives in :mod:`vltools.checkpoints` (finding and downloading files,
 config.json, the config mapping) and :mod:`vltools.conversion` (safetensors headers, the key

@@ -1,6 +1,6 @@
 """The exact prompt text InternVL2-1B sees: the Hermes-2 template and the ``<image>`` expansion.
 
-Follows section 3 of the format sheet (``../shared/reference/INTERNVL2_FORMAT.md``) and the
+Follows section 2 of the format notes (``docs/FORMAT.md``) and the
 model card's ``chat()``/``batch_chat()``:
 
 - Hermes-2 with MPT separators: ``<|im_start|>system\\n{system}<|im_end|>`` then, per message,
@@ -13,7 +13,7 @@ model card's ``chat()``/``batch_chat()``:
 
 Everything here is pure string work; :func:`render_prompt` returns a :class:`Prompt` whose
 ``compact`` form writes each run of ``<IMG_CONTEXT>`` as ``<IMG_CONTEXT>×N`` (the notation of
-``../shared/reference/prompts.json``).
+``tests/reference/prompts.json``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ __all__ = [
     "ROLES",
 ]
 
-# Hermes-2 roles (format sheet 3.1): the role strings include their opening token and newline.
+# Hermes-2 roles (``docs/FORMAT.md``, section 2): the role strings include their opening token and newline.
 ROLES: dict[str, str] = {"user": f"{IM_START}user\n", "assistant": f"{IM_START}assistant\n"}
 _SEP = IM_END  # MPT separator: no trailing newline
 _COMPACT_RUN = re.compile(f"(?:{re.escape(IMG_CONTEXT_TOKEN)})+")

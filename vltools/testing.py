@@ -1,8 +1,8 @@
 """Random-weight InternVL2 checkpoints in the ORIGINAL format, built offline and cached.
 
 ``tiny_checkpoint()`` writes, in about a second and byte for byte the same on every run, a
-checkpoint laid out exactly as ``OpenGVLab/InternVL2-1B`` ships it (format sheet,
-``../shared/reference/INTERNVL2_FORMAT.md``, sections 1.1 to 1.3): ``config.json`` with
+checkpoint laid out exactly as ``OpenGVLab/InternVL2-1B`` ships it (format notes,
+``docs/FORMAT.md``, section 3): ``config.json`` with
 ``model_type: internvl_chat`` and the real field names, ``model.safetensors`` with the original
 key names (``vision_model.*`` with the fused ``attn.qkv``, ``mlp1.*``, ``language_model.*`` and
 a separate ``lm_head``), ``generation_config.json`` and Qwen2 tokenizer files (a small byte-level
@@ -80,7 +80,7 @@ _TINY_BASE_VOCAB = 640  # 256 byte symbols + 384 merges learned from the corpus 
 
 
 def full_size_config() -> dict[str, Any]:
-    """The real InternVL2-1B ``config.json`` (format sheet 1.1), as a fresh dict."""
+    """The real InternVL2-1B ``config.json`` (``tests/reference/internvl2_1b_config.json``), as a fresh dict."""
     return {
         "architectures": ["InternVLChatModel"],
         "auto_map": {
@@ -187,14 +187,14 @@ def tiny_config() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The original state dict (format sheet 1.3)
+# The original state dict (``docs/FORMAT.md``, section 3)
 # ---------------------------------------------------------------------------------------------
 
 
 def original_key_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every key of the original ``InternVLChatModel`` state dict and its shape, from a config.
 
-    Follows the format sheet, section 1.3 (637 keys for InternVL2-1B). Only the layout of
+    Follows ``docs/FORMAT.md``, section 3 (637 keys for InternVL2-1B). Only the layout of
     InternViT + a Qwen2-style language model is described (the checkpoints this module writes).
     """
     v, t = config["vision_config"], config["llm_config"]

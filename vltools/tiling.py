@@ -1,8 +1,7 @@
 """InternVL's dynamic tiling: which grid of 448-pixel tiles an image gets, and why.
 
 Follows the model card's Quick Start (``find_closest_aspect_ratio`` and the geometry of
-``dynamic_preprocess`` in ``../shared/seed/InternVL2-1B_model_card.md``) and section 5 of
-``../shared/reference/INTERNVL2_FORMAT.md``. The card is the behavioural specification; this
+``dynamic_preprocess``) and section 1 of the format notes, ``docs/FORMAT.md``. The card is the behavioural specification; this
 is an independent implementation of it.
 
 :func:`plan_tiles` is the geometry. From the image's width and height alone it lists every
@@ -17,7 +16,7 @@ floating-point expression, ties are broken by the same rule (a later, larger gri
 equally close one only when the image's area exceeds half of that grid's pixel area), and
 candidates are visited in the card's order, including its order among grids with the same
 tile count (which matters only when ``min_num > 1``; see :func:`_card_candidate_order`).
-``tests/test_tiling.py`` matches all 4,500 rows of ``../shared/reference/tiling_grids.tsv``.
+``tests/test_tiling.py`` matches all 4,500 rows of ``tests/reference/tiling_grids.tsv``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ frames between the start and the end of the video (or of ``bound``, in seconds) 
 ``num_segments`` equal segments and the frame nearest the middle of each is taken; every frame
 is tiled like an image (one 448-pixel tile at the card's ``max_num=1``); the prompt names them
 ``Frame1: <image>\\nFrame2: <image>\\n...``. transformers' own ``InternVLVideoProcessor``
-samples different frames (format sheet, section 6.3); vltools follows the card.
+samples different frames (``docs/FORMAT.md``, section 1 and trap 8); vltools follows the card.
 
 - :func:`sample_frame_indices` is the card's ``get_index``, pure, with a ``ValueError`` where the
   card would read outside the video.
