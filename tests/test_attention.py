@@ -326,3 +326,29 @@ def test_attention_explorer_state_drives_the_view_and_shows_bad_choices():
     assert len(w.figure().axes) >= 3
     bundle = w._repr_mimebundle_()
     assert "image/png" in bundle
+
+
+def test_attention_view_draws_overlay_thumbnail_and_share_and_refuses_an_unknown_source():
+    from vltools import viz
+
+    maps = synthetic_maps()
+    selection = {"tokens": range(1, 3), "layers": [0, 3], "sinks": False}
+    fig = viz.attention_view(maps, maps.map(0, tokens=range(1, 3)), selection=selection)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("(tiles)" in t for t in titles) and "thumbnail's 16x16 map" in titles
+    assert any("share of each token" in t for t in titles)
+    with pytest.raises(ValueError, match="'tiles', 'thumbnail' or 'blend'"):
+        viz.attention_view(maps, maps.map(0), selection=selection, source="both")
+
+
+def test_every_figure_shows_itself_in_jupyter_without_a_registered_formatter():
+    from IPython.core.formatters import DisplayFormatter
+    from matplotlib.figure import Figure
+
+    from vltools import viz
+
+    maps = synthetic_maps()
+    for fig in (viz.tile_maps(maps, layers=7), viz.image_share(maps)):
+        assert isinstance(fig, Figure)  # still the matplotlib figure, to save or edit
+        data, _ = DisplayFormatter().format(fig)  # a fresh formatter: nothing registered
+        assert data["image/png"].startswith(b"\x89PNG"), sorted(data)

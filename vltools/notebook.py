@@ -96,35 +96,12 @@ def versions() -> dict[str, str]:
     return found
 
 
-def show_figures_inline() -> bool:
-    """Let a cell that evaluates to a matplotlib ``Figure`` show it as a PNG.
-
-    ``vltools.viz`` builds figures without pyplot (no global state), and IPython only knows how
-    to display pyplot-managed figures, so this registers a PNG formatter for ``Figure``.
-    Returns False outside IPython.
-    """
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    if shell is None:
-        return False
-    from matplotlib.figure import Figure
-
-    from vltools.viz import figure_to_png
-
-    shell.display_formatter.formatters["image/png"].for_type(Figure, figure_to_png)
-    return True
-
-
 def setup(*, model: bool = True, name: str | None = None) -> Setup:
     """Load the notebook's model (unless ``model=False``) and collect versions and device.
 
     ``name`` overrides ``VLTOOLS_MODEL``. Displaying the result shows the versions, the device
     and, for the tiny model, a highlighted warning that its answers are random text.
     """
-    show_figures_inline()
     if not model:
         return Setup(model_name=None, model=None, versions=versions())
     from vltools.models import load_model

@@ -4,10 +4,14 @@ Every function here is pure: it takes data (a ``TiledImage``, a ``VideoClip``, a
 ``AttentionMaps``) and returns a :class:`matplotlib.figure.Figure`. None calls ``plt.show()``
 or ``display()``; the notebook shows what it gets back. Figures are built with the object API
 (``Figure()``), never through pyplot's global state, so they are safe in loops and threads.
+Each is a :class:`~matplotlib.figure.Figure` that also has ``_repr_png_``, so it shows itself
+in any Jupyter notebook (no formatter to register, no pyplot) and is still the matplotlib
+figure for whoever wants to save or edit it.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +24,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from vltools.video import VideoClip
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    """A detached matplotlib figure (no pyplot state) of the given size in inches."""
+@functools.cache
+def _self_showing_figure() -> type:
+    """matplotlib's ``Figure`` with ``_repr_png_``: Jupyter shows it without pyplot."""
     figure_module = require("matplotlib.figure", purpose="Drawing figures")
     require("matplotlib.backends.backend_agg", purpose="Drawing figures")
-    return figure_module.Figure(figsize=(width, height), layout="constrained")
+
+    class ShownFigure(figure_module.Figure):
+        """A matplotlib figure that displays itself in Jupyter as a PNG."""
+
+        def _repr_png_(self) -> bytes:
+            return figure_to_png(self)
+
+    return ShownFigure
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A detached matplotlib figure (no pyplot state) of the given size in inches, which shows
+    itself in a notebook."""
+    return _self_showing_figure()(figsize=(width, height), layout="constrained")
 
 
 def figure_to_png(fig: Figure, *, dpi: int = 100) -> bytes:
@@ -68,14 +86,14 @@ def show_tiles(tiled: TiledImage, *, preview: int = 160) -> Figure:
     thumb_ratio = 1 if thumbs else 0.01
     if grid.height > grid.width:  # portrait: original | tiles | thumbnail side by side
         mosaic_ratio = mosaic.shape[1] / mosaic.shape[0]
-        fig = _new_figure(width_in, 6.0)
+        fig = new_figure(width_in, 6.0)
         spec = fig.add_gridspec(
             1, 3, width_ratios=[grid.width / grid.height, mosaic_ratio, mosaic_ratio * thumb_ratio]
         )
         ax, tiles_ax, thumb_ax = (fig.add_subplot(spec[0, k]) for k in range(3))
     else:  # landscape: the original on top, tiles and thumbnail below
         bottom_h = min(4.5, max(1.4, 0.8 * width_in * mosaic.shape[0] / mosaic.shape[1]))
-        fig = _new_figure(width_in, top_h + bottom_h + 0.6)
+        fig = new_figure(width_in, top_h + bottom_h + 0.6)
         spec = fig.add_gridspec(
             2, 2, height_ratios=[top_h, bottom_h], width_ratios=[4, thumb_ratio]
         )
@@ -166,7 +184,7 @@ def show_frames(clip: VideoClip, *, columns: int | None = None, thumb_width: flo
     aspect = clip.frames[0].height / max(clip.frames[0].width, 1)
     width = max(6.0, columns * thumb_width)
     thumb_height = width / columns * aspect + 0.45
-    fig = _new_figure(width, 1.5 + rows * thumb_height)
+    fig = new_figure(width, 1.5 + rows * thumb_height)
     grid = fig.add_gridspec(1 + rows, columns, height_ratios=[1.5] + [thumb_height] * rows)
 
     timeline = fig.add_subplot(grid[0, :])
@@ -320,7 +338,7 @@ def overlay(
     imap = _attention_map(maps, image, selection)
     grid = imap.grid
     aspect = grid.height / max(grid.width, 1)
-    fig = _new_figure(width, width * aspect + 0.8)
+    fig = new_figure(width, width * aspect + 0.8)
     ax = fig.add_subplot(1, 1, 1)
     art = _draw_attention(
         ax, imap, source=source, blend=blend, alpha=alpha, cmap=cmap, show_grid=show_grid
@@ -354,7 +372,7 @@ def tile_maps(
     imap = _attention_map(maps, image, selection)
     grid = imap.grid
     extra = 1 if grid.has_thumbnail else 0
-    fig = _new_figure(tile_width * (grid.cols + extra) + 0.8, tile_width * grid.rows + 0.9)
+    fig = new_figure(tile_width * (grid.cols + extra) + 0.8, tile_width * grid.rows + 0.9)
     spec = fig.add_gridspec(grid.rows, grid.cols + extra)
     vmax = float(imap.per_tile.max()) or 1.0
     art = None
@@ -403,7 +421,7 @@ def compare_layers(
     chosen = list(maps.selected_layers(layers))
     first = maps.map(image, layers=chosen[0], **selection)
     aspect = first.grid.height / max(first.grid.width, 1)
-    fig = _new_figure(panel_width * len(chosen), panel_width * aspect + 0.9)
+    fig = new_figure(panel_width * len(chosen), panel_width * aspect + 0.9)
     for k, layer in enumerate(chosen):
         imap = first if k == 0 else maps.map(image, layers=layer, **selection)
         ax = fig.add_subplot(1, len(chosen), k + 1)
@@ -411,6 +429,41 @@ def compare_layers(
         ax.set_title(f"layer {layer}", fontsize=8)
     what = first.what.replace(f"layers {chosen[0]}", "per layer")
     _suptitle(fig, f"{first.label}: {what} ({_ATTENTION_CAVEAT})", fontsize=8)
+    return fig
+
+
+def attention_view(
+    maps: Any, imap: Any, *, selection: dict[str, Any], source: str = "tiles"
+) -> Figure:
+    """One view of ``imap`` (an ``ImageMap`` taken from ``maps`` with ``selection``): the overlay
+    on the original image, the thumbnail's own map, and the per-token share of attention that
+    went to the image, with the selected tokens shaded. ``source`` is ``"tiles"``,
+    ``"thumbnail"`` or ``"blend"`` (half tiles, half thumbnail). The picture behind
+    :class:`vltools.widgets.AttentionExplorer`.
+    """
+    if source not in ("tiles", "thumbnail", "blend"):
+        raise ValueError(f"source must be 'tiles', 'thumbnail' or 'blend', got {source!r}.")
+    grid = imap.grid
+    aspect = grid.height / max(grid.width, 1)
+    fig = new_figure(9.0, max(3.0, 5.5 * aspect) + 2.6)
+    spec = fig.add_gridspec(2, 3, height_ratios=[max(3.0, 5.5 * aspect), 2.4])
+    ax = fig.add_subplot(spec[0, :2])
+    blend = 0.5 if source == "blend" else None
+    art = _draw_attention(ax, imap, source="tiles" if source == "blend" else source, blend=blend)
+    fig.colorbar(art, ax=ax, shrink=0.8)
+    ax.set_title(_safe_text(f"{imap.label} ({source}): {imap.what}"), fontsize=8)
+    thumb_ax = fig.add_subplot(spec[0, 2])
+    if imap.thumbnail is not None:
+        _draw_attention(thumb_ax, imap, source="thumbnail", show_grid=False)
+        thumb_ax.set_title("thumbnail's 16x16 map", fontsize=8)
+    else:
+        thumb_ax.set_axis_off()
+        thumb_ax.set_title("(no thumbnail: one tile)", fontsize=8)
+    share_ax = fig.add_subplot(spec[1, :])
+    layers = selection.get("layers")
+    share = maps.image_share(layers=layers, sinks=selection.get("sinks", False))
+    _draw_share(share_ax, maps, share, layers=layers, highlight=selection.get("tokens"))
+    share_ax.set_title("share of each token's attention that went to the image", fontsize=8)
     return fig
 
 
@@ -429,7 +482,7 @@ def image_share(
     indices) shades the tokens currently shown elsewhere.
     """
     share = maps.image_share(layers=layers, heads=heads, sinks=sinks)  # [tokens, layers]
-    fig = _new_figure(width, 2.6)
+    fig = new_figure(width, 2.6)
     ax = fig.add_subplot(1, 1, 1)
     _draw_share(ax, maps, share, layers=layers, highlight=highlight)
     return fig

@@ -462,32 +462,10 @@ class AttentionExplorer(StaticFallback, widgets.VBox):
         self._picture.value = figure_to_png(self.figure(), dpi=72)
 
     def figure(self) -> Any:
-        """The current view: overlay, thumbnail map and the per-token image share."""
-        from vltools import viz
+        """The current view, drawn by :func:`vltools.viz.attention_view`."""
+        from vltools.viz import attention_view
 
-        imap = self.current
-        if imap is None:
+        if self.current is None:
             raise ValueError(f"Nothing to draw: {self.error}")
-        sel, shown_source = self._shown  # the last good choice, which ``current`` shows
-        grid = imap.grid
-        aspect = grid.height / max(grid.width, 1)
-        fig = viz._new_figure(9.0, max(3.0, 5.5 * aspect) + 2.6)
-        spec = fig.add_gridspec(2, 3, height_ratios=[max(3.0, 5.5 * aspect), 2.4])
-        ax = fig.add_subplot(spec[0, :2])
-        blend = 0.5 if shown_source == "blend" else None
-        source = "tiles" if shown_source == "blend" else shown_source
-        art = viz._draw_attention(ax, imap, source=source, blend=blend)
-        fig.colorbar(art, ax=ax, shrink=0.8)
-        ax.set_title(viz._safe_text(f"{imap.label} ({shown_source}): {imap.what}"), fontsize=8)
-        thumb_ax = fig.add_subplot(spec[0, 2])
-        if imap.thumbnail is not None:
-            viz._draw_attention(thumb_ax, imap, source="thumbnail", show_grid=False)
-            thumb_ax.set_title("thumbnail's 16x16 map", fontsize=8)
-        else:
-            thumb_ax.set_axis_off()
-            thumb_ax.set_title("(no thumbnail: one tile)", fontsize=8)
-        share_ax = fig.add_subplot(spec[1, :])
-        share = self.maps.image_share(layers=sel["layers"], sinks=sel["sinks"])
-        viz._draw_share(share_ax, self.maps, share, layers=sel["layers"], highlight=sel["tokens"])
-        share_ax.set_title("share of each token's attention that went to the image", fontsize=8)
-        return fig
+        selection, source = self._shown  # the last good choice, which ``current`` shows
+        return attention_view(self.maps, self.current, selection=selection, source=source)
