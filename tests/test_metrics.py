@@ -441,3 +441,31 @@ def test_a_preset_is_frozen_and_asks_for_choices_when_it_lists_options():
     with pytest.raises(ValueError, match="pass choices="):
         PRESETS["mmbench"].render("Which animal?")
     assert "relaxed_accuracy" in repr(PRESETS["chartqa"])
+
+
+def test_score_passes_the_sample_columns_a_metric_takes():
+    row = {"question": "Which animal?", "choices": ["cat", "dog"], "answers": ["B"]}
+    assert metrics.score("mc_choice", "dog", row["answers"], sample=row) == 1.0
+    assert metrics.score("mc_choice", "dog", ["B"]) == 0.0  # without choices, no option texts
+    assert metrics.score("mc_choice", "B", ["B"], sample={"choices": float("nan")}) == 1.0
+    assert metrics.score("relaxed_accuracy", "104", ["100"], sample=row) == 1.0
+
+
+def test_score_with_an_empty_prediction_checks_references_before_any_model_work():
+    assert metrics.score("vqa_accuracy", "", ["cat", "dog"]) == 0.0
+    with pytest.raises(ValueError, match="at least 2 reference answers"):
+        metrics.score("vqa_accuracy", "", ["cat"])
+    with pytest.raises(ValueError, match="names no option"):
+        metrics.score("mc_choice", "", ["E"], sample={"choices": ["cat", "dog"]})
+
+
+def test_score_names_a_missing_required_column_and_a_metric_that_returns_no_number():
+    def per_unit(prediction, references, *, unit):
+        return 1.0
+
+    with pytest.raises(ValueError, match="needs the sample column 'unit'.*has: question"):
+        metrics.score(per_unit, "1", ["1"], sample={"question": "q"})
+    assert metrics.score(per_unit, "1", ["1"], sample={"unit": "kg"}) == 1.0
+    with pytest.raises(TypeError, match="returned str 'yes'; a metric returns a number"):
+        metrics.score(lambda p, r: "yes", "1", ["1"])
+    assert metrics.score(lambda p, r: True, "1", ["1"]) == 1.0

@@ -17,7 +17,8 @@ the built-in metrics and for any callable a user brings.
 ``mc_choice``          multiple choice: the option the answer picks equals the reference
 =====================  ====================================================================
 
-``get(name_or_callable)`` resolves a metric by name (``vltools.metrics.METRICS`` lists them).
+``get(name_or_callable)`` resolves a metric by name (``vltools.metrics.METRICS`` lists them);
+``score(metric, prediction, references, sample=row)`` scores one row of a dataset.
 ``PRESETS`` holds the evaluation prompts of InternVL's own evaluation code for the benchmarks
 on the InternVL2 model card, each with its metric and the file it comes from, and
 :func:`render_choices` writes lettered options the way InternVL's MMBench evaluation does.
@@ -55,6 +56,7 @@ __all__ = [
     "parse_choice",
     "relaxed_accuracy",
     "render_choices",
+    "score",
     "vqa_accuracy",
 ]
 
@@ -579,6 +581,53 @@ def metric_columns(metric: str | Callable[..., float]) -> tuple[str, ...]:
         for p in parameters
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default in (inspect.Parameter.empty, None)
     )
+
+
+def score(
+    metric: str | Callable[..., float],
+    prediction: str,
+    references: Sequence[str],
+    *,
+    sample: Mapping[str, Any] | None = None,
+) -> float:
+    """``metric(prediction, references)`` for one row of a dataset, with the sample's columns
+    that the metric takes (:func:`metric_columns`) passed by name; a column the sample lacks
+    (or holds as ``None``/NaN) is left to the metric's default.
+
+    The one place rows are scored. Called with an empty prediction (``score(m, "", refs,
+    sample=row)``) it checks a sample's references before any model work: wrong shapes raise
+    here, not after the run.
+    """
+    fn = get(metric)
+    sample = {} if sample is None else sample
+    kwargs = {}
+    for name in metric_columns(fn):
+        value = sample.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            if _requires(fn, name):
+                raise ValueError(
+                    f"The metric {_name(fn)} needs the sample column {name!r}, which this "
+                    f"sample lacks (it has: {', '.join(map(str, sample)) or 'no columns'}). Add "
+                    "the column, or map it with columns={...}."
+                )
+            continue
+        kwargs[name] = value
+    result = fn(prediction, references, **kwargs)
+    try:
+        return float(result)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"The metric {_name(fn)} returned {type(result).__name__} {result!r}; a metric "
+            "returns a number (a float in [0, 1] for the built-in ones)."
+        ) from e
+
+
+def _requires(fn: Callable[..., float], name: str) -> bool:
+    return inspect.signature(fn).parameters[name].default is inspect.Parameter.empty
+
+
+def _name(fn: Callable[..., float]) -> str:
+    return getattr(fn, "__name__", repr(fn))
 
 
 # --------------------------------------------------------------------------------------------
