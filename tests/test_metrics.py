@@ -469,3 +469,15 @@ def test_score_names_a_missing_required_column_and_a_metric_that_returns_no_numb
     with pytest.raises(TypeError, match="returned str 'yes'; a metric returns a number"):
         metrics.score(lambda p, r: "yes", "1", ["1"])
     assert metrics.score(lambda p, r: True, "1", ["1"]) == 1.0
+
+
+def test_importing_metrics_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, vltools.metrics; "
+        "print(sorted(m for m in ('numpy', 'torch', 'pandas', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
