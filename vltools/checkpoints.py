@@ -8,7 +8,7 @@ OpenGVLab/InternVL2-1B) and the file side of native checkpoints (``model_type: i
 - finding the checkpoint: ``"tiny"``, a local directory, or a Hub id downloaded with allow
   patterns that fetch configuration, tokenizer and safetensors only (never ``*.py``); offline
   errors that name the ways out; pickle weights (``*.bin``) refused unless opted in;
-- the chat templates the original configs name (:data:`TEMPLATES`);
+- the chat templates the original configs name (:data:`TEMPLATES`, from :mod:`vltools.prompts`);
 - reading and validating ``config.json`` (required fields, template, ``ps_version``, language
   model, LoRA, ``select_layer``, tile geometry) into :class:`InternVLFacts`;
 - mapping the original config fields onto transformers' native ``InternVLConfig``
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from vltools._optional import require
-from vltools.constants import DEFAULT_MIN_NUM, DEFAULT_MODEL, HERMES2_SYSTEM_MESSAGE, IM_END
+from vltools.constants import DEFAULT_MIN_NUM, DEFAULT_MODEL
+from vltools.prompts import TEMPLATES, Template  # the one table of templates (re-exported)
 
 __all__ = [
     "InternVLFacts",
@@ -57,29 +58,6 @@ HUB_PATTERNS = (
 PICKLE_PATTERNS = ("*.bin", "*.bin.index.json")
 
 
-@dataclass(frozen=True)
-class Template:
-    """A conversation template's facts: its default system message and its stop token."""
-
-    name: str
-    system_message: str
-    stop_token: str
-
-
-# Templates of the original checkpoints (InternVL's conversation.py), by config.json name.
-TEMPLATES: dict[str, Template] = {
-    t.name: t
-    for t in (
-        Template("Hermes-2", HERMES2_SYSTEM_MESSAGE, IM_END),
-        Template("phi3-chat", HERMES2_SYSTEM_MESSAGE, "<|end|>"),
-        Template(
-            "internvl2_5",
-            "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位"
-            "联合开发的多模态大语言模型。",
-            IM_END,
-        ),
-    )
-}
 # The native -hf checkpoints (InternVL2.5/3) follow the internvl2_5 conventions.
 NATIVE_TEMPLATE = "internvl2_5"
 
