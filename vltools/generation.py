@@ -30,6 +30,7 @@ import html
 import numbers
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -420,7 +421,9 @@ def _generate(
     else:
         streamer = streamer or user_streamer
     token = _PROMPT_IDS.set(input_ids)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # transformers warns that these options then skip the prompt: that is the card's way
+        warnings.filterwarnings("ignore", message=".*with `inputs_embeds` and without `input_ids`")
         try:
             out = vlm.model.generate(
                 inputs_embeds=embeds,
