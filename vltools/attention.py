@@ -232,7 +232,7 @@ class AttentionCapture:
         return pv.to(device=self.model.device, dtype=self.model.dtype)
 
     def _encode(self, text: str) -> Any:
-        enc = self.model.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        enc = self.model.tokenizer(text, return_tensors="pt")  # as the card: its own BOS, if any
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
 
     # passes

@@ -626,7 +626,7 @@ def _user_turn_tokens(chat: Chat, turn: Turn) -> int:
     )
     head = render_template([], system_message="", template=tpl)
     tail = expand_images(tail[len(head) :], patches, tokens_per_tile=vlm.tokens_per_tile)
-    return int(_tokenize(vlm, tail).shape[1])
+    return int(_tokenize(vlm, tail, special=False).shape[1])
 
 
 def _match_keys(

@@ -36,6 +36,8 @@ __all__ = [
     "TEMPLATES",
     "Template",
     "native_config_from_original",
+    "native_text_config",
+    "TEXT_CONFIG_CONVERTERS",
 ]
 
 TINY = "tiny"
@@ -196,6 +198,71 @@ _LLM_DROP = {
 }
 
 
+def _rope_parameters(t: dict[str, Any]) -> dict[str, Any]:
+    """``rope_theta`` and the old-style ``rope_scaling`` as transformers 5's ``rope_parameters``.
+
+    ``su`` (Phi-3's name, InternVL2-4B) is ``longrope``, which needs the original context length
+    beside the factors; ``dynamic``/``linear`` (InternLM2) keep their names.
+    """
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(t.get("rope_theta", 1e4))}
+    scaling = t.get("rope_scaling")
+    if not scaling:
+        return params
+    kind = scaling.get("rope_type", scaling.get("type"))
+    extra = {k: v for k, v in scaling.items() if k not in ("type", "rope_type")}
+    if kind in ("su", "longrope"):
+        kind = "longrope"
+        extra.setdefault(
+            "original_max_position_embeddings",
+            int(t.get("original_max_position_embeddings", t["max_position_embeddings"])),
+        )
+    return {**params, "rope_type": kind, **extra}
+
+
+def _llama_from_internlm2(t: dict[str, Any]) -> dict[str, Any]:
+    """InternLM2's config as a native Llama config's fields (the weights map one to one)."""
+    heads = int(t["num_attention_heads"])
+    return {
+        "model_type": "llama",
+        "vocab_size": int(t["vocab_size"]),
+        "hidden_size": int(t["hidden_size"]),
+        "intermediate_size": int(t["intermediate_size"]),
+        "num_hidden_layers": int(t["num_hidden_layers"]),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(t.get("num_key_value_heads") or heads),
+        "head_dim": int(t["hidden_size"]) // heads,
+        "hidden_act": t.get("hidden_act", "silu"),
+        "max_position_embeddings": int(t.get("max_position_embeddings", 2048)),
+        "rms_norm_eps": float(t.get("rms_norm_eps", 1e-6)),
+        "attention_bias": bool(t.get("bias", False)),  # InternLM2's bias covers wqkv and wo
+        "mlp_bias": False,
+        "bos_token_id": t.get("bos_token_id"),
+        "eos_token_id": t.get("eos_token_id"),
+        "pad_token_id": t.get("pad_token_id"),
+        "rope_parameters": _rope_parameters(t),
+    }
+
+
+def _phi3(t: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in t.items() if k not in ("rope_scaling", "rope_theta")}
+    out["rope_parameters"] = _rope_parameters(t)
+    return out
+
+
+# language models whose original config needs more than a copy (the model_type they load as)
+TEXT_CONFIG_CONVERTERS = {"internlm2": _llama_from_internlm2, "phi3": _phi3}
+
+
+def native_text_config(llm_config: dict[str, Any]):
+    """transformers' native config of an original ``llm_config`` (InternLM2 becomes Llama)."""
+    transformers = require("transformers", purpose="Loading a model")
+    convert = TEXT_CONFIG_CONVERTERS.get(llm_config["model_type"])
+    fields = convert(llm_config) if convert else dict(llm_config)
+    kwargs = {k: v for k, v in fields.items() if k not in _LLM_DROP and k != "model_type"}
+    kwargs["tie_word_embeddings"] = False
+    return transformers.AutoConfig.for_model(fields["model_type"], **kwargs)
+
+
 @dataclass(frozen=True)
 class InternVLFacts:
     """What the original config says beyond the native model (carried onto VLModel)."""
@@ -237,19 +304,13 @@ def _check_original_config(config: dict[str, Any], path: Path) -> InternVLFacts:
             "image. Use a checkpoint with ps_version 'v2' (all InternVL2 and later models)."
         )
     llm_type = t["model_type"]
-    if llm_type in ("internlm2",) or "internlm" in str(llm_type).lower():
-        raise ValueError(
-            f"{path}: the language model is {llm_type!r} (InternVL2-2B, -8B, -26B). "
-            "InternLM2-based checkpoints are not supported yet: transformers has no native "
-            "InternLM2. Supported: language models transformers implements natively (Qwen2 as in "
-            "InternVL2-1B, Phi-3 as in InternVL2-4B, Qwen2.5 as in InternVL2.5-1B, ...)."
-        )
     transformers = require("transformers", purpose="Loading a model")
-    if llm_type not in transformers.CONFIG_MAPPING:
+    if llm_type not in transformers.CONFIG_MAPPING and llm_type not in TEXT_CONFIG_CONVERTERS:
         raise ValueError(
             f"{path}: llm_config.model_type {llm_type!r} is not a language model transformers "
             f"{transformers.__version__} implements natively, so it cannot be loaded without "
-            "remote code. Supported: native architectures such as 'qwen2', 'phi3', 'llama'."
+            "remote code. Supported: native architectures such as 'qwen2', 'phi3', 'llama', and "
+            f"{', '.join(repr(k) for k in TEXT_CONFIG_CONVERTERS)} (converted)."
         )
     for flag in ("use_backbone_lora", "use_llm_lora"):
         if config.get(flag):
@@ -327,9 +388,7 @@ def native_config_from_original(
         use_mean_pooling=True,
         use_mask_token=False,
     )
-    text_kwargs = {k: val for k, val in t.items() if k not in _LLM_DROP and k != "model_type"}
-    text_kwargs["tie_word_embeddings"] = False
-    text = transformers.AutoConfig.for_model(t["model_type"], **text_kwargs)
+    text = native_text_config(t)
     return transformers.InternVLConfig(
         vision_config=vision,
         text_config=text,

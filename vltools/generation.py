@@ -28,6 +28,7 @@ import copy
 import difflib
 import html
 import numbers
+import re
 import threading
 import time
 import warnings
@@ -61,6 +62,7 @@ __all__ = [
     "image_features",
     "embed",
     "decode_answer",
+    "decode_text",
     "Budget",
     "ContextBudgetError",
     "DEFAULT_GENERATION",
@@ -322,15 +324,38 @@ def embed(vlm: VLModel, input_ids: torch.Tensor, features: torch.Tensor | None) 
     return embeds
 
 
-def _tokenize(vlm: VLModel, text: str) -> torch.Tensor:
-    ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+def _tokenize(vlm: VLModel, text: str, *, special: bool = True) -> torch.Tensor:
+    """Token ids ``[1, L]`` as the card's ``tokenizer(query)``: with the tokenizer's own
+    special tokens (InternLM2 prepends ``<s>``; Qwen2 and Phi-3's add none to a prompt)."""
+    ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=special)["input_ids"]
     return ids.to(vlm.device)  # [1, L]
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Decode ``ids`` without special tokens, as the card's (slow) tokenizer does.
+
+    SentencePiece vocabularies (InternLM2, Phi-3) spell bytes as ``<0xNN>`` pieces; the card's
+    SentencePiece decoding turns each byte that is not valid UTF-8 into one U+FFFD and keeps the
+    valid ones, where the fast tokenizer's byte fallback would replace the whole run. Other
+    vocabularies (Qwen2's byte-level BPE) decode as the tokenizer does.
+    """
+    ids = [int(i) for i in ids]
+    if tokenizer.convert_tokens_to_ids("<0x00>") in (None, tokenizer.unk_token_id):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    special = set(tokenizer.all_special_ids)
+    out = bytearray()
+    for piece in tokenizer.convert_ids_to_tokens([i for i in ids if i not in special]):
+        byte = _BYTE_PIECE.fullmatch(piece)
+        out += bytes([int(byte.group(1), 16)]) if byte else piece.replace("▁", " ").encode()
+    return out.decode("utf-8", errors="replace").removeprefix(" ")
 
 
 def decode_answer(vlm: VLModel, ids: Sequence[int]) -> str:
     """The card's answer: decode without special tokens, cut at the stop token, strip."""
-    text = vlm.tokenizer.decode(list(ids), skip_special_tokens=True)
-    return text.split(vlm.stop_token)[0].strip()
+    return decode_text(vlm.tokenizer, ids).split(vlm.stop_token)[0].strip()
 
 
 def _answer_ids(ids: Sequence[int], eos: int) -> list[int]:
@@ -708,7 +733,7 @@ def model_batch_chat(
     prompts = [p.text for p in batch_prompts(vlm, questions, per_sample)]
     config, extra = make_generation_config(vlm, generation_config)
     enc = vlm.tokenizer(
-        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=True
     )
     input_ids = enc["input_ids"].to(vlm.device)  # [B, L]
     mask = enc["attention_mask"].to(vlm.device)  # [B, L]

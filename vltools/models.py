@@ -170,6 +170,8 @@ def _load_tokenizer(folder: Path):
             name = json.loads(tc.read_text(encoding="utf-8")).get("tokenizer_class")
         except json.JSONDecodeError as e:
             raise ValueError(f"{tc} is not valid JSON: {e}") from e
+        if isinstance(name, str) and name.removesuffix("Fast") in SENTENCEPIECE_STAND_INS:
+            return _sentencepiece_tokenizer(folder, name)
         if isinstance(name, str):
             cls = getattr(transformers, name, None) or getattr(
                 transformers, name.removesuffix("Fast"), None
@@ -180,6 +182,34 @@ def _load_tokenizer(folder: Path):
         return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"Could not load the tokenizer in {folder}: {e}") from e
+
+
+# Tokenizer classes that exist only as remote code, and the stock class and settings that
+# tokenize exactly as they do: InternLM2's (InternVL2-2B/8B/26B) is SentencePiece with BOS
+# prepended and SentencePiece's dummy prefix on every piece of text between special tokens.
+SENTENCEPIECE_STAND_INS: dict[str, tuple[str, dict[str, Any]]] = {
+    "InternLM2Tokenizer": (
+        "LlamaTokenizer",
+        {"legacy": True, "add_prefix_space": True, "add_bos_token": True, "add_eos_token": False},
+    ),
+}
+
+
+def _sentencepiece_tokenizer(folder: Path, name: str):
+    """A remote-code SentencePiece tokenizer (``tokenizer.model``) as a stock transformers
+    class; its special tokens come from ``tokenizer_config.json``/``added_tokens.json``."""
+    transformers = require("transformers", purpose="Loading a tokenizer")
+    require("sentencepiece", purpose=f"Reading {name}'s tokenizer.model")
+    if not (folder / "tokenizer.model").is_file():
+        raise FileNotFoundError(
+            f"{folder} names {name} but has no tokenizer.model; copy it from the checkpoint's "
+            "repository."
+        )
+    cls_name, settings = SENTENCEPIECE_STAND_INS[name.removesuffix("Fast")]
+    try:
+        return getattr(transformers, cls_name).from_pretrained(str(folder), **settings)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Could not load {name}'s tokenizer.model in {folder}: {e}") from e
 
 
 def _token_id(tokenizer: Any, token: str, folder: Path, vocab_size: int) -> int:
