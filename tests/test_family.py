@@ -249,3 +249,12 @@ def test_an_unknown_language_model_is_named_with_the_known_ones():
 
     with pytest.raises(ValueError, match=r"language_model='llama9'.*qwen2, qwen2\.5, internlm2"):
         tiny_checkpoint(language_model="llama9")
+
+
+def test_a_streamed_answer_reads_as_the_final_one_for_sentencepiece_bytes(reference_dir):
+    from vltools.chat import Chat
+
+    model = load_model(str(reference_dir / "family" / "internlm2"), device="cpu", dtype="float32")
+    chat = Chat(model, max_new_tokens=8)
+    pieces = list(chat.stream("Hello, who are you?"))
+    assert "".join(pieces).strip() == chat.last.text == "� 实��英好s"

@@ -387,7 +387,7 @@ class _Streamer:
             self.first_time = time.perf_counter()
         self.ids += ids
         if self.on_text is not None:
-            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = decode_text(self.vlm.tokenizer, self.ids)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more
                 return
             piece, self.emitted = text[len(self.emitted) :], text
@@ -396,7 +396,7 @@ class _Streamer:
 
     def end(self) -> None:
         if self.on_text is not None and self.ids:  # flush what was held back
-            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = decode_text(self.vlm.tokenizer, self.ids)
             piece, self.emitted = text[len(self.emitted) :], text
             if piece:
                 self.on_text(piece)
