@@ -18,6 +18,12 @@ tensor is read with positional reads into a temporary of its own size and cast a
 Everything that can be checked before allocating is checked first: config fields, template,
 tokenizer, and every key and shape of the weight files against the model the config describes.
 
+The family beyond InternVL2-1B loads the same way: InternLM2 language models (InternVL2-2B/8B/26B)
+become native Llama, Phi-3 (InternVL2-4B) native Phi3; a tokenizer that exists only as remote
+code (InternLM2's) is read from its ``tokenizer.model`` by a stock class
+(:data:`SENTENCEPIECE_STAND_INS`). Each model renders prompts with its own template
+(``VLModel.prompt_template``: config.json's, or a native checkpoint's own chat template).
+
 The result is a :class:`VLModel`: the native model, its tokenizer, and the InternVL facts the
 rest of vltools needs (template, image-context token id, tokens per tile, tile size, ...).
 """
