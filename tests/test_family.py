@@ -258,3 +258,21 @@ def test_a_streamed_answer_reads_as_the_final_one_for_sentencepiece_bytes(refere
     chat = Chat(model, max_new_tokens=8)
     pieces = list(chat.stream("Hello, who are you?"))
     assert "".join(pieces).strip() == chat.last.text == "� 实��英好s"
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 2), (8, 8), (48, 8), (32, 8)])
+def test_the_wqkv_blocks_split_as_internlm2_reshapes_its_fused_projection(heads, kv_heads):
+    """InternLM2 views ``wqkv`` output as ``[kv_heads, groups + 2, head_dim]`` (query group,
+    key, value per key/value head); the row blocks must pick the same rows, in head order."""
+    from vltools.conversion import HeadLayout, wqkv_blocks
+
+    d, groups = 3, heads // kv_heads
+    rows = torch.arange((heads + 2 * kv_heads) * d)
+    view = rows.view(kv_heads, groups + 2, d)
+    expected = {
+        "q": view[:, :groups].reshape(-1),
+        "k": view[:, groups].reshape(-1),
+        "v": view[:, groups + 1].reshape(-1),
+    }
+    for name, blocks in wqkv_blocks(HeadLayout(heads, kv_heads, d)).items():
+        assert torch.equal(torch.cat([rows[a:b] for a, b in blocks]), expected[name]), name
