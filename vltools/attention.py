@@ -207,18 +207,21 @@ class AttentionCapture:
     # prompt building
 
     def prompt(self, question: str) -> str:
-        """The Hermes-2 prompt for ``question`` with this capture's images."""
-        from vltools.prompts import chat_query, label_images
+        """The prompt for ``question`` with this capture's images, in the model's template."""
+        from vltools.prompts import build_prompt, place_images
 
-        if hasattr(self._images, "prompt_prefix") and "<image>" not in question:
-            question = self._images.prompt_prefix() + question
-        elif len(self.entries) > 1:
-            question = label_images(question, len(self.entries))
+        if "<image>" not in question:  # else the question placed its images itself
+            video = hasattr(self._images, "prompt_prefix")
+            question = place_images(question, len(self.entries), video=video)
         tpt = int(getattr(self.model, "tokens_per_tile", TOKENS_PER_TILE))
         patches = [int(e[1].num_tiles) for e in self.entries]
-        system = getattr(self.model, "system_message", None)
-        return chat_query(
-            question, num_patches_list=patches, system_message=system, tokens_per_tile=tpt
+        return build_prompt(
+            [],
+            question,
+            patches,
+            template=getattr(self.model, "prompt_template", None),
+            system_message=getattr(self.model, "system_message", None),
+            tokens_per_tile=tpt,
         ).text
 
     def _pixel_values(self) -> Any:
@@ -229,25 +232,23 @@ class AttentionCapture:
         return pv.to(device=self.model.device, dtype=self.model.dtype)
 
     def _encode(self, text: str) -> Any:
-        enc = self.model.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        enc = self.model.tokenizer(text, return_tensors="pt")  # as the card: its own BOS, if any
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
 
     # passes
 
     def generate(self, question: str, *, max_new_tokens: int = 16, **generate_kwargs: Any) -> str:
-        """Answer ``question`` about the images (greedy unless told otherwise); returns text."""
-        input_ids, mask = self._encode(self.prompt(question))
-        kwargs = {"do_sample": False, "eos_token_id": self.model.im_end_id}
-        kwargs.update(generate_kwargs)
-        out = self.model.model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            pixel_values=self._pixel_values(),
-            max_new_tokens=max_new_tokens,
-            **kwargs,
-        )
-        new = out[0, input_ids.shape[1] :]
-        return self.model.tokenizer.decode(new, skip_special_tokens=True).strip()
+        """Answer ``question`` about the images (greedy unless told otherwise); returns text.
+
+        Generates as ``VLModel.chat`` does: from embeddings alone, stopping on the template's
+        stop token, options checked before the vision pass.
+        """
+        from vltools.generation import check_generation_options, decode_answer, generate_ids
+
+        options = {"do_sample": False, "max_new_tokens": max_new_tokens, **generate_kwargs}
+        options = check_generation_options(options)
+        ids = generate_ids(self.model, self.prompt(question), self._pixel_values(), options)
+        return decode_answer(self.model, ids)
 
     def teacher_force(self, question: str, answer: str | Sequence[int]) -> AttentionMaps:
         """One forward pass over the prompt with ``answer`` appended; returns its maps.
@@ -290,6 +291,10 @@ class AttentionCapture:
         def generate(*args: Any, **kwargs: Any) -> Any:
             self._pass = _Pass("generate", len(self.layers))
             ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None:  # vltools generates from inputs_embeds alone; it names the prompt
+                from vltools.generation import prompt_ids_in_flight
+
+                ids = prompt_ids_in_flight()
             if ids is not None and ids.ndim == 2 and ids.shape[0] == 1:
                 self._pass.prompt_ids = ids[0].detach().cpu().numpy()
             try:

@@ -54,6 +54,7 @@ from vltools.generation import (
     _tokenize,
     _torch,
     batch_prompts,
+    check_generation_options,
     decode_answer,
     embed,
     image_features,
@@ -63,8 +64,9 @@ from vltools.generation import (
 )
 from vltools.prompts import (
     Prompt,
+    build_prompt,
     expand_images,
-    label_images,
+    place_images,
     prompt_html,
     render_template,
 )
@@ -217,9 +219,9 @@ class Chat:
         if self.max_num < 1:
             raise ValueError(f"max_num={max_num}; expected a positive number of tiles.")
         self.generation = {**DEFAULT_GENERATION, **generation}
-        make_generation_config(
-            model, self.generation
-        )  # refuse bad options now, not at the first ask
+        # refuse bad options now, not at the first ask (a Chat always streams: no beams)
+        check_generation_options(self.generation, streaming=True)
+        make_generation_config(model, self.generation)
         self.use_cache = cache
         self._turns: list[Turn] = []
         self._kv = None  # DynamicCache of the conversation so far
@@ -286,8 +288,8 @@ class Chat:
         self._kv_keys = self._kv_keys[:n]
 
     # -- building a turn -----------------------------------------------------------------
-    def _visuals_for(self, images: Any, video: Any) -> tuple[list[_Visual], str]:
-        """New visuals for this turn and the text prefix a video brings."""
+    def _visuals_for(self, images: Any, video: Any) -> tuple[list[_Visual], bool]:
+        """New visuals for this turn, and whether they are a video's frames."""
         if images is not None and video is not None:
             raise ValueError("Pass images or video in one turn, not both.")
         if video is not None:
@@ -305,15 +307,15 @@ class Chat:
                 thumb = frames[i] if i < len(frames) else None
                 out.append(_Visual(f"frame {i + 1}", pixels[start : start + n], thumb))
                 start += n
-            return out, clip.prompt_prefix()
+            return out, True
         if images is None:
-            return [], ""
+            return [], False
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
         out = []
         for i, src in enumerate(images):
             out.append(self._visual(src, i))
-        return out, ""
+        return out, False
 
     def _visual(self, src: Any, index: int) -> _Visual:
         torch = _torch()
@@ -332,27 +334,18 @@ class Chat:
         label = f"image {index + 1}" + (f" ({name})" if name else "")
         return _Visual(label, _check_pixel_values(self.model, tiled.pixel_values), tiled.image)
 
-    def _user_text(self, text: str, new: list[_Visual], prefix: str) -> str:
-        if prefix:  # video: Frame1: <image>\n ... then the question
-            if IMAGE_PLACEHOLDER in text:
-                raise ValueError(
-                    "A question about a video must not hold '<image>' itself; the frames are "
-                    "placed as 'Frame1: <image>\\n…' before it."
-                )
-            return prefix + text
-        if not new or IMAGE_PLACEHOLDER in text:
-            return text
+    def _user_text(self, text: str, new: list[_Visual], video: bool) -> str:
+        """The question with this turn's ``<image>`` placeholders (the one placement rule):
+        frames first for a video, images numbered on from those earlier in the chat."""
         before = sum(len(t.visuals) for t in self._turns)
-        if before == 0:
-            return label_images(text, len(new))  # the card's single- or multi-image form
-        labels = "".join(f"Image-{before + i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(len(new)))
-        return labels + text
+        return place_images(text, len(new), first_index=before + 1, video=video)
 
     def _prepare(self, text: str, images: Any, video: Any, generation: dict) -> _Prepared:
         _check_question(text, name="text")
-        config, extra = make_generation_config(self.model, {**self.generation, **generation})
-        new, prefix = self._visuals_for(images, video)
-        user_text = self._user_text(text, new, prefix)
+        options = check_generation_options({**self.generation, **generation}, streaming=True)
+        config, extra = make_generation_config(self.model, options)
+        new, is_video = self._visuals_for(images, video)
+        user_text = self._user_text(text, new, is_video)
         if user_text.count(IMAGE_PLACEHOLDER) != len(new):
             raise ValueError(
                 f"The question holds {user_text.count(IMAGE_PLACEHOLDER)} '<image>' "
@@ -367,13 +360,24 @@ class Chat:
         return _Prepared(text, user_text, new, prompt, input_ids, config, extra)
 
     def _render(self, turns: Sequence[Turn], user_text: str | None, visuals) -> Prompt:
-        messages: list[tuple[str, str | None]] = []
-        for t in turns:
-            messages += [("user", t.user_text), ("assistant", t.answer)]
-        if user_text is not None:
-            messages += [("user", user_text), ("assistant", None)]
-        text = render_template(messages, system_message=self.system_message)
+        history = [(t.user_text, t.answer) for t in turns]
         patches = [v.num_patches for v in visuals]
+        if user_text is not None:
+            return build_prompt(
+                history,
+                user_text,
+                patches,
+                template=self.model.prompt_template,
+                system_message=self.system_message,
+                tokens_per_tile=self.model.tokens_per_tile,
+            )
+        # no planned question: the conversation so far, without an open answer
+        messages: list[tuple[str, str | None]] = []
+        for q, a in history:
+            messages += [("user", q), ("assistant", a)]
+        text = render_template(
+            messages, system_message=self.system_message, template=self.model.prompt_template
+        )
         text = expand_images(text, patches, tokens_per_tile=self.model.tokens_per_tile)
         return Prompt(text, tuple(patches), self.model.tokens_per_tile)
 
@@ -390,9 +394,9 @@ class Chat:
         if text is None:
             prompt = self._render(self._turns, None, visuals)
         else:
-            new, prefix = self._visuals_for(images, video)
+            new, is_video = self._visuals_for(images, video)
             visuals += new
-            prompt = self._render(self._turns, self._user_text(text, new, prefix), visuals)
+            prompt = self._render(self._turns, self._user_text(text, new, is_video), visuals)
         n = int(_tokenize(self.model, prompt.text).shape[1])
         return self._budget_of(n, max_new, visuals)
 
@@ -616,10 +620,13 @@ def _user_turn_tokens(chat: Chat, turn: Turn) -> int:
     """Tokens of ``turn``'s user message and the open assistant header, in its prompt."""
     vlm = chat.model
     patches = [v.num_patches for v in turn.visuals]
-    tail = render_template([("user", turn.user_text), ("assistant", None)], system_message="")
-    head = render_template([], system_message="")
+    tpl = vlm.prompt_template
+    tail = render_template(
+        [("user", turn.user_text), ("assistant", None)], system_message="", template=tpl
+    )
+    head = render_template([], system_message="", template=tpl)
     tail = expand_images(tail[len(head) :], patches, tokens_per_tile=vlm.tokens_per_tile)
-    return int(_tokenize(vlm, tail).shape[1])
+    return int(_tokenize(vlm, tail, special=False).shape[1])
 
 
 def _match_keys(

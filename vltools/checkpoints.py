@@ -8,7 +8,7 @@ OpenGVLab/InternVL2-1B) and the file side of native checkpoints (``model_type: i
 - finding the checkpoint: ``"tiny"``, a local directory, or a Hub id downloaded with allow
   patterns that fetch configuration, tokenizer and safetensors only (never ``*.py``); offline
   errors that name the ways out; pickle weights (``*.bin``) refused unless opted in;
-- the chat templates the original configs name (:data:`TEMPLATES`);
+- the chat templates the original configs name (:data:`TEMPLATES`, from :mod:`vltools.prompts`);
 - reading and validating ``config.json`` (required fields, template, ``ps_version``, language
   model, LoRA, ``select_layer``, tile geometry) into :class:`InternVLFacts`;
 - mapping the original config fields onto transformers' native ``InternVLConfig``
@@ -28,13 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from vltools._optional import require
-from vltools.constants import DEFAULT_MIN_NUM, DEFAULT_MODEL, HERMES2_SYSTEM_MESSAGE, IM_END
+from vltools.constants import DEFAULT_MIN_NUM, DEFAULT_MODEL
+from vltools.prompts import TEMPLATES, Template  # the one table of templates (re-exported)
 
 __all__ = [
     "InternVLFacts",
     "TEMPLATES",
     "Template",
     "native_config_from_original",
+    "native_text_config",
+    "TEXT_CONFIG_CONVERTERS",
 ]
 
 TINY = "tiny"
@@ -57,29 +60,6 @@ HUB_PATTERNS = (
 PICKLE_PATTERNS = ("*.bin", "*.bin.index.json")
 
 
-@dataclass(frozen=True)
-class Template:
-    """A conversation template's facts: its default system message and its stop token."""
-
-    name: str
-    system_message: str
-    stop_token: str
-
-
-# Templates of the original checkpoints (InternVL's conversation.py), by config.json name.
-TEMPLATES: dict[str, Template] = {
-    t.name: t
-    for t in (
-        Template("Hermes-2", HERMES2_SYSTEM_MESSAGE, IM_END),
-        Template("phi3-chat", HERMES2_SYSTEM_MESSAGE, "<|end|>"),
-        Template(
-            "internvl2_5",
-            "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位"
-            "联合开发的多模态大语言模型。",
-            IM_END,
-        ),
-    )
-}
 # The native -hf checkpoints (InternVL2.5/3) follow the internvl2_5 conventions.
 NATIVE_TEMPLATE = "internvl2_5"
 
@@ -218,6 +198,71 @@ _LLM_DROP = {
 }
 
 
+def _rope_parameters(t: dict[str, Any]) -> dict[str, Any]:
+    """``rope_theta`` and the old-style ``rope_scaling`` as transformers 5's ``rope_parameters``.
+
+    ``su`` (Phi-3's name, InternVL2-4B) is ``longrope``, which needs the original context length
+    beside the factors; ``dynamic``/``linear`` (InternLM2) keep their names.
+    """
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(t.get("rope_theta", 1e4))}
+    scaling = t.get("rope_scaling")
+    if not scaling:
+        return params
+    kind = scaling.get("rope_type", scaling.get("type"))
+    extra = {k: v for k, v in scaling.items() if k not in ("type", "rope_type")}
+    if kind in ("su", "longrope"):
+        kind = "longrope"
+        extra.setdefault(
+            "original_max_position_embeddings",
+            int(t.get("original_max_position_embeddings", t["max_position_embeddings"])),
+        )
+    return {**params, "rope_type": kind, **extra}
+
+
+def _llama_from_internlm2(t: dict[str, Any]) -> dict[str, Any]:
+    """InternLM2's config as a native Llama config's fields (the weights map one to one)."""
+    heads = int(t["num_attention_heads"])
+    return {
+        "model_type": "llama",
+        "vocab_size": int(t["vocab_size"]),
+        "hidden_size": int(t["hidden_size"]),
+        "intermediate_size": int(t["intermediate_size"]),
+        "num_hidden_layers": int(t["num_hidden_layers"]),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(t.get("num_key_value_heads") or heads),
+        "head_dim": int(t["hidden_size"]) // heads,
+        "hidden_act": t.get("hidden_act", "silu"),
+        "max_position_embeddings": int(t.get("max_position_embeddings", 2048)),
+        "rms_norm_eps": float(t.get("rms_norm_eps", 1e-6)),
+        "attention_bias": bool(t.get("bias", False)),  # InternLM2's bias covers wqkv and wo
+        "mlp_bias": False,
+        "bos_token_id": t.get("bos_token_id"),
+        "eos_token_id": t.get("eos_token_id"),
+        "pad_token_id": t.get("pad_token_id"),
+        "rope_parameters": _rope_parameters(t),
+    }
+
+
+def _phi3(t: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in t.items() if k not in ("rope_scaling", "rope_theta")}
+    out["rope_parameters"] = _rope_parameters(t)
+    return out
+
+
+# language models whose original config needs more than a copy (the model_type they load as)
+TEXT_CONFIG_CONVERTERS = {"internlm2": _llama_from_internlm2, "phi3": _phi3}
+
+
+def native_text_config(llm_config: dict[str, Any]):
+    """transformers' native config of an original ``llm_config`` (InternLM2 becomes Llama)."""
+    transformers = require("transformers", purpose="Loading a model")
+    convert = TEXT_CONFIG_CONVERTERS.get(llm_config["model_type"])
+    fields = convert(llm_config) if convert else dict(llm_config)
+    kwargs = {k: v for k, v in fields.items() if k not in _LLM_DROP and k != "model_type"}
+    kwargs["tie_word_embeddings"] = False
+    return transformers.AutoConfig.for_model(fields["model_type"], **kwargs)
+
+
 @dataclass(frozen=True)
 class InternVLFacts:
     """What the original config says beyond the native model (carried onto VLModel)."""
@@ -259,19 +304,13 @@ def _check_original_config(config: dict[str, Any], path: Path) -> InternVLFacts:
             "image. Use a checkpoint with ps_version 'v2' (all InternVL2 and later models)."
         )
     llm_type = t["model_type"]
-    if llm_type in ("internlm2",) or "internlm" in str(llm_type).lower():
-        raise ValueError(
-            f"{path}: the language model is {llm_type!r} (InternVL2-2B, -8B, -26B). "
-            "InternLM2-based checkpoints are not supported yet: transformers has no native "
-            "InternLM2. Supported: language models transformers implements natively (Qwen2 as in "
-            "InternVL2-1B, Phi-3 as in InternVL2-4B, Qwen2.5 as in InternVL2.5-1B, ...)."
-        )
     transformers = require("transformers", purpose="Loading a model")
-    if llm_type not in transformers.CONFIG_MAPPING:
+    if llm_type not in transformers.CONFIG_MAPPING and llm_type not in TEXT_CONFIG_CONVERTERS:
         raise ValueError(
             f"{path}: llm_config.model_type {llm_type!r} is not a language model transformers "
             f"{transformers.__version__} implements natively, so it cannot be loaded without "
-            "remote code. Supported: native architectures such as 'qwen2', 'phi3', 'llama'."
+            "remote code. Supported: native architectures such as 'qwen2', 'phi3', 'llama', and "
+            f"{', '.join(repr(k) for k in TEXT_CONFIG_CONVERTERS)} (converted)."
         )
     for flag in ("use_backbone_lora", "use_llm_lora"):
         if config.get(flag):
@@ -349,9 +388,7 @@ def native_config_from_original(
         use_mean_pooling=True,
         use_mask_token=False,
     )
-    text_kwargs = {k: val for k, val in t.items() if k not in _LLM_DROP and k != "model_type"}
-    text_kwargs["tie_word_embeddings"] = False
-    text = transformers.AutoConfig.for_model(t["model_type"], **text_kwargs)
+    text = native_text_config(t)
     return transformers.InternVLConfig(
         vision_config=vision,
         text_config=text,

@@ -5,7 +5,13 @@ Follows sections 1 and 3 of the format notes (``docs/FORMAT.md``):
 - reading and checking ``.safetensors`` headers (every dtype, shape and byte range) before
   anything large is allocated (:func:`read_weight_index`, :class:`TensorEntry`);
 - mapping every original key onto the native model's tensors, the fused vision ``attn.qkv``
-  split by rows (``docs/FORMAT.md``, section 3), checked as a :class:`ConversionPlan`;
+  split by rows (``docs/FORMAT.md``, section 3), checked as a :class:`ConversionPlan`; an InternLM2
+  language model (InternVL2-2B/8B/26B) becomes transformers' native Llama: ``tok_embeddings``
+  -> ``embed_tokens``, ``output`` -> ``lm_head``, ``attention_norm``/``ffn_norm`` ->
+  ``input_layernorm``/``post_attention_layernorm``, ``feed_forward.w1/w3/w2`` ->
+  ``mlp.gate/up/down_proj``, ``attention.wo`` -> ``o_proj``, and the fused ``attention.wqkv``,
+  whose rows hold, per key/value head, its group of query heads then its key then its value,
+  split into ``q/k/v_proj`` by row blocks; Phi-3 (InternVL2-4B) keys are native already;
 - building the native model on the meta device and filling it tensor by tensor, one copy of
   the weights in all (copy-on-write views of the memory-mapped file where the dtype matches on
   the CPU, otherwise one cast per tensor): :func:`convert_original`.
@@ -34,7 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ConversionPlan",
+    "HeadLayout",
     "KeyMapping",
+    "wqkv_blocks",
     "TensorEntry",
     "convert_original",
     "plan_conversion",
@@ -221,11 +229,89 @@ _VISION_LAYER = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.(.+)$")
 
 @dataclass(frozen=True)
 class KeyMapping:
-    """One original tensor and where it goes: ``rows`` slices dim 0 (the fused qkv split)."""
+    """One original tensor and where it goes: ``rows`` slices dim 0 (the fused qkv split);
+    ``blocks``, when given, are several row ranges concatenated in order (InternLM2's
+    ``wqkv``, whose query, key and value rows interleave per key/value head)."""
 
     source: str
     target: str
     rows: tuple[int, int] | None = None
+    blocks: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def num_rows(self) -> int | None:
+        """Rows taken from dim 0 of the source, or None for the whole tensor."""
+        if self.blocks is not None:
+            return sum(b - a for a, b in self.blocks)
+        return None if self.rows is None else self.rows[1] - self.rows[0]
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Attention heads of a language model, to split a fused ``wqkv`` (InternLM2)."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+# InternLM2 -> Llama (inside language_model.model.layers.{i}.)
+_INTERNLM2_LAYER_RENAMES = (
+    ("attention.wo.", "self_attn.o_proj."),
+    ("feed_forward.w1.", "mlp.gate_proj."),
+    ("feed_forward.w3.", "mlp.up_proj."),
+    ("feed_forward.w2.", "mlp.down_proj."),
+    ("attention_norm.", "input_layernorm."),
+    ("ffn_norm.", "post_attention_layernorm."),
+)
+_INTERNLM2_FIXED = {
+    "language_model.model.tok_embeddings.weight": "model.language_model.embed_tokens.weight",
+    "language_model.output.weight": "lm_head.weight",
+}
+_LLM_LAYER = re.compile(r"^language_model\.model\.layers\.(\d+)\.(.+)$")
+
+
+def wqkv_blocks(heads: HeadLayout) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Row blocks of InternLM2's fused ``wqkv`` for ``q``, ``k`` and ``v``.
+
+    The rows are ``[kv_heads, groups + 2, head_dim]``: for each key/value head, its
+    ``groups = heads / kv_heads`` query heads, then its key head, then its value head.
+    """
+    groups = heads.num_heads // heads.num_kv_heads
+    d = heads.head_dim
+    per = (groups + 2) * d  # rows per key/value head
+    return {
+        "q": tuple((g * per, g * per + groups * d) for g in range(heads.num_kv_heads)),
+        "k": tuple(
+            (g * per + groups * d, g * per + (groups + 1) * d) for g in range(heads.num_kv_heads)
+        ),
+        "v": tuple((g * per + (groups + 1) * d, (g + 1) * per) for g in range(heads.num_kv_heads)),
+    }
+
+
+def _map_internlm2(key: str, shape: Sequence[int], heads: HeadLayout) -> list[KeyMapping] | None:
+    if key in _INTERNLM2_FIXED:
+        return [KeyMapping(key, _INTERNLM2_FIXED[key])]
+    if key == "language_model.model.norm.weight":
+        return [KeyMapping(key, "model.language_model.norm.weight")]
+    m = _LLM_LAYER.match(key)
+    if m is None:
+        return None
+    layer, rest = m.groups()
+    prefix = f"model.language_model.layers.{layer}."
+    if rest in ("attention.wqkv.weight", "attention.wqkv.bias"):
+        expected = (heads.num_heads + 2 * heads.num_kv_heads) * heads.head_dim
+        if not shape or shape[0] != expected or heads.num_heads % heads.num_kv_heads:
+            return None
+        kind = rest.rsplit(".", 1)[-1]
+        return [
+            KeyMapping(key, f"{prefix}self_attn.{name}_proj.{kind}", blocks=blocks)
+            for name, blocks in wqkv_blocks(heads).items()
+        ]
+    for old, new in _INTERNLM2_LAYER_RENAMES:
+        if rest.startswith(old):
+            return [KeyMapping(key, prefix + new + rest.removeprefix(old))]
+    return None
 
 
 @dataclass(frozen=True)
@@ -244,7 +330,11 @@ class ConversionPlan:
         return {m.target for m in self.mappings}
 
 
-def _map_key(key: str, shape: Sequence[int]) -> list[KeyMapping] | None:
+def _map_key(
+    key: str, shape: Sequence[int], heads: HeadLayout | None = None
+) -> list[KeyMapping] | None:
+    if heads is not None and key.startswith("language_model."):
+        return _map_internlm2(key, shape, heads)
     if key in _FIXED:
         return [KeyMapping(key, _FIXED[key])]
     if key.startswith("language_model.model."):
@@ -276,8 +366,11 @@ def plan_conversion(
     target_shapes: dict[str, Sequence[int]],
     *,
     source_name: str = "the weights",
+    internlm2_heads: HeadLayout | None = None,
 ) -> ConversionPlan:
     """Map every original key onto the native model's tensors and check every shape.
+
+    ``internlm2_heads`` is given for an InternLM2 language model (its keys become Llama's).
 
     Raises a ValueError naming ``source_name`` that lists keys it cannot place, native
     tensors left unfilled, and shape mismatches (at most a few of each).
@@ -287,13 +380,13 @@ def plan_conversion(
     mismatched: list[str] = []
     for key in sorted(source_shapes):
         shape = tuple(source_shapes[key])
-        mapped = _map_key(key, shape)
+        mapped = _map_key(key, shape, internlm2_heads)
         if mapped is None or any(m.target not in target_shapes for m in mapped):
             unknown.append(key)
             continue
         for m in mapped:
             want = tuple(target_shapes[m.target])
-            have = shape if m.rows is None else (m.rows[1] - m.rows[0], *shape[1:])
+            have = shape if m.num_rows is None else (m.num_rows, *shape[1:])
             if want != have:
                 mismatched.append(f"{key} {list(shape)} -> {m.target} needs {list(want)}")
             mappings.append(m)
@@ -375,6 +468,11 @@ def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], dev
     }
     for m in plan.mappings:
         entry = entries[m.source]
+        if m.blocks is not None:  # interleaved rows: read the whole tensor, gather the blocks
+            full = _read_entry(maps[entry.file], entry)  # [rows, ...]
+            rows = torch.cat([full[a:b] for a, b in m.blocks])  # [sum of blocks, ...]
+            _set_tensor(model, m.target, rows.to(device=device, dtype=dtype, copy=True))
+            continue
         shape = tuple(targets[m.target].shape)
         count = _numel(shape)
         offset = entry.start
@@ -399,6 +497,16 @@ def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], dev
         _set_tensor(model, m.target, tensor)
 
 
+def _read_entry(buffer: Any, entry: TensorEntry):
+    """A view of one whole tensor of a memory-mapped file."""
+    torch = require("torch", purpose="Loading a model")
+    count = _numel(entry.shape)
+    view = torch.frombuffer(
+        buffer, dtype=getattr(torch, entry.dtype), count=count, offset=entry.start
+    )
+    return view.view(entry.shape)
+
+
 def _finish(model: Any, device: torch.device) -> None:
     """Materialise the non-persistent buffers (rotary inv_freq, ...) and check nothing is left."""
     torch = require("torch", purpose="Loading a model")
@@ -417,9 +525,12 @@ def _finish(model: Any, device: torch.device) -> None:
 
 
 def _fill_from_tensors(model, plan, tensors, device, dtype) -> None:
+    torch = require("torch", purpose="Loading a model")
     for m in plan.mappings:
         t = tensors[m.source]
-        if m.rows:
+        if m.blocks is not None:
+            t = torch.cat([t[a:b] for a, b in m.blocks])
+        elif m.rows:
             t = t[m.rows[0] : m.rows[1]]
         _set_tensor(model, m.target, t.to(device=device, dtype=dtype).contiguous().clone())
 
@@ -450,10 +561,19 @@ def convert_original(
     names = sorted({e.file.name for e in entries.values() if isinstance(e, TensorEntry)}) or sorted(
         p.name for p in folder.glob("*.bin")
     )
+    heads = None
+    if config["llm_config"]["model_type"] == "internlm2":
+        text = native_config.text_config
+        heads = HeadLayout(
+            text.num_attention_heads,
+            text.num_key_value_heads,
+            text.head_dim or text.hidden_size // text.num_attention_heads,
+        )
     plan = plan_conversion(
         {k: e.shape for k, e in entries.items()},
         target_shapes,
         source_name=f"The weights in {folder} ({', '.join(names[:3])})",
+        internlm2_heads=heads,
     )
     if isinstance(next(iter(entries.values())), TensorEntry):
         _fill(model, plan, entries, device, dtype)

@@ -22,24 +22,27 @@ This module never imports :mod:`vltools.chat`; the session builds on it.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import difflib
 import html
+import numbers
+import re
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vltools._optional import require
-from vltools.constants import CONTEXT_LENGTH, IM_END, IMAGE_PLACEHOLDER
+from vltools.constants import CONTEXT_LENGTH, IMAGE_PLACEHOLDER
 from vltools.prompts import (
     Prompt,
+    build_prompt,
     chat_query,
     check_history,
-    expand_images,
-    label_images,
-    render_template,
+    place_images,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,9 +55,13 @@ __all__ = [
     "model_batch_chat",
     "batch_prompts",
     "make_generation_config",
+    "check_generation_options",
+    "generate_ids",
+    "prompt_ids_in_flight",
     "image_features",
     "embed",
     "decode_answer",
+    "decode_text",
     "Budget",
     "ContextBudgetError",
     "DEFAULT_GENERATION",
@@ -64,6 +71,9 @@ __all__ = [
 DEFAULT_GENERATION: dict[str, Any] = {"num_beams": 1, "max_new_tokens": 1024, "do_sample": False}
 # generate() keyword arguments that are not GenerationConfig fields
 _GENERATE_KWARGS = ("streamer", "stopping_criteria", "logits_processor")
+# the prompt ids of the generate() call in progress in this thread (generation runs from
+# inputs_embeds alone, so hooks that need to locate image tokens read them here)
+_PROMPT_IDS: contextvars.ContextVar[Any] = contextvars.ContextVar("prompt_ids", default=None)
 
 
 def _torch():
@@ -132,17 +142,123 @@ def _check_patches(num_patches_list: Any, total: int) -> list[int]:
     return patches
 
 
+def _bad_option(name: str, value: Any, allowed: str, fix: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is not allowed; expected {allowed}. {fix}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_generation_options(options: Any, *, streaming: bool = False) -> dict[str, Any]:
+    """Validate generate options before any compute; returns them as a new dict.
+
+    Checks what transformers would only find mid-generation (or never): ``num_beams`` >= 1,
+    ``temperature`` > 0 with sampling, ``top_p`` in (0, 1], ``top_k`` >= 0,
+    ``repetition_penalty`` > 0, ``no_repeat_ngram_size`` >= 0, ``max_new_tokens`` >= 1,
+    ``bad_words_ids`` a list of lists of token ids, and no beam search while streaming (a
+    streamer, or a :class:`~vltools.chat.Chat`, which always streams). Errors name the value,
+    what is allowed and the fix.
+    """
+    if options is None:
+        return dict(DEFAULT_GENERATION)
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"generation_config must be a dict of generate options, got "
+            f"{type(options).__name__} {options!r}. Pass e.g. "
+            "dict(max_new_tokens=64, do_sample=False)."
+        )
+    opts = dict(options)
+    for name in ("num_beams", "max_new_tokens", "top_k", "no_repeat_ngram_size", "min_new_tokens"):
+        if name in opts and opts[name] is not None and not _is_int(opts[name]):
+            raise TypeError(f"{name}={opts[name]!r} must be an int. Pass a whole number.")
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        if name in opts and opts[name] is not None and not _is_number(opts[name]):
+            raise TypeError(f"{name}={opts[name]!r} must be a number. Pass a float.")
+    if "do_sample" in opts and not isinstance(opts["do_sample"], bool):
+        raise TypeError(f"do_sample={opts['do_sample']!r} must be True or False.")
+    beams = opts.get("num_beams")
+    if beams is not None and beams < 1:
+        raise _bad_option(
+            "num_beams", beams, "an int >= 1", "Use num_beams=1 for greedy or sampling."
+        )
+    if opts.get("max_new_tokens") is not None and opts["max_new_tokens"] < 1:
+        raise _bad_option(
+            "max_new_tokens", opts["max_new_tokens"], "an int >= 1", "Ask for at least one token."
+        )
+    temperature = opts.get("temperature")
+    if temperature is not None and temperature < 0:
+        raise _bad_option(
+            "temperature", temperature, "a number > 0", "Use do_sample=False for greedy."
+        )
+    if temperature == 0 and opts.get("do_sample"):
+        raise _bad_option(
+            "temperature",
+            temperature,
+            "a number > 0 with do_sample=True",
+            "For deterministic answers use do_sample=False (greedy) instead of temperature 0.",
+        )
+    top_p = opts.get("top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise _bad_option(
+            "top_p", top_p, "a number in (0, 1]", "Use top_p=1.0 to keep every token."
+        )
+    if opts.get("top_k") is not None and opts["top_k"] < 0:
+        raise _bad_option("top_k", opts["top_k"], "an int >= 0", "Use top_k=0 to switch it off.")
+    penalty = opts.get("repetition_penalty")
+    if penalty is not None and penalty <= 0:
+        raise _bad_option(
+            "repetition_penalty",
+            penalty,
+            "a number > 0 (1.0 = no penalty, > 1 discourages repeats)",
+            "Use e.g. repetition_penalty=1.1.",
+        )
+    ngram = opts.get("no_repeat_ngram_size")
+    if ngram is not None and ngram < 0:
+        raise _bad_option(
+            "no_repeat_ngram_size", ngram, "an int >= 0", "Use 0 to switch the n-gram ban off."
+        )
+    bad = opts.get("bad_words_ids")
+    if bad is not None and (
+        isinstance(bad, (str, bytes))
+        or not isinstance(bad, Sequence)
+        or not all(
+            isinstance(w, Sequence)
+            and not isinstance(w, (str, bytes))
+            and w
+            and all(map(_is_int, w))
+            for w in bad
+        )
+    ):
+        raise TypeError(
+            f"bad_words_ids={bad!r} must be a list of token-id lists, e.g. [[123], [45, 67]]. "
+            "Get the ids with model.tokenizer(word, add_special_tokens=False).input_ids."
+        )
+    if (streaming or opts.get("streamer") is not None) and (beams or 1) > 1:
+        raise _bad_option(
+            "num_beams",
+            beams,
+            "1 while streaming (beam search cannot stream: its best sequence is known only at "
+            "the end)",
+            "Use num_beams=1, or call model.chat without a streamer for beam search.",
+        )
+    return opts
+
+
 def make_generation_config(vlm: VLModel, options: Mapping[str, Any] | None) -> tuple[Any, dict]:
     """The ``GenerationConfig`` for ``options`` (a dict of generate kwargs, as in the card).
 
     Returns ``(config, extra)`` where ``extra`` holds the non-config generate kwargs
-    (``streamer``, ``stopping_criteria``, ``logits_processor``). Always stops on ``<|im_end|>``.
+    (``streamer``, ``stopping_criteria``, ``logits_processor``). Always stops on the template's
+    stop token (``<|im_end|>`` for Hermes-2, ``<|end|>`` for phi3-chat).
     Unknown or invalid options raise ValueError naming them.
     """
     transformers = require("transformers", purpose="Generation")
-    options = dict(DEFAULT_GENERATION if options is None else options)
-    if not isinstance(options, dict):
-        raise TypeError(f"generation_config must be a dict of generate options, got {options!r}.")
+    options = check_generation_options(options)
     extra = {k: options.pop(k) for k in _GENERATE_KWARGS if k in options}
     known = transformers.GenerationConfig()
     unknown = [k for k in options if not hasattr(known, k)]
@@ -207,15 +323,38 @@ def embed(vlm: VLModel, input_ids: torch.Tensor, features: torch.Tensor | None) 
     return embeds
 
 
-def _tokenize(vlm: VLModel, text: str) -> torch.Tensor:
-    ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+def _tokenize(vlm: VLModel, text: str, *, special: bool = True) -> torch.Tensor:
+    """Token ids ``[1, L]`` as the card's ``tokenizer(query)``: with the tokenizer's own
+    special tokens (InternLM2 prepends ``<s>``; Qwen2 and Phi-3's add none to a prompt)."""
+    ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=special)["input_ids"]
     return ids.to(vlm.device)  # [1, L]
 
 
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Decode ``ids`` without special tokens, as the card's (slow) tokenizer does.
+
+    SentencePiece vocabularies (InternLM2, Phi-3) spell bytes as ``<0xNN>`` pieces; the card's
+    SentencePiece decoding turns each byte that is not valid UTF-8 into one U+FFFD and keeps the
+    valid ones, where the fast tokenizer's byte fallback would replace the whole run. Other
+    vocabularies (Qwen2's byte-level BPE) decode as the tokenizer does.
+    """
+    ids = [int(i) for i in ids]
+    if tokenizer.convert_tokens_to_ids("<0x00>") in (None, tokenizer.unk_token_id):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    special = set(tokenizer.all_special_ids)
+    out = bytearray()
+    for piece in tokenizer.convert_ids_to_tokens([i for i in ids if i not in special]):
+        byte = _BYTE_PIECE.fullmatch(piece)
+        out += bytes([int(byte.group(1), 16)]) if byte else piece.replace("▁", " ").encode()
+    return out.decode("utf-8", errors="replace").removeprefix(" ")
+
+
 def decode_answer(vlm: VLModel, ids: Sequence[int]) -> str:
-    """The card's answer: decode without special tokens, cut at ``<|im_end|>``, strip."""
-    text = vlm.tokenizer.decode(list(ids), skip_special_tokens=True)
-    return text.split(IM_END)[0].strip()
+    """The card's answer: decode without special tokens, cut at the stop token, strip."""
+    return decode_text(vlm.tokenizer, ids).split(vlm.stop_token)[0].strip()
 
 
 def _answer_ids(ids: Sequence[int], eos: int) -> list[int]:
@@ -247,7 +386,7 @@ class _Streamer:
             self.first_time = time.perf_counter()
         self.ids += ids
         if self.on_text is not None:
-            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = decode_text(self.vlm.tokenizer, self.ids)
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more
                 return
             piece, self.emitted = text[len(self.emitted) :], text
@@ -256,7 +395,7 @@ class _Streamer:
 
     def end(self) -> None:
         if self.on_text is not None and self.ids:  # flush what was held back
-            text = self.vlm.tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = decode_text(self.vlm.tokenizer, self.ids)
             piece, self.emitted = text[len(self.emitted) :], text
             if piece:
                 self.on_text(piece)
@@ -287,7 +426,13 @@ def _generate(
     streamer: Any = None,
     stop_event: threading.Event | None = None,
 ) -> torch.Tensor:
-    """Run native generate from ``inputs_embeds``; returns the new ids ``[B, new]``."""
+    """Run native generate from ``inputs_embeds`` alone; returns the new ids ``[B, new]``.
+
+    As the card's ``generate()``: no ``input_ids``, so processors that look at earlier tokens
+    (``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``) see only the new
+    tokens, never the prompt's ``<IMG_CONTEXT>`` runs or system message. ``input_ids`` is kept
+    for hooks (:func:`prompt_ids_in_flight`).
+    """
     torch = _torch()
     transformers = require("transformers", purpose="Generation")
     kwargs = dict(extra)
@@ -299,10 +444,12 @@ def _generate(
         streamer = _Tee(streamer, user_streamer)
     else:
         streamer = streamer or user_streamer
-    with torch.no_grad():
+    token = _PROMPT_IDS.set(input_ids)
+    with torch.no_grad(), warnings.catch_warnings():
+        # transformers warns that these options then skip the prompt: that is the card's way
+        warnings.filterwarnings("ignore", message=".*with `inputs_embeds` and without `input_ids`")
         try:
             out = vlm.model.generate(
-                input_ids=input_ids,
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
                 generation_config=config,
@@ -315,7 +462,33 @@ def _generate(
             if "generat" in str(e).lower() or "logits" in str(e).lower():
                 raise ValueError(f"transformers rejected the generation options: {e}") from e
             raise
-    return out[:, input_ids.shape[1] :]  # [B, new]
+        finally:
+            _PROMPT_IDS.reset(token)
+    return out  # [B, new]: from embeddings alone, generate returns only the new tokens
+
+
+def prompt_ids_in_flight() -> Any:
+    """The prompt ids ``[B, L]`` of the generation running in this thread, or None."""
+    return _PROMPT_IDS.get()
+
+
+def generate_ids(
+    vlm: VLModel, prompt: Prompt | str, pixel_values: Any, options: Mapping[str, Any] | None
+) -> list[int]:
+    """Answer ids of one prompt (cut after the stop token), as ``chat`` generates them.
+
+    Options are checked first, then the prompt is tokenized and counted, then the vision pass.
+    """
+    config, extra = make_generation_config(vlm, options)
+    pixels = _check_pixel_values(vlm, pixel_values)
+    input_ids = _tokenize(vlm, str(prompt))
+    patches = prompt.num_patches_list if isinstance(prompt, Prompt) else ()
+    _check_context(vlm, input_ids.shape[1], config.max_new_tokens, patches)
+    features = image_features(vlm, pixels) if pixels is not None else None
+    embeds = embed(vlm, input_ids, features)
+    torch = _torch()
+    new = _generate(vlm, input_ids, embeds, torch.ones_like(input_ids), config, extra)
+    return _answer_ids(new[0].tolist(), vlm.im_end_id)
 
 
 class _Tee:
@@ -451,8 +624,9 @@ def model_chat(
     images (default: all tiles one image). Everything is recomputed on every call, as in the
     card; :class:`Chat` is the cached session. Returns the answer, or ``(answer, history)``.
     """
-    torch = _torch()
+    _torch()
     _check_question(question)
+    options = check_generation_options(generation_config)  # before any compute
     history = check_history(history) if history is not None else None
     pixels = _check_pixel_values(vlm, pixel_values)
     if pixels is None:
@@ -472,19 +646,14 @@ def model_chat(
         num_patches_list=patches,
         system_message=vlm.system_message,
         tokens_per_tile=vlm.tokens_per_tile,
+        template=vlm.prompt_template,
     )
-    config, extra = make_generation_config(vlm, generation_config)
-    input_ids = _tokenize(vlm, prompt.text)
-    _check_context(vlm, input_ids.shape[1], config.max_new_tokens, prompt.num_patches_list)
-    features = image_features(vlm, pixels) if pixels is not None else None
-    embeds = embed(vlm, input_ids, features)
-    new = _generate(vlm, input_ids, embeds, torch.ones_like(input_ids), config, extra)
-    answer = decode_answer(vlm, _answer_ids(new[0].tolist(), vlm.im_end_id))
+    answer = decode_answer(vlm, generate_ids(vlm, prompt, pixels, options))
     if not return_history:
         return answer
     stored_q = question
     if history is None and patches and IMAGE_PLACEHOLDER not in question:
-        stored_q = f"{IMAGE_PLACEHOLDER}\n{question}"  # the card stores the prepended form
+        stored_q = place_images(question, 1)  # the card stores the prepended form
     return answer, [*(history or []), (stored_q, answer)]
 
 
@@ -522,17 +691,20 @@ def _batch_patches(num_patches_list: Any, n_questions: int, total: int) -> list[
 def batch_prompts(
     vlm: VLModel, questions: Sequence[str], num_patches: Sequence[Sequence[int]]
 ) -> list[Prompt]:
-    """The prompt of each batch sample: its images labelled as the card does, the model's
-    system message, a fresh single-turn template."""
-    prompts = []
-    for q, patches in zip(questions, num_patches, strict=True):
-        user = label_images(q, len(patches))
-        text = render_template(
-            [("user", user), ("assistant", None)], system_message=vlm.system_message
+    """The prompt of each batch sample: its images placed as the card does
+    (:func:`~vltools.prompts.place_images`), the model's template and system message, a fresh
+    single-turn conversation."""
+    return [
+        build_prompt(
+            [],
+            place_images(q, len(patches)),
+            patches,
+            template=vlm.prompt_template,
+            system_message=vlm.system_message,
+            tokens_per_tile=vlm.tokens_per_tile,
         )
-        text = expand_images(text, patches, tokens_per_tile=vlm.tokens_per_tile)
-        prompts.append(Prompt(text, tuple(patches), vlm.tokens_per_tile))
-    return prompts
+        for q, patches in zip(questions, num_patches, strict=True)
+    ]
 
 
 def model_batch_chat(
@@ -553,13 +725,14 @@ def model_batch_chat(
         raise TypeError(f"questions must be a non-empty list of str, got {questions!r}.")
     for i, q in enumerate(questions):
         _check_question(q, name=f"questions[{i}]")
+    check_generation_options(generation_config)  # before any compute
     pixels = _check_pixel_values(vlm, pixel_values)
     total = 0 if pixels is None else int(pixels.shape[0])
     per_sample = _batch_patches(num_patches_list, len(questions), total)
     prompts = [p.text for p in batch_prompts(vlm, questions, per_sample)]
     config, extra = make_generation_config(vlm, generation_config)
     enc = vlm.tokenizer(
-        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=True
     )
     input_ids = enc["input_ids"].to(vlm.device)  # [B, L]
     mask = enc["attention_mask"].to(vlm.device)  # [B, L]

@@ -18,6 +18,12 @@ tensor is read with positional reads into a temporary of its own size and cast a
 Everything that can be checked before allocating is checked first: config fields, template,
 tokenizer, and every key and shape of the weight files against the model the config describes.
 
+The family beyond InternVL2-1B loads the same way: InternLM2 language models (InternVL2-2B/8B/26B)
+become native Llama, Phi-3 (InternVL2-4B) native Phi3; a tokenizer that exists only as remote
+code (InternLM2's) is read from its ``tokenizer.model`` by a stock class
+(:data:`SENTENCEPIECE_STAND_INS`). Each model renders prompts with its own template
+(``VLModel.prompt_template``: config.json's, or a native checkpoint's own chat template).
+
 The result is a :class:`VLModel`: the native model, its tokenizer, and the InternVL facts the
 rest of vltools needs (template, image-context token id, tokens per tile, tile size, ...).
 """
@@ -28,7 +34,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +43,7 @@ from vltools.checkpoints import (
     NATIVE_TEMPLATE,
     TEMPLATES,
     InternVLFacts,
+    Template,
     _check_original_config,
     _read_config,
     _resolve_source,
@@ -169,6 +176,8 @@ def _load_tokenizer(folder: Path):
             name = json.loads(tc.read_text(encoding="utf-8")).get("tokenizer_class")
         except json.JSONDecodeError as e:
             raise ValueError(f"{tc} is not valid JSON: {e}") from e
+        if isinstance(name, str) and name.removesuffix("Fast") in SENTENCEPIECE_STAND_INS:
+            return _sentencepiece_tokenizer(folder, name)
         if isinstance(name, str):
             cls = getattr(transformers, name, None) or getattr(
                 transformers, name.removesuffix("Fast"), None
@@ -179,6 +188,34 @@ def _load_tokenizer(folder: Path):
         return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"Could not load the tokenizer in {folder}: {e}") from e
+
+
+# Tokenizer classes that exist only as remote code, and the stock class and settings that
+# tokenize exactly as they do: InternLM2's (InternVL2-2B/8B/26B) is SentencePiece with BOS
+# prepended and SentencePiece's dummy prefix on every piece of text between special tokens.
+SENTENCEPIECE_STAND_INS: dict[str, tuple[str, dict[str, Any]]] = {
+    "InternLM2Tokenizer": (
+        "LlamaTokenizer",
+        {"legacy": True, "add_prefix_space": True, "add_bos_token": True, "add_eos_token": False},
+    ),
+}
+
+
+def _sentencepiece_tokenizer(folder: Path, name: str):
+    """A remote-code SentencePiece tokenizer (``tokenizer.model``) as a stock transformers
+    class; its special tokens come from ``tokenizer_config.json``/``added_tokens.json``."""
+    transformers = require("transformers", purpose="Loading a tokenizer")
+    require("sentencepiece", purpose=f"Reading {name}'s tokenizer.model")
+    if not (folder / "tokenizer.model").is_file():
+        raise FileNotFoundError(
+            f"{folder} names {name} but has no tokenizer.model; copy it from the checkpoint's "
+            "repository."
+        )
+    cls_name, settings = SENTENCEPIECE_STAND_INS[name.removesuffix("Fast")]
+    try:
+        return getattr(transformers, cls_name).from_pretrained(str(folder), **settings)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Could not load {name}'s tokenizer.model in {folder}: {e}") from e
 
 
 def _token_id(tokenizer: Any, token: str, folder: Path, vocab_size: int) -> int:
@@ -225,7 +262,8 @@ def _load_original(
         attn_implementation=attn_implementation,
     )
     _set_generation_config(model, folder, tokenizer)
-    return model, tokenizer, facts
+    template = replace(TEMPLATES[facts.template], source="config.json")
+    return model, tokenizer, facts, template
 
 
 def _set_generation_config(model: Any, folder: Path, tokenizer: Any) -> None:
@@ -272,14 +310,7 @@ def _load_native(
     vcfg = model.config.vision_config
     image = vcfg.image_size[0] if isinstance(vcfg.image_size, (list, tuple)) else vcfg.image_size
     preprocess = _read_json(folder / "preprocessor_config.json")
-    # A native checkpoint saved by VLModel.save_pretrained carries the original facts.
-    name = config.get("template", NATIVE_TEMPLATE)
-    if name not in TEMPLATES:
-        raise ValueError(
-            f"{folder / 'config.json'}: template {name!r} is not one vltools knows. Known "
-            f"templates: {', '.join(sorted(TEMPLATES))}."
-        )
-    template = TEMPLATES[name]
+    template = _native_template(folder, config, tokenizer)
     facts = InternVLFacts(
         template=template.name,
         system_message=config.get("system_message") or template.system_message,
@@ -299,7 +330,35 @@ def _load_native(
         ),
         ps_version="v2",
     )
-    return model, tokenizer, facts
+    return model, tokenizer, facts, template
+
+
+def _native_template(folder: Path, config: dict[str, Any], tokenizer: Any) -> Template:
+    """The template of a native checkpoint, and where it came from.
+
+    In order: the ``template`` a ``VLModel.save_pretrained`` wrote into config.json (the
+    original facts); the checkpoint's own Jinja chat template (``chat_template.jinja``,
+    ``chat_template.json`` of the processor, or the tokenizer's ``chat_template``); else the
+    ``internvl2_5`` conventions the -hf conversions of InternVL2.5/3 follow.
+    """
+    name = config.get("template")
+    if name is not None:
+        if name not in TEMPLATES:
+            raise ValueError(
+                f"{folder / 'config.json'}: template {name!r} is not one vltools knows. Known "
+                f"templates: {', '.join(sorted(TEMPLATES))}."
+            )
+        return replace(TEMPLATES[name], source="config.json")
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return Template.from_chat_template(jinja.read_text(encoding="utf-8"), source=jinja.name)
+    processor = _read_json(folder / "chat_template.json").get("chat_template")
+    if isinstance(processor, str) and processor.strip():
+        return Template.from_chat_template(processor, source="chat_template.json")
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, str) and own.strip():
+        return Template.from_chat_template(own, source="the tokenizer's chat_template")
+    return replace(TEMPLATES[NATIVE_TEMPLATE], source="default for native checkpoints")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -326,6 +385,9 @@ class VLModel:
         tokenizer: the checkpoint's tokenizer.
         source: what was asked for ("tiny", a Hub id or a directory); ``path`` is the folder.
         template, system_message: the conversation template name and its system message.
+        prompt_template: the :class:`~vltools.prompts.Template` every prompt is rendered with,
+            with ``source`` saying where it came from (config.json, the checkpoint's own chat
+            template, or the default for native checkpoints).
         image_token_id, img_start_id, img_end_id: ``<IMG_CONTEXT>``, ``<img>``, ``</img>``.
         im_end_id: the stop token of the template (``<|im_end|>`` for Hermes-2).
         tokens_per_tile: image tokens per tile (256), ``tile_size``: tile pixels (448).
@@ -357,6 +419,16 @@ class VLModel:
     dynamic_image_size: bool = True
     ps_version: str = "v2"
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_template: Template | None = None
+
+    def __post_init__(self) -> None:
+        if self.prompt_template is None:  # a VLModel built by hand: its template by name
+            self.prompt_template = TEMPLATES[self.template]
+
+    @property
+    def stop_token(self) -> str:
+        """The token generation stops on (the template's separator; ``im_end_id`` is its id)."""
+        return self.prompt_template.stop_token
 
     @property
     def vision_feature_layer(self) -> int:
@@ -394,7 +466,8 @@ class VLModel:
             f"VLModel({self.source!r}: {_count(n['total'])} parameters "
             f"[vision {_count(n['vision'])}, projector {_count(n['projector'])}, "
             f"language {_count(n['language'])}], dtype={str(self.dtype).removeprefix('torch.')}, "
-            f"device={self.device}, attn={self.attn_implementation}, template={self.template!r}, "
+            f"device={self.device}, attn={self.attn_implementation}, template={self.template!r} "
+            f"(from {self.prompt_template.source}), "
             f"{self.tokens_per_tile} tokens per {self.tile_size}px tile, max_num={self.max_num})"
         )
 
@@ -410,7 +483,7 @@ class VLModel:
         folder.mkdir(parents=True, exist_ok=True)
         config = self.model.config
         facts = {
-            "template": self.template,
+            "template": self.template if self.prompt_template.chat_template is None else None,
             "system_message": self.system_message,
             "max_dynamic_patch": self.max_num,
             "min_dynamic_patch": self.min_num,
@@ -418,7 +491,12 @@ class VLModel:
             "dynamic_image_size": self.dynamic_image_size,
         }
         for key, value in facts.items():
-            setattr(config, key, value)
+            if value is not None:
+                setattr(config, key, value)
+        if self.prompt_template.chat_template is not None:  # the checkpoint's own template
+            (folder / "chat_template.jinja").write_text(
+                self.prompt_template.chat_template, encoding="utf-8"
+            )
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         return folder
@@ -534,12 +612,16 @@ def load_model(
     config = _read_config(folder)
     model_type = config.get("model_type")
     if model_type == "internvl_chat":
-        model, tokenizer, facts = _load_original(folder, config, dev, dt, attn, allow_pickle)
+        model, tokenizer, facts, template = _load_original(
+            folder, config, dev, dt, attn, allow_pickle
+        )
         checkpoint_format = "internvl_chat"
         vocab_size = int(config["llm_config"]["vocab_size"])
         max_positions = int(config["llm_config"].get("max_position_embeddings", CONTEXT_LENGTH))
     elif model_type == "internvl":
-        model, tokenizer, facts = _load_native(folder, config, dev, dt, attn, allow_pickle)
+        model, tokenizer, facts, template = _load_native(
+            folder, config, dev, dt, attn, allow_pickle
+        )
         checkpoint_format = "internvl"
         vocab_size = int(model.config.text_config.vocab_size)
         max_positions = int(
@@ -550,7 +632,7 @@ def load_model(
             f"{folder / 'config.json'} has model_type {model_type!r}, which vltools cannot load. "
             f"Supported: {SUPPORTED_FORMATS}."
         )
-    stop = TEMPLATES[facts.template].stop_token
+    stop = template.stop_token
     max_len = getattr(tokenizer, "model_max_length", None)
     context = (
         int(max_len)
@@ -580,6 +662,7 @@ def load_model(
         checkpoint_format=checkpoint_format,
         dynamic_image_size=facts.dynamic_image_size,
         ps_version=facts.ps_version,
+        prompt_template=template,
     )
     logger.info(
         "Loaded %s (%s format) on %s as %s with %s attention.",

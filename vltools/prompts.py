@@ -1,11 +1,21 @@
-"""The exact prompt text InternVL2-1B sees: the Hermes-2 template and the ``<image>`` expansion.
+"""The exact prompt text an InternVL2 model sees: its conversation template and the images.
 
-Follows section 2 of the format notes (``docs/FORMAT.md``) and the
-model card's ``chat()``/``batch_chat()``:
+Follows section 2 of the format notes (``docs/FORMAT.md``), the original
+``conversation.py`` and the model card's ``chat()``/``batch_chat()``:
 
-- Hermes-2 with MPT separators: ``<|im_start|>system\\n{system}<|im_end|>`` then, per message,
-  ``<|im_start|>{role}\\n{text}<|im_end|>``, and a bare ``<|im_start|>assistant\\n`` to answer.
-  There are no newlines between turns.
+- :data:`TEMPLATES` is the one table of the family's templates, all with MPT separators:
+  ``{system}{sep}`` then, per message, ``{role}{text}{sep}``, and a bare assistant role to
+  answer. ``Hermes-2`` (InternVL2-1B) and ``internlm2-chat`` (InternVL2-2B/8B/26B) write
+  ``<|im_start|>system\\n…<|im_end|>`` with no newlines between turns; ``internvl2_5``
+  (InternVL2.5/3) puts a newline after every ``<|im_end|>`` and has its own system message;
+  ``phi3-chat`` (InternVL2-4B) writes ``<|system|>\\n``, ``<|user|>\\n``, ``<|assistant|>\\n``
+  and ``<|end|>``. Each stops on its separator (``stop_token``). A native checkpoint's own Jinja
+  chat template becomes a :class:`Template` too (:meth:`Template.from_chat_template`).
+- :func:`place_images` is the one place that decides where ``<image>`` goes in a question:
+  ``<image>\\n`` for one image, ``Image-k: <image>\\n`` labels for several, ``Frame{i}:
+  <image>\\n`` for video frames; :func:`build_prompt` renders a conversation with a template
+  and expands the images. Every prompt vltools builds (``chat``, ``batch_chat``, ``Chat``, the
+  attention capture) goes through these two.
 - ``chat()`` prepends ``<image>\\n`` to the question only on the first turn (``history is
   None``), when there are pixels, and when the question holds no ``<image>`` of its own.
 - Each entry of ``num_patches_list`` replaces the next ``<image>`` of the whole rendered
@@ -38,8 +48,15 @@ from vltools.constants import (
 
 __all__ = [
     "Prompt",
+    "Template",
+    "TEMPLATES",
+    "DEFAULT_TEMPLATE",
+    "get_template",
     "render_prompt",
     "render_template",
+    "build_prompt",
+    "place_images",
+    "video_prefix",
     "expand_images",
     "chat_query",
     "label_images",
@@ -49,11 +66,126 @@ __all__ = [
     "ROLES",
 ]
 
+INTERNVL2_5_SYSTEM_MESSAGE = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位"
+    "联合开发的多模态大语言模型。"
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    """One conversation template (MPT separators, as in the original ``conversation.py``).
+
+    Attributes:
+        name: the name ``config.json`` gives it (``"Hermes-2"``, ``"phi3-chat"``, ...).
+        system_template: the system block, with ``{system_message}`` where the message goes.
+        system_message: the default system message.
+        roles: the ``(user, assistant)`` headers, each with its opening token and newline.
+        sep: written after the system block and after every finished message.
+        models: which checkpoints use it (for display).
+        chat_template: a native checkpoint's Jinja chat template, when this template is one
+            (then ``system_template``, ``roles`` and ``sep`` are not used).
+        source: where the template came from (``"vltools table"``, ``"tokenizer_config.json"``).
+    """
+
+    name: str
+    system_template: str
+    system_message: str
+    roles: tuple[str, str]
+    sep: str
+    models: str = ""
+    chat_template: str | None = None
+    source: str = "vltools table"
+
+    @property
+    def stop_token(self) -> str:
+        """The token generation stops on: the separator without whitespace (as ``chat()``)."""
+        return self.sep.strip()
+
+    @classmethod
+    def from_chat_template(
+        cls, chat_template: str, *, source: str, stop_token: str = IM_END
+    ) -> Template:
+        """A native checkpoint's Jinja chat template as a :class:`Template`."""
+        if not isinstance(chat_template, str) or not chat_template.strip():
+            raise ValueError(f"chat_template from {source} is empty or not a string.")
+        return cls(
+            name="chat_template",
+            system_template="",
+            system_message="",
+            roles=("user", "assistant"),
+            sep=stop_token,
+            models="a native checkpoint",
+            chat_template=chat_template,
+            source=source,
+        )
+
+    def __repr__(self) -> str:
+        return f"Template({self.name!r}, stop={self.stop_token!r}, from {self.source})"
+
+
+# The templates of the InternVL2 family (original conversation.py), by config.json name.
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            "Hermes-2",
+            f"{IM_START}system\n{{system_message}}",
+            HERMES2_SYSTEM_MESSAGE,
+            (f"{IM_START}user\n", f"{IM_START}assistant\n"),
+            IM_END,
+            "InternVL2-1B (Qwen2-0.5B)",
+        ),
+        Template(
+            "internlm2-chat",
+            f"{IM_START}system\n{{system_message}}",
+            HERMES2_SYSTEM_MESSAGE,
+            (f"{IM_START}user\n", f"{IM_START}assistant\n"),
+            IM_END,
+            "InternVL2-2B/8B/26B (InternLM2)",
+        ),
+        Template(
+            "phi3-chat",
+            "<|system|>\n{system_message}",
+            HERMES2_SYSTEM_MESSAGE,
+            ("<|user|>\n", "<|assistant|>\n"),
+            "<|end|>",
+            "InternVL2-4B (Phi-3-mini)",
+        ),
+        Template(
+            "internvl2_5",
+            f"{IM_START}system\n{{system_message}}",
+            INTERNVL2_5_SYSTEM_MESSAGE,
+            (f"{IM_START}user\n", f"{IM_START}assistant\n"),
+            f"{IM_END}\n",
+            "InternVL2.5 / InternVL3 (Qwen2.5, InternLM2.5)",
+        ),
+    )
+}
+DEFAULT_TEMPLATE = "Hermes-2"
 # Hermes-2 roles (``docs/FORMAT.md``, section 2): the role strings include their opening token and newline.
-ROLES: dict[str, str] = {"user": f"{IM_START}user\n", "assistant": f"{IM_START}assistant\n"}
-_SEP = IM_END  # MPT separator: no trailing newline
+ROLES: dict[str, str] = dict(zip(("user", "assistant"), TEMPLATES["Hermes-2"].roles, strict=True))
 _COMPACT_RUN = re.compile(f"(?:{re.escape(IMG_CONTEXT_TOKEN)})+")
 _EXPANDED_RUN = re.compile(re.escape(IMG_CONTEXT_TOKEN) + r"×(\d+)")
+
+
+def get_template(template: str | Template | None) -> Template:
+    """The :class:`Template` named ``template`` (a Template passes through; None: Hermes-2)."""
+    if template is None:
+        return TEMPLATES[DEFAULT_TEMPLATE]
+    if isinstance(template, Template):
+        return template
+    if not isinstance(template, str):
+        raise TypeError(
+            f"template must be a template name or a Template, got {type(template).__name__}."
+        )
+    if template not in TEMPLATES:
+        raise ValueError(
+            f"Unknown template {template!r}; known templates: {', '.join(TEMPLATES)}. "
+            "Pass one of these names (InternVL2-1B uses 'Hermes-2')."
+        )
+    return TEMPLATES[template]
+
 
 History = Sequence[tuple[str, str]]
 
@@ -142,21 +274,48 @@ def prompt_html(text: str) -> str:
 
 
 def render_template(
-    messages: Sequence[tuple[str, str | None]], *, system_message: str | None = None
+    messages: Sequence[tuple[str, str | None]],
+    *,
+    system_message: str | None = None,
+    template: str | Template | None = None,
 ) -> str:
-    """Render ``(role, text)`` messages with the Hermes-2 template (MPT separators).
+    """Render ``(role, text)`` messages with a conversation template (default Hermes-2).
 
     ``role`` is ``"user"`` or ``"assistant"``; a ``None`` text renders only the role header
     (the open assistant turn the model completes). ``system_message=None`` uses the
-    template's default (:data:`~vltools.constants.HERMES2_SYSTEM_MESSAGE`).
+    template's default. A Jinja chat template gets the system message as a system message
+    only when one is given (its own default applies otherwise).
     """
-    system = HERMES2_SYSTEM_MESSAGE if system_message is None else system_message
-    out = [f"{IM_START}system\n{system}{_SEP}"]
-    for role, text in messages:
+    tpl = get_template(template)
+    for role, _ in messages:
         if role not in ROLES:
-            raise ValueError(f"Unknown role {role!r}; the Hermes-2 template knows {list(ROLES)}.")
-        out.append(ROLES[role] if text is None else f"{ROLES[role]}{text}{_SEP}")
+            raise ValueError(f"Unknown role {role!r}; the {tpl.name} template knows {list(ROLES)}.")
+    if tpl.chat_template is not None:
+        return _render_jinja(tpl, messages, system_message)
+    system = tpl.system_message if system_message is None else system_message
+    user, assistant = tpl.roles
+    headers = {"user": user, "assistant": assistant}
+    out = [tpl.system_template.format(system_message=system) + tpl.sep]
+    for role, text in messages:
+        out.append(headers[role] if text is None else f"{headers[role]}{text}{tpl.sep}")
     return "".join(out)
+
+
+def _render_jinja(
+    tpl: Template, messages: Sequence[tuple[str, str | None]], system_message: str | None
+) -> str:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(f"The checkpoint's chat template refused the messages: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    chat = [{"role": "system", "content": system_message}] if system_message else []
+    open_turn = bool(messages) and messages[-1] == ("assistant", None)
+    body = messages[:-1] if open_turn else messages
+    chat += [{"role": role, "content": text or ""} for role, text in body]
+    return env.from_string(tpl.chat_template).render(messages=chat, add_generation_prompt=open_turn)
 
 
 def image_block(num_patches: int, *, tokens_per_tile: int = TOKENS_PER_TILE) -> str:
@@ -186,18 +345,42 @@ def expand_images(
     return text
 
 
+def video_prefix(num_frames: int) -> str:
+    """The card's video prefix: ``Frame1: <image>\\nFrame2: <image>\\n…`` (one per frame)."""
+    return "".join(f"Frame{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(int(num_frames)))
+
+
+def place_images(text: str, num_images: int, *, first_index: int = 1, video: bool = False) -> str:
+    """Where the ``<image>`` placeholders of ``num_images`` new images go in ``text``.
+
+    The one rule every prompt follows (the model card's forms): ``text`` that already holds
+    ``<image>`` is left as it is (the caller placed them), except for video, whose frames are
+    always labelled; video frames come first as ``Frame{i}: <image>\\n``; one image first
+    in a conversation is ``<image>\\n{text}``; otherwise ``Image-k: <image>\\n`` labels,
+    numbered from ``first_index`` (images earlier in a conversation keep their numbers).
+    """
+    if video:
+        if IMAGE_PLACEHOLDER in text:
+            raise ValueError(
+                "A question about a video must not hold '<image>' itself; the frames are "
+                "placed as 'Frame1: <image>\\n…' before it. Remove '<image>' from the question."
+            )
+        return video_prefix(num_images) + text
+    if num_images == 0 or IMAGE_PLACEHOLDER in text:
+        return text
+    if num_images == 1 and first_index == 1:
+        return f"{IMAGE_PLACEHOLDER}\n{text}"
+    labels = "".join(f"Image-{first_index + i}: {IMAGE_PLACEHOLDER}\n" for i in range(num_images))
+    return labels + text
+
+
 def label_images(text: str, num_images: int) -> str:
     """The card's way to place images in a question that has no ``<image>`` of its own.
 
     One image: ``<image>\\n{text}``; several: ``Image-1: <image>\\nImage-2: <image>\\n…{text}``;
-    none, or ``text`` already holding ``<image>``: ``text`` unchanged.
+    none, or ``text`` already holding ``<image>``: ``text`` unchanged (:func:`place_images`).
     """
-    if num_images == 0 or IMAGE_PLACEHOLDER in text:
-        return text
-    if num_images == 1:
-        return f"{IMAGE_PLACEHOLDER}\n{text}"
-    labels = "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(num_images))
-    return labels + text
+    return place_images(text, num_images)
 
 
 def check_history(history: Any) -> list[tuple[str, str]]:
@@ -225,6 +408,30 @@ def check_history(history: Any) -> list[tuple[str, str]]:
     return pairs
 
 
+def build_prompt(
+    history: Sequence[tuple[str, str]],
+    question: str,
+    num_patches_list: Sequence[int] = (),
+    *,
+    template: str | Template | None = None,
+    system_message: str | None = None,
+    tokens_per_tile: int = TOKENS_PER_TILE,
+) -> Prompt:
+    """The prompt of a conversation: ``history`` pairs, then ``question`` and an open answer.
+
+    The questions already hold their ``<image>`` placeholders (:func:`place_images`); the
+    ``num_patches_list`` entries fill them in order across the whole conversation.
+    """
+    messages: list[tuple[str, str | None]] = []
+    for old_q, old_a in history:
+        messages += [("user", old_q), ("assistant", old_a)]
+    messages += [("user", question), ("assistant", None)]
+    text = render_template(messages, system_message=system_message, template=template)
+    patches = [int(n) for n in num_patches_list]
+    text = expand_images(text, patches, tokens_per_tile=tokens_per_tile)
+    return Prompt(text, tuple(patches), tokens_per_tile)
+
+
 def chat_query(
     question: str,
     *,
@@ -232,6 +439,7 @@ def chat_query(
     num_patches_list: Sequence[int] = (),
     system_message: str | None = None,
     tokens_per_tile: int = TOKENS_PER_TILE,
+    template: str | Template | None = None,
 ) -> Prompt:
     """The prompt the card's ``chat()`` builds for ``question`` after ``history``.
 
@@ -241,14 +449,15 @@ def chat_query(
     if not isinstance(question, str):
         raise TypeError(f"question must be a str, got {type(question).__name__}.")
     if history is None and num_patches_list and IMAGE_PLACEHOLDER not in question:
-        question = f"{IMAGE_PLACEHOLDER}\n{question}"
-    messages: list[tuple[str, str | None]] = []
-    for old_q, old_a in check_history(history):
-        messages += [("user", old_q), ("assistant", old_a)]
-    messages += [("user", question), ("assistant", None)]
-    template = render_template(messages, system_message=system_message)
-    text = expand_images(template, list(num_patches_list), tokens_per_tile=tokens_per_tile)
-    return Prompt(text, tuple(int(n) for n in num_patches_list), tokens_per_tile)
+        question = place_images(question, 1)
+    return build_prompt(
+        check_history(history),
+        question,
+        num_patches_list,
+        template=template,
+        system_message=system_message,
+        tokens_per_tile=tokens_per_tile,
+    )
 
 
 def render_prompt(
@@ -259,12 +468,15 @@ def render_prompt(
     pixel_values: Any = None,
     system_message: str | None = None,
     tokens_per_tile: int = TOKENS_PER_TILE,
+    template: str | Template | None = None,
 ) -> Prompt:
     """The exact prompt ``VLModel.chat`` (and the card's ``chat()``) builds, for inspection.
 
     Give either ``num_patches_list`` (tiles per image) or ``pixel_values`` (anything with a
     ``shape[0]`` = number of tiles, all one image block, as the card's default), or neither for
     text only. ``history`` is a list of ``(question, answer)`` pairs as ``chat`` returns it.
+    ``template`` names any of :data:`TEMPLATES` (default ``"Hermes-2"``, InternVL2-1B's);
+    ``VLModel.chat`` uses the model's own.
 
     Example: ``render_prompt("Describe.", num_patches_list=[7]).compact`` ends in
     ``user\\n<img><IMG_CONTEXT>×1792</img>\\nDescribe.<|im_end|><|im_start|>assistant\\n``.
@@ -282,4 +494,5 @@ def render_prompt(
         num_patches_list=[int(n) for n in num_patches_list],
         system_message=system_message,
         tokens_per_tile=tokens_per_tile,
+        template=template,
     )

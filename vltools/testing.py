@@ -46,6 +46,9 @@ from vltools.constants import (
 
 __all__ = [
     "tiny_checkpoint",
+    "tiny_family_checkpoint",
+    "tiny_family_config",
+    "LANGUAGE_MODELS",
     "full_size_checkpoint",
     "cache_dir",
     "tiny_config",
@@ -195,7 +198,8 @@ def original_key_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every key of the original ``InternVLChatModel`` state dict and its shape, from a config.
 
     Follows ``docs/FORMAT.md``, section 3 (637 keys for InternVL2-1B). Only the layout of
-    InternViT + a Qwen2-style language model is described (the checkpoints this module writes).
+    InternViT + a Qwen2-style, InternLM2 or Phi-3 language model is described (the checkpoints
+    this module writes).
     """
     v, t = config["vision_config"], config["llm_config"]
     dv, dt = v["hidden_size"], t["hidden_size"]
@@ -239,6 +243,8 @@ def original_key_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         "mlp1.3.weight": (dt, dt),
         "mlp1.3.bias": (dt,),
     }
+    if t["model_type"] in _FAMILY_LLM_SHAPES:  # InternLM2 / Phi-3 layouts (family region below)
+        return shapes | _FAMILY_LLM_SHAPES[t["model_type"]](t)
     head_dim = dt // t["num_attention_heads"]
     kv = t.get("num_key_value_heads", t["num_attention_heads"]) * head_dim
     vocab, inter = t["vocab_size"], t["intermediate_size"]
@@ -647,14 +653,22 @@ def _cached_build(
     return target
 
 
-def tiny_checkpoint(path: Path | str | None = None) -> Path:
+def tiny_checkpoint(path: Path | str | None = None, *, language_model: str = "qwen2") -> Path:
     """A tiny random-weight InternVL2 checkpoint in the original format; its folder.
 
     Built in about a second with the same bytes every time, then cached under
     ``$VLTOOLS_CACHE`` (or ``~/.cache/vltools``) as ``tiny-internvl2-<recipe hash>``. With
     ``path``, it is written there instead (and reused if that folder holds the same recipe).
     ``vltools.load_model("tiny")`` loads it.
+
+    ``language_model`` picks the family member: ``"qwen2"`` (InternVL2-1B, the default),
+    ``"qwen2.5"`` (InternVL2.5, template ``internvl2_5``), ``"internlm2"`` (InternVL2-2B/8B/26B:
+    InternLM2 keys, a SentencePiece ``tokenizer.model``, the InternViT-6B vision traits) or
+    ``"phi3"`` (InternVL2-4B: Phi-3 keys, ``su`` rope scaling, ``tokenizer.model`` and
+    ``tokenizer.json``); each is cached in its own folder (``tiny-internvl2-<lm>-<hash>``).
     """
+    if language_model != "qwen2":
+        return tiny_family_checkpoint(path, language_model=language_model)
     config = tiny_config()
     recipe = _recipe(config, _TINY_BASE_VOCAB, "bfloat16")
     return _cached_build(
@@ -687,3 +701,285 @@ def full_size_checkpoint(path: Path | str | None = None) -> Path:
 def checkpoint_files(folder: Path) -> Iterable[Path]:
     """The files of a checkpoint folder, without vltools' own recipe marker."""
     return sorted(p for p in Path(folder).iterdir() if p.name != _RECIPE_FILE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Family variants: Qwen2.5 (InternVL2.5), InternLM2 (InternVL2-2B/8B/26B), Phi-3 (InternVL2-4B)
+# ---------------------------------------------------------------------------------------------
+
+LANGUAGE_MODELS: tuple[str, ...] = ("qwen2", "qwen2.5", "internlm2", "phi3")
+# tokens the original tokenizers add after the SentencePiece vocabulary, in order
+_INTERNLM2_ADDED = (
+    IM_START,
+    IM_END,
+    "<|action_start|>",
+    "<|action_end|>",
+    "<|interpreter|>",
+    "<|plugin|>",
+    *INTERNVL_SPECIAL_TOKENS,
+)
+_PHI3_ADDED = (
+    ENDOFTEXT,
+    "<|assistant|>",
+    "<|system|>",
+    "<|end|>",
+    "<|user|>",
+    *INTERNVL_SPECIAL_TOKENS,
+)
+_SPM_VOCAB = 512  # asked of the SentencePiece trainer; the corpus may give fewer
+_INTERNLM2_AUTO_MAP = {
+    "AutoConfig": "configuration_internlm2.InternLM2Config",
+    "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+    "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+}
+
+
+def _internlm2_shapes(t: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """InternLM2's keys: fused ``wqkv`` (per kv head: its query group, key, value), w1/w3/w2."""
+    dt, heads = t["hidden_size"], t["num_attention_heads"]
+    d, kv = dt // heads, t.get("num_key_value_heads", heads)
+    vocab, inter = t["vocab_size"], t["intermediate_size"]
+    shapes = {"language_model.model.tok_embeddings.weight": (vocab, dt)}
+    for i in range(t["num_hidden_layers"]):
+        p = f"language_model.model.layers.{i}."
+        shapes |= {
+            p + "attention.wqkv.weight": ((heads + 2 * kv) * d, dt),
+            p + "attention.wo.weight": (dt, heads * d),
+            p + "feed_forward.w1.weight": (inter, dt),
+            p + "feed_forward.w3.weight": (inter, dt),
+            p + "feed_forward.w2.weight": (dt, inter),
+            p + "attention_norm.weight": (dt,),
+            p + "ffn_norm.weight": (dt,),
+        }
+    shapes["language_model.model.norm.weight"] = (dt,)
+    shapes["language_model.output.weight"] = (vocab, dt)
+    return shapes
+
+
+def _phi3_shapes(t: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Phi-3's keys: fused ``qkv_proj`` and ``gate_up_proj``."""
+    dt, heads = t["hidden_size"], t["num_attention_heads"]
+    d, kv = dt // heads, t.get("num_key_value_heads", heads)
+    vocab, inter = t["vocab_size"], t["intermediate_size"]
+    shapes = {"language_model.model.embed_tokens.weight": (vocab, dt)}
+    for i in range(t["num_hidden_layers"]):
+        p = f"language_model.model.layers.{i}."
+        shapes |= {
+            p + "self_attn.qkv_proj.weight": ((heads + 2 * kv) * d, dt),
+            p + "self_attn.o_proj.weight": (dt, heads * d),
+            p + "mlp.gate_up_proj.weight": (2 * inter, dt),
+            p + "mlp.down_proj.weight": (dt, inter),
+            p + "input_layernorm.weight": (dt,),
+            p + "post_attention_layernorm.weight": (dt,),
+        }
+    shapes["language_model.model.norm.weight"] = (dt,)
+    shapes["language_model.lm_head.weight"] = (vocab, dt)
+    return shapes
+
+
+_FAMILY_LLM_SHAPES: dict[str, Callable[[dict[str, Any]], dict[str, tuple[int, ...]]]] = {
+    "internlm2": _internlm2_shapes,
+    "phi3": _phi3_shapes,
+}
+
+
+def _train_sentencepiece() -> bytes:
+    """A small SentencePiece BPE model (byte fallback, identity normalisation) on the corpus."""
+    import io
+
+    spm = _require_sentencepiece()
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()),
+        model_writer=buffer,
+        vocab_size=_SPM_VOCAB,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+def _require_sentencepiece():
+    from vltools._optional import require
+
+    return require("sentencepiece", purpose="Writing an InternLM2 or Phi-3 tiny checkpoint")
+
+
+def _added_token(content: str) -> dict[str, Any]:
+    return {
+        "content": content,
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+    }
+
+
+def _write_sentencepiece_tokenizer(folder: Path, language_model: str) -> dict[str, int]:
+    """``tokenizer.model`` and the JSON files as the original tokenizers save them."""
+    spm = _require_sentencepiece()
+    model = _train_sentencepiece()
+    (folder / "tokenizer.model").write_bytes(model)
+    base = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+    added = _INTERNLM2_ADDED if language_model == "internlm2" else _PHI3_ADDED
+    ids = {t: base + i for i, t in enumerate(added)}
+    (folder / "added_tokens.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n")
+    special = {"<unk>": 0, "<s>": 1, "</s>": 2, **ids}
+    config: dict[str, Any] = {
+        "added_tokens_decoder": {
+            str(i): {**_added_token(t), "special": True} for t, i in special.items()
+        },
+        "additional_special_tokens": list(added),
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    if language_model == "internlm2":
+        config |= {
+            "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+            "pad_token": "</s>",
+            "tokenizer_class": "InternLM2Tokenizer",
+        }
+    else:
+        config |= {
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "add_prefix_space": True,
+            "legacy": False,
+            "pad_token": None,
+            "tokenizer_class": "LlamaTokenizer",
+        }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    special_map = {
+        "additional_special_tokens": list(added),
+        "bos_token": _added_token("<s>"),
+        "eos_token": _added_token("</s>"),
+        "unk_token": _added_token("<unk>"),
+    }
+    if language_model == "internlm2":
+        special_map["pad_token"] = _added_token("</s>")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    if language_model == "phi3":  # Phi-3 ships the fast tokenizer's tokenizer.json beside it
+        import transformers
+
+        fast = transformers.LlamaTokenizer.from_pretrained(str(folder))
+        fast.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    return ids
+
+
+def tiny_family_config(language_model: str) -> dict[str, Any]:
+    """The tiny ``config.json`` of a family member (see :func:`tiny_checkpoint`).
+
+    Vocabulary sizes are placeholders for the SentencePiece members (set when the tokenizer is
+    written); the vision tower and geometry are the tiny InternVL2-1B's, except InternLM2's, which
+    takes InternVL2-26B's InternViT-6B traits (``qk_normalization``, ``rms_norm``).
+    """
+    if language_model not in LANGUAGE_MODELS:
+        raise ValueError(
+            f"language_model={language_model!r} is not one vltools writes; expected one of "
+            f"{', '.join(LANGUAGE_MODELS)}."
+        )
+    cfg = tiny_config()
+    t = cfg["llm_config"]
+    if language_model == "qwen2":
+        return cfg
+    if language_model == "qwen2.5":
+        t["_name_or_path"] = "vltools/tiny-qwen2.5"
+        cfg["template"] = "internvl2_5"
+        return cfg
+    small = {
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "initializer_range": 0.02,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "rms_norm_eps": 1e-05,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 0,
+    }
+    if language_model == "internlm2":
+        cfg["llm_config"] = {
+            "_name_or_path": "vltools/tiny-internlm2",
+            "architectures": ["InternLM2ForCausalLM"],
+            "attn_implementation": "eager",
+            "auto_map": _INTERNLM2_AUTO_MAP,
+            "bias": False,
+            "max_position_embeddings": 32768,
+            "model_type": "internlm2",
+            "num_key_value_heads": 2,
+            "rope_scaling": {"factor": 2.0, "type": "dynamic"},
+            "rope_theta": 1000000,
+            **small,
+        }
+        cfg["template"] = "internlm2-chat"
+        cfg["vision_config"].update({"qk_normalization": True, "norm_type": "rms_norm"})
+        return cfg
+    head_dim = small["hidden_size"] // small["num_attention_heads"]
+    cfg["llm_config"] = {
+        "_name_or_path": "vltools/tiny-phi3",
+        "architectures": ["Phi3ForCausalLM"],
+        "attention_dropout": 0.0,
+        "embd_pdrop": 0.0,
+        "max_position_embeddings": 131072,
+        "model_type": "phi3",
+        "num_key_value_heads": 4,
+        "original_max_position_embeddings": 4096,
+        "resid_pdrop": 0.0,
+        "rope_scaling": {
+            "long_factor": [1.0 + 0.5 * i for i in range(head_dim // 2)],
+            "short_factor": [1.0 + 0.05 * i for i in range(head_dim // 2)],
+            "type": "su",
+        },
+        "rope_theta": 10000.0,
+        "sliding_window": 262144,
+        **small,
+    }
+    cfg["template"] = "phi3-chat"
+    return cfg
+
+
+def _write_family_checkpoint(folder: Path, config: dict[str, Any], language_model: str) -> Path:
+    if language_model == "qwen2.5":
+        return write_checkpoint(folder, config, base_vocab=_TINY_BASE_VOCAB)
+    ids = _write_sentencepiece_tokenizer(folder, language_model)
+    config["llm_config"]["vocab_size"] = max(ids.values()) + 1
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True}, indent=2) + "\n"
+    )
+    shapes = original_key_shapes(config)
+    write_safetensors(
+        folder / "model.safetensors", shapes, lambda key: _init_array(key, shapes[key], _SEED)
+    )
+    return folder
+
+
+def tiny_family_checkpoint(path: Path | str | None = None, *, language_model: str) -> Path:
+    """:func:`tiny_checkpoint` for ``language_model`` other than ``"qwen2"``; its folder."""
+    config = tiny_family_config(language_model)
+    recipe = {**_recipe(config, _TINY_BASE_VOCAB, "bfloat16"), "language_model": language_model}
+    return _cached_build(
+        f"tiny-internvl2-{language_model}",
+        path,
+        lambda folder: _write_family_checkpoint(folder, copy.deepcopy(config), language_model),
+        recipe,
+    )
