@@ -553,6 +553,7 @@ def load_image(
     use_thumbnail: bool = True,
     exif_transpose: bool = True,
     fast: bool = False,
+    max_tiles: int | None = None,
 ) -> TiledImage:
     """Open an image and cut it into InternVL tiles: the model card's ``load_image``.
 
@@ -577,6 +578,9 @@ def load_image(
             canvas instead of the original. Pixels move by
             a level or two (see ``benchmarks/tiling.py``); ``False`` (default) is
             bit-identical to the card.
+        max_tiles: refuse, before decoding, an image whose grid (thumbnail included) would
+            have more tiles than this, e.g. what a model's context can hold (``Chat`` passes
+            ``context_length // tokens_per_tile``). ``None``: only the size limit applies.
 
     Returns:
         A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
@@ -612,6 +616,13 @@ def load_image(
             what=f"A {width}x{height} image at max_num={max_num}",
             lower=f"max_num (now {max_num})",
         )
+        if max_tiles is not None and planned.num_tiles > max_tiles:
+            raise ValueError(
+                f"A {width}x{height} image at max_num={max_num} needs {planned.num_tiles} tiles "
+                f"({planned.num_image_tokens:,} image tokens), more than the {max_tiles} tiles "
+                f"allowed here (the model's context). Lower max_num (now {max_num}) to at most "
+                f"{max(1, max_tiles - 1)}."
+            )
 
     image, name = _open(source, exif_transpose=exif_transpose, check=check)
     grid = plan_tiles(
