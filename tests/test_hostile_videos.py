@@ -227,3 +227,9 @@ def test_a_constant_frame_rate_video_keeps_the_cards_duration_and_no_warning(cli
         warnings.simplefilter("error")
         clip = load_video(clips["plain"], num_segments=4)
     assert clip.duration == 30 / 24
+
+
+@pytest.mark.parametrize("num_segments", [10**6 + 1, 10**9, 10**18])
+def test_sampling_more_frames_than_the_stated_limit_is_refused_without_allocating(num_segments):
+    with pytest.raises(ValueError, match=r"above the 1,000,000 frames.*Lower num_segments"):
+        video.sample_frame_indices(100, 24.0, num_segments=num_segments)

@@ -220,7 +220,7 @@ def _check_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, i
     return min_num, max_num, image_size
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _card_candidate_order(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
     """All grids ``(cols, rows)`` with ``min_num <= cols * rows <= max_num``, in the card's order.
 

@@ -103,6 +103,10 @@ def frame_range(
     return start_idx, end_idx
 
 
+# The most frames sample_frame_indices picks (an int64 array of this length is 8 MB).
+MAX_SEGMENTS = 1_000_000
+
+
 def sample_frame_indices(
     num_frames: int,
     fps: float,
@@ -121,9 +125,15 @@ def sample_frame_indices(
     ``bound`` is ``(start, end)`` in seconds, converted to frames with ``fps``; ``first_idx``
     is the lowest frame allowed. Raises ``ValueError`` for ``num_segments < 1``, an empty
     video, a bound with ``start >= end``, and wherever the card's code would read outside the
-    video (a bound past the end, ``first_idx`` past the last frame).
+    video (a bound past the end, ``first_idx`` past the last frame), and for ``num_segments``
+    above :data:`MAX_SEGMENTS`.
     """
     _check_int("num_segments", num_segments, minimum=1, fix="Sample at least one frame.")
+    if num_segments > MAX_SEGMENTS:
+        raise ValueError(
+            f"num_segments={num_segments:,} is above the {MAX_SEGMENTS:,} frames vltools "
+            "samples from one video (the model card uses 8 to 32). Lower num_segments."
+        )
     start_idx, end_idx = frame_range(num_frames, fps, bound=bound, first_idx=first_idx)
     seg_size = float(end_idx - start_idx) / num_segments
     steps = np.round(seg_size * np.arange(num_segments, dtype=np.float64))  # [num_segments]
