@@ -62,9 +62,11 @@ start = time.perf_counter()
 if mode == "ours":
     model = vltools.models.load_model(path, device="cpu", dtype=dtype).model
 else:
-    model = InternVLForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = InternVLForConditionalGeneration.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=False
+    )
     if mode == "native+tok":
-        AutoTokenizer.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 seconds = time.perf_counter() - start
 loaded = status("VmRSS")
 with torch.no_grad():  # one strided read per 4 KiB page, no temporaries

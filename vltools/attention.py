@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -184,6 +185,8 @@ class AttentionCapture:
         self.vision_layers = tuple(vision_layers)
         self._pass: _Pass | None = None
         self._results: list[AttentionMaps] = []
+        # only calls made by the thread that opened the block are recorded
+        self._thread = threading.get_ident()
         # the latest vision-tower pass inside the block: vision layer -> [tiles, heads, 32, 32]
         self._vision: dict[int, np.ndarray] = {}
 
@@ -231,6 +234,12 @@ class AttentionCapture:
         pv = torch.cat([e[3] for e in self.entries], dim=0)  # [tiles, 3, 448, 448]
         return pv.to(device=self.model.device, dtype=self.model.dtype)
 
+    def _pixel_kwargs(self) -> dict[str, Any]:
+        """``pixel_values`` for the model, or nothing for a text-only capture (transformers
+        tries to encode an explicit ``pixel_values=None``)."""
+        pv = self._pixel_values()
+        return {} if pv is None else {"pixel_values": pv}
+
     def _encode(self, text: str) -> Any:
         enc = self.model.tokenizer(text, return_tensors="pt")  # as the card: its own BOS, if any
         return enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
@@ -274,9 +283,9 @@ class AttentionCapture:
                 self.model.model(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
-                    pixel_values=self._pixel_values(),
                     use_cache=False,
                     logits_to_keep=1,
+                    **self._pixel_kwargs(),
                 )
             self._pass.generated = answer_ids[0].cpu().numpy()
             self._finish()
@@ -286,9 +295,15 @@ class AttentionCapture:
 
     # hooks
 
+    def _mine(self) -> bool:
+        """Whether the running call belongs to this capture (made by the thread that opened it)."""
+        return threading.get_ident() == self._thread
+
     def _wrap_generate(self, original: Any) -> Any:
         @functools.wraps(original)
         def generate(*args: Any, **kwargs: Any) -> Any:
+            if not self._mine():  # another thread's generation: not ours to record
+                return original(*args, **kwargs)
             self._pass = _Pass("generate", len(self.layers))
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None:  # vltools generates from inputs_embeds alone; it names the prompt
@@ -318,7 +333,7 @@ class AttentionCapture:
 
     def _before_forward(self, module: Any, args: Any, kwargs: dict) -> None:
         p = self._pass
-        if p is None:
+        if p is None or not self._mine():
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
@@ -346,7 +361,7 @@ class AttentionCapture:
     def _attention_hook(self, slot: int) -> Any:
         def hook(module: Any, args: Any, output: Any) -> None:
             p = self._pass
-            if p is None:
+            if p is None or not self._mine():
                 return
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
@@ -364,13 +379,15 @@ class AttentionCapture:
         held: dict[str, Any] = {}
 
         def keep_q(module: Any, args: Any, output: Any) -> None:
-            held["q"] = output[:, :1]  # [tiles, 1, dim]: the CLS query only
+            if self._mine():
+                held["q"] = output[:, :1]  # [tiles, 1, dim]: the CLS query only
 
         def keep_k(module: Any, args: Any, output: Any) -> None:
-            held["k"] = output  # [tiles, 1025, dim]
+            if self._mine():
+                held["k"] = output  # [tiles, 1025, dim]
 
         def attend(module: Any, args: Any, output: Any) -> None:
-            if "k" not in held or "q" not in held:
+            if "k" not in held or "q" not in held or not self._mine():
                 return
             torch = _torch()
             q, k = module.q_norm(held.pop("q")), module.k_norm(held.pop("k"))
@@ -443,7 +460,7 @@ class AttentionCapture:
 
 def _vision_of(cap: AttentionCapture, tiles: int) -> VisionAttention | None:
     """The latest vision-tower pass of ``cap`` if it covered exactly this prompt's tiles."""
-    if not cap.vision_layers:
+    if not cap.vision_layers or tiles == 0:  # nothing asked, or a text-only prompt
         return None
     if len(cap._vision) != len(cap.vision_layers):
         warnings.warn(
@@ -479,6 +496,11 @@ def _check_indices(what: str, wanted: Any, count: int) -> tuple[int, ...]:
     return tuple(sorted(set(items)))
 
 
+# ids of the native models a capture block is open on (captures do not nest)
+_ACTIVE: set[int] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def capture(
     model: VLModel,
@@ -497,7 +519,11 @@ def capture(
 
     Inside the block the language model runs eager attention; hooks keep only the rows each
     generated token needs. Everything (attention implementation, hooks, ``generate``) is
-    restored on exit, also on error. Example::
+    restored on exit, exactly as it was, also on error. Only calls made by the thread that
+    opened the block are recorded (another thread's ``Chat`` on the same model runs
+    unrecorded, though with eager attention while the block is open). Blocks do not nest on
+    one model: a second ``capture`` of the same model while one is open raises
+    ``RuntimeError``. ``images=None`` captures a text-only prompt. Example::
 
         with vltools.attention.capture(vlm, tiled) as cap:
             answer = cap.generate("What is in the picture?", max_new_tokens=16)
@@ -513,8 +539,18 @@ def capture(
     chosen = _check_indices("layer", layers, int(text_cfg.num_hidden_layers))
     chosen_vision = _check_indices("vision layer", vision_layers, len(vt_layers)) if vision else ()
     cap = AttentionCapture(model, images, layers=chosen, vision_layers=chosen_vision)
+    with _ACTIVE_LOCK:
+        if id(native) in _ACTIVE:
+            raise RuntimeError(
+                "capture() is already active on this model (a capture block inside another, "
+                "or one open in another thread). Captures do not nest: finish the outer block "
+                "first, or record several passes in one block (cap.results keeps them all)."
+            )
+        _ACTIVE.add(id(native))
     handles: list[Any] = []
     patched = False
+    had_generate = "generate" in vars(native)  # restore exactly what was there
+    old_generate = vars(native).get("generate")
     try:
         with eager_language_model(native):
             handles.append(native.register_forward_pre_hook(cap._before_forward, with_kwargs=True))
@@ -527,10 +563,17 @@ def capture(
             patched = True
             yield cap
     finally:
-        if patched:
-            del native.generate
-        for handle in handles:
-            handle.remove()
+        try:
+            if patched:
+                if had_generate:
+                    native.generate = old_generate
+                else:
+                    vars(native).pop("generate", None)
+            for handle in handles:
+                handle.remove()
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(id(native))
     if cap._results:
         return
     warnings.warn(

@@ -32,6 +32,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -215,6 +216,11 @@ class Chat:
     ):
         self.model = model
         self.system_message = model.system_message if system_message is None else system_message
+        if max_num is not None and (isinstance(max_num, bool) or not isinstance(max_num, int)):
+            raise TypeError(
+                f"max_num must be an integer number of tiles, got {max_num!r} "
+                f"({type(max_num).__name__}); it is never rounded. Pass e.g. max_num=6."
+            )
         self.max_num = int(model.max_num if max_num is None else max_num)
         if self.max_num < 1:
             raise ValueError(f"max_num={max_num}; expected a positive number of tiles.")
@@ -228,6 +234,8 @@ class Chat:
         self._kv_keys: list[int] = []  # per cached position: token id, or -uid for image tokens
         self._stop: threading.Event | None = None
         self._lock = threading.Lock()
+        self._version = 0  # bumped whenever the history changes; a stream is tied to one
+        self._active: Any = None  # weakref to the stream holding the session
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -249,10 +257,19 @@ class Chat:
         """The history in the card's form, ``[(question with <image>, answer), ...]``."""
         return [(t.user_text, t.answer) for t in self._turns]
 
+    def _check_idle(self, what: str) -> None:
+        if self._lock.locked():
+            raise RuntimeError(
+                f"This Chat is generating; {what} would change the history under it. Call "
+                "stop() first (or let the answer finish)."
+            )
+
     def undo(self) -> Turn | None:
         """Remove the last turn (and its images); the cache is cut back to before it."""
+        self._check_idle("undo()")
         if not self._turns:
             return None
+        self._version += 1
         turn = self._turns.pop()
         keep = turn.reply.prompt_tokens - _user_turn_tokens(self, turn)
         self._crop(min(keep, len(self._kv_keys)))
@@ -260,6 +277,8 @@ class Chat:
 
     def reset(self) -> None:
         """Forget every turn, image feature and cached key/value."""
+        self._check_idle("reset()")
+        self._version += 1
         self._turns.clear()
         self._kv, self._kv_keys = None, []
 
@@ -269,15 +288,23 @@ class Chat:
         other._turns = list(self._turns)
         other._kv = copy.deepcopy(self._kv)
         other._kv_keys = list(self._kv_keys)
-        other._stop, other._lock = None, threading.Lock()
+        other._stop, other._lock, other._active = None, threading.Lock(), None
         other.generation = dict(self.generation)
         return other
 
     def stop(self) -> None:
-        """End the generation in progress after the current token (partial answer kept)."""
+        """End the generation in progress after the current token (partial answer kept).
+
+        A :meth:`stream` left early (``break``) is closed here: its worker is ended and joined
+        and the session is free again at once, without waiting for the stream to be
+        garbage-collected. A stream being iterated in another thread ends at its next piece.
+        """
         event = self._stop
         if event is not None:
             event.set()
+        active = self._active() if self._active is not None else None
+        if active is not None:
+            active.close()
 
     def _crop(self, n: int) -> None:
         if self._kv is None:
@@ -310,8 +337,10 @@ class Chat:
             return out, True
         if images is None:
             return [], False
-        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-            images = [images]
+        if isinstance(images, (str, Path, bytes, bytearray, memoryview)) or not isinstance(
+            images, Sequence
+        ):
+            images = [images]  # one image (raw bytes are one encoded file, not many images)
         out = []
         for i, src in enumerate(images):
             out.append(self._visual(src, i))
@@ -326,7 +355,12 @@ class Chat:
         else:
             from vltools.images import load_image
 
-            tiled = load_image(src, max_num=self.max_num)
+            per_tile = self.model.tokens_per_tile
+            tiled = load_image(
+                src,
+                max_num=self.max_num,
+                max_tiles=max(1, _context_length(self.model) // per_tile),
+            )
         name = getattr(tiled, "source", None) or getattr(tiled, "name", None)
         if name is None and isinstance(src, (str, Path)):
             name = src
@@ -336,8 +370,9 @@ class Chat:
 
     def _user_text(self, text: str, new: list[_Visual], video: bool) -> str:
         """The question with this turn's ``<image>`` placeholders (the one placement rule):
-        frames first for a video, images numbered on from those earlier in the chat."""
-        before = sum(len(t.visuals) for t in self._turns)
+        frames first for a video, images numbered on from the images earlier in the chat
+        (a video's frames are labelled ``Frame…``, not counted as images)."""
+        before = sum(1 for t in self._turns for v in t.visuals if not v.label.startswith("frame"))
         return place_images(text, len(new), first_index=before + 1, video=video)
 
     def _prepare(self, text: str, images: Any, video: Any, generation: dict) -> _Prepared:
@@ -483,6 +518,7 @@ class Chat:
         self._turns.append(
             Turn(prep.question, prep.user_text, reply.text, tuple(prep.visuals), reply)
         )
+        self._version += 1
         if interrupted:
             raise KeyboardInterrupt
         return reply
@@ -530,12 +566,23 @@ class Chat:
         Bad input raises here, at the call. Generation starts when iteration starts and runs in
         a worker thread that is always joined: leaving the loop early (``break``),
         :meth:`stop` or a KeyboardInterrupt end it after the current token, with the partial
-        answer kept in the history (marked ``stopped`` or ``interrupted``).
+        answer kept in the history (marked ``stopped`` or ``interrupted``); :meth:`stop` after
+        a ``break`` also frees the session at once.
+
+        The stream belongs to the history it was made from: if the history changes before it
+        is consumed (an ``ask``, ``undo`` or ``reset`` in between), iterating it raises
+        ``RuntimeError`` instead of storing an answer generated from a stale prompt.
         """
         prep = self._prepare(text, images, video, generation)
-        return self._stream(prep, (text, images, video, generation), len(self._turns))
+        return _StreamHandle(self, prep, self._version)
 
-    def _stream(self, prep: _Prepared, args: tuple, n_turns: int) -> Iterator[str]:
+    def _stream(self, prep: _Prepared, version: int, handle: Any) -> Iterator[str]:
+        if version != self._version:
+            raise RuntimeError(
+                "This stream was made before the chat's history changed (an ask, undo or reset "
+                "since chat.stream() was called), so its prompt is stale; nothing was "
+                "generated. Call chat.stream(...) again."
+            )
         self._begin()
         pieces: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -543,9 +590,8 @@ class Chat:
         failure: list[BaseException] = []
         worker = None
         interrupted = False
+        self._active = handle
         try:
-            if len(self._turns) != n_turns:  # the history moved since stream() was called
-                prep = self._prepare(*args[:3], args[3])
             self._stop = stop
 
             def work() -> None:
@@ -577,6 +623,8 @@ class Chat:
                 last = self._turns[-1]
                 reply = replace(last.reply, finish_reason="interrupted")
                 self._turns[-1] = replace(last, reply=reply)
+            if self._active is handle:
+                self._active = None
             self._lock.release()
         if failure:
             raise failure[0]
@@ -614,6 +662,40 @@ class Chat:
     def prompt_html(self) -> str:
         """The last prompt, compact, as HTML."""
         return prompt_html(self.last.prompt.text) if self.last else ""
+
+
+class _StreamHandle:
+    """The iterator :meth:`Chat.stream` returns: the answer's pieces, closable from ``stop()``.
+
+    It wraps the generator doing the work so that :meth:`Chat.stop` can close a stream that
+    was left early (suspended in the caller's thread) at once, which ends and joins the worker
+    and frees the session. A stream being iterated in another thread cannot be closed from
+    here (Python forbids closing a running generator); the stop event ends it at its next piece.
+    """
+
+    def __init__(self, chat: Chat, prep: _Prepared, version: int) -> None:
+        # the generator gets a weak reference only: a strong one would keep a stream left by
+        # `break` alive (and the session locked) until the garbage collector finds the cycle
+        self._gen = chat._stream(prep, version, weakref.ref(self))
+        self._turn = threading.Lock()  # one of next() and close() at a time
+
+    def __iter__(self) -> _StreamHandle:
+        return self
+
+    def __next__(self) -> str:
+        with self._turn:
+            return next(self._gen)
+
+    def close(self) -> None:
+        # busy: another thread is inside next(); the stop event ends that call instead
+        if self._turn.acquire(blocking=False):
+            try:
+                self._gen.close()
+            finally:
+                self._turn.release()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _user_turn_tokens(chat: Chat, turn: Turn) -> int:

@@ -22,10 +22,12 @@ The configuration side (finding the checkpoint, ``config.json``, the native conf
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import mmap
 import re
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,7 +92,10 @@ def _numel(shape: Sequence[int]) -> int:
 
 def _read_header(path: Path) -> dict[str, TensorEntry]:
     """Parse and check a safetensors header; raise a ValueError naming ``path`` on any damage."""
-    size = path.stat().st_size
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path} is not a regular file (a FIFO, socket or device?); refused.")
+    size = info.st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -108,31 +113,71 @@ def _read_header(path: Path) -> dict[str, TensorEntry]:
         raise ValueError(
             f"{path} has a damaged safetensors header ({e}). Download it again."
         ) from e
+    if not isinstance(header, dict):
+        raise ValueError(
+            f"{path}: a safetensors header must be a JSON object of tensors, not "
+            f"{type(header).__name__}. The file is damaged or not safetensors; download it again."
+        )
     data_start = 8 + n
     entries: dict[str, TensorEntry] = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            name, itemsize = _ST_DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
+        entries[key] = _header_entry(path, key, info, data_start, size)
+    # byte ranges must not overlap: sorted by start, each begins where the previous ended or later
+    ranges = sorted(
+        ((k, e) for k, e in entries.items() if e.end > e.start), key=lambda item: item[1].start
+    )
+    for (k1, e1), (k2, e2) in itertools.pairwise(ranges):
+        if e2.start < e1.end:
             raise ValueError(
-                f"{path}: tensor {key!r} has an unsupported header entry {info!r}."
-            ) from e
-        if end - begin != _numel(shape) * itemsize:
-            raise ValueError(
-                f"{path}: tensor {key!r} spans {end - begin} bytes but shape {list(shape)} of "
-                f"{info['dtype']} needs {_numel(shape) * itemsize}. The file is damaged."
+                f"{path}: tensors {k1!r} (bytes {e1.start}-{e1.end}) and {k2!r} (bytes "
+                f"{e2.start}-{e2.end}) overlap. The file is damaged or crafted; download it again."
             )
-        if data_start + end > size:
-            raise ValueError(
-                f"{path} is truncated: tensor {key!r} ends at byte {data_start + end} but the file "
-                f"has only {size} bytes. Download the file again."
-            )
-        entries[key] = TensorEntry(path, name, shape, data_start + begin, data_start + end)
     return entries
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _header_entry(path: Path, key: str, info: Any, data_start: int, size: int) -> TensorEntry:
+    """One header entry checked: dtype known, shape of non-negative ints, offsets in the data."""
+    ok = (
+        isinstance(info, dict)
+        and info.get("dtype") in _ST_DTYPES
+        and isinstance(info.get("shape"), list)
+        and all(_is_int(d) and d >= 0 for d in info["shape"])
+        and isinstance(info.get("data_offsets"), list)
+        and len(info["data_offsets"]) == 2
+        and all(_is_int(x) for x in info["data_offsets"])
+    )
+    if not ok:
+        raise ValueError(
+            f"{path}: tensor {key!r} has an unsupported header entry {info!r}; each entry needs "
+            f"a dtype in {sorted(_ST_DTYPES)}, a shape of non-negative integers and two integer "
+            "data_offsets. The file is damaged; download it again."
+        )
+    name, itemsize = _ST_DTYPES[info["dtype"]]
+    shape = tuple(info["shape"])
+    begin, end = info["data_offsets"]
+    if begin < 0 or end < begin:
+        raise ValueError(
+            f"{path}: tensor {key!r} has data_offsets [{begin}, {end}]; offsets are counted from "
+            "the end of the header and must satisfy 0 <= begin <= end (a negative one would read "
+            "the header's own bytes). The file is damaged or crafted; download it again."
+        )
+    if end - begin != _numel(shape) * itemsize:
+        raise ValueError(
+            f"{path}: tensor {key!r} spans {end - begin} bytes but shape {list(shape)} of "
+            f"{info['dtype']} needs {_numel(shape) * itemsize}. The file is damaged."
+        )
+    if data_start + end > size:
+        raise ValueError(
+            f"{path} is truncated: tensor {key!r} ends at byte {data_start + end} but the file "
+            f"has only {size} bytes. Download the file again."
+        )
+    return TensorEntry(path, name, shape, data_start + begin, data_start + end)
 
 
 def read_weight_index(folder: Path) -> dict[str, TensorEntry]:
@@ -147,7 +192,13 @@ def read_weight_index(folder: Path) -> dict[str, TensorEntry]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{index} is not a valid safetensors index ({e}).") from e
-        files = sorted(set(weight_map.values()))
+        files = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else [None]
+        bad = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in ("", "..")]
+        if bad:
+            raise ValueError(
+                f"{index}: weight_map must map tensor names to file names inside {folder}; "
+                f"{bad[0]!r} is not one. The index is damaged or crafted; download it again."
+            )
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(

@@ -17,8 +17,8 @@ so a damaged file ends in an error, never a hang.
 from __future__ import annotations
 
 import logging
+import math
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -78,6 +78,9 @@ class _Probe:
     time_base: Fraction
     timestamps: np.ndarray  # float64 [num_frames], seconds from the first frame
     variable_frame_rate: bool
+    width: int = 0
+    height: int = 0
+    duration: float = 0.0  # real seconds: first frame's start to last frame's end
 
 
 def _probe(path: Path) -> _Probe:
@@ -113,8 +116,15 @@ def _probe(path: Path) -> _Probe:
         rate = stream.average_rate or stream.guessed_rate
         time_base = stream.time_base
         container_format = container.format.name
+        width, height = stream.codec_context.width, stream.codec_context.height
+        codec = stream.codec_context.name
     finally:
         container.close()
+    if is_still_image(container_format, codec, len(pts)):
+        raise ValueError(
+            f"{path.name} is a still image ({codec} in FFmpeg's {container_format!r} format), "
+            "not a video, whatever its name says. Load it with vltools.load_image."
+        )
     pts_sorted = np.sort(np.asarray(pts, dtype=np.int64))  # [num_frames]
     timestamps = (pts_sorted - pts_sorted[0]).astype(np.float64) * float(time_base)
     if rate is None or rate <= 0:  # no rate in the container: derive it from the timestamps
@@ -123,6 +133,8 @@ def _probe(path: Path) -> _Probe:
         logger.warning("%s declares no frame rate; using %.3f fps from its timestamps", path, rate)
     steps = np.diff(pts_sorted)
     vfr = bool(len(steps) > 1 and steps.max() - steps.min() > 1)
+    # the last frame lasts as long as the typical frame before it (one frame period if alone)
+    last = float(np.median(steps)) * float(time_base) if len(steps) else 1.0 / float(rate)
     return _Probe(
         container_format=container_format,
         num_frames=len(pts),
@@ -132,7 +144,25 @@ def _probe(path: Path) -> _Probe:
         time_base=time_base,
         timestamps=timestamps,
         variable_frame_rate=vfr,
+        width=int(width or 0),
+        height=int(height or 0),
+        duration=float(timestamps[-1]) + last,
     )
+
+
+# FFmpeg demuxers of single images, and codecs of still pictures: a file that FFmpeg reads
+# through one of these with one frame is a picture, not a video.
+_IMAGE_CODECS = frozenset(
+    {"png", "apng", "mjpeg", "jpeg2000", "bmp", "gif", "webp", "tiff", "ppm", "pgm", "qoi"}
+)
+
+
+def is_still_image(container_format: str, codec: str, num_frames: int) -> bool:
+    """Whether FFmpeg's reading of a file says it is a still picture rather than a video."""
+    formats = set(container_format.split(","))
+    if formats & {"image2", "image2pipe"} or any(f.endswith("_pipe") for f in formats):
+        return True
+    return num_frames == 1 and codec in _IMAGE_CODECS
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -188,16 +218,15 @@ def _read_decord(
     try:
         num_frames = len(reader)
         fps = float(reader.get_avg_fps())
-        indices = pick(num_frames, fps)
-        if num_frames == probe.num_frames:
-            timestamps = probe.timestamps[indices]
-        else:
-            warnings.warn(
-                f"decord counts {num_frames} frames in {path.name}, the container "
-                f"{probe.num_frames}; following decord, as the model card does.",
-                stacklevel=3,
+        if num_frames != probe.num_frames or not math.isclose(fps, probe.fps, rel_tol=1e-6):
+            # sampling from other numbers would make frame n another frame than PyAV's n
+            raise _DecordFailed(
+                f"decord reads {num_frames} frames at {fps:.6g} fps in {path.name}, the "
+                f"container holds {probe.num_frames} at {probe.fps:.6g} fps, so the two "
+                "backends would number (and sample) its frames differently"
             )
-            timestamps = reader.get_frame_timestamp(indices.tolist())[:, 0]
+        indices = pick(num_frames, fps)
+        timestamps = probe.timestamps[indices]
         wanted = indices.tolist()
         arrays: list[Any] = [None] * len(wanted)
 
@@ -317,8 +346,12 @@ def _decode_counting(container, wanted: set[int]) -> dict[int, np.ndarray]:
         try:
             frames = stream.decode(packet)
         except av.FFmpegError as e:
-            logger.debug("skipping a packet that does not decode: %s", e)
-            continue
+            # a packet lost here would shift every later frame number by one: stop counting,
+            # so the frames after it are reported missing rather than returned shifted
+            logger.info(
+                "a packet does not decode (%s); frames from %d on are not numbered", e, count
+            )
+            break
         for frame in frames:
             if count in wanted:
                 found[count] = frame.to_ndarray(format="rgb24")  # [H, W, 3] uint8

@@ -59,8 +59,9 @@ def inputs_key(notebook: Path, model: str) -> str:
     """A hash of everything a notebook's output depends on: its cells, vltools, data, model."""
     digest = hashlib.sha256(model.encode())
     digest.update(notebook.read_bytes())
-    for path in sorted((REPO / "vltools").rglob("*.py")) + sorted((REPO / "data").glob("*")):
-        digest.update(path.name.encode())
+    data = sorted(p for p in (REPO / "data").rglob("*") if p.is_file())
+    for path in sorted((REPO / "vltools").rglob("*.py")) + data:
+        digest.update(path.relative_to(REPO).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

@@ -18,6 +18,14 @@ does not shrink, the canvas itself made one tile column per thread in exactly PI
 arithmetic (:func:`_column_resizer`). This makes it about 1.5 times faster than the card and
 about as fast as PIL's resize of the canvas alone (``benchmarks/tiling.py``).
 
+Deep colour. 16-bit images and float ``F`` images in ``[0, 1]`` are scaled to 8 bits
+(:func:`to_8bit`) where the card clips them to a white or black square; other ``I``/``F``
+images are refused. 8-bit images are the card's exactly.
+
+Hostile input. Only regular files are opened (a FIFO, socket or device is refused at once),
+and the size of ``pixel_values`` is checked against :data:`MAX_PIXEL_VALUES_BYTES` from the
+image's header, before any pixel is decoded or resized.
+
 EXIF. ``load_image(..., exif_transpose=False)`` is the card exactly; the default first
 applies the EXIF orientation, which the card ignores (a phone photo taken upright but stored
 sideways is tiled upright here, sideways by the card).
@@ -31,6 +39,7 @@ import io
 import itertools
 import logging
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Callable
@@ -54,7 +63,14 @@ from vltools.tiling import TileBox, TileGrid, _check_settings, plan_tiles
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["TiledImage", "load_image"]
+__all__ = [
+    "MAX_PIXEL_VALUES_BYTES",
+    "TiledImage",
+    "check_pixel_values_size",
+    "load_image",
+    "open_regular_file",
+    "to_8bit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +138,22 @@ class TiledImage:
         return figure_to_png(show_tiles(self), dpi=72)
 
 
-def _decode(opener: Callable[[], Image.Image], what: str) -> Image.Image:
-    """Open and fully decode an image file, turning PIL's failures into clear errors."""
+def _decode(
+    opener: Callable[[], Image.Image],
+    what: str,
+    check: Callable[[Image.Image], None] | None = None,
+) -> Image.Image:
+    """Open and fully decode an image file, turning PIL's failures into clear errors.
+
+    ``check`` sees the opened image (its size and mode are known, no pixels decoded yet) and
+    may raise to refuse it before any decoding work.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = opener()
+            if check is not None:
+                check(image)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         limit = Image.MAX_IMAGE_PIXELS or 0
@@ -167,17 +193,34 @@ def _from_array(array: np.ndarray) -> Image.Image:
         array = array[:, :, 0]
     if array.dtype == np.uint8 or array.dtype == np.bool_:
         return Image.fromarray(np.ascontiguousarray(array))
-    if array.dtype == np.uint16 and array.ndim == 2:
-        return Image.fromarray(np.ascontiguousarray(array))  # mode I;16, as PIL reads 16-bit
+    if array.dtype == np.uint16:  # 16 bits per channel, scaled to 8 (see to_8bit)
+        return Image.fromarray(scale_16bit(array))
     raise TypeError(
-        f"A numpy image must be uint8 (or uint16 grey / bool), got dtype {array.dtype} with "
+        f"A numpy image must be uint8, uint16 or bool, got dtype {array.dtype} with "
         f"shape {array.shape}. For floats in [0, 1] use "
         "`(array * 255).round().clip(0, 255).astype(np.uint8)`."
     )
 
 
-def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None]:
-    """The source as a PIL RGB image (the card's ``convert('RGB')``) and a name for it."""
+def _open(
+    source: Any,
+    *,
+    exif_transpose: bool,
+    check: Callable[[int, int], None] | None = None,
+) -> tuple[Image.Image, str | None]:
+    """The source as a PIL RGB image (the card's ``convert('RGB')``) and a name for it.
+
+    ``check(width, height)`` is called with the upright size before the pixels are decoded
+    (or, for an image already in memory, before anything else is done with it).
+    """
+
+    def check_opened(image: Image.Image) -> None:
+        # both orientations: reading the EXIF orientation can decode the pixels (PNG)
+        if check is not None:
+            check(image.width, image.height)
+            if exif_transpose and image.width != image.height:
+                check(image.height, image.width)
+
     name: str | None = None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
@@ -198,12 +241,15 @@ def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None
             raise ValueError(
                 f"{str(path)!r} is a directory; load_image wants one image file.{hint}"
             )
-        image = _decode(lambda: Image.open(path), f"The file {str(path)!r}")
+        with open_regular_file(path, what="load_image") as f:
+            image = _decode(lambda: Image.open(f), f"The file {str(path)!r}", check_opened)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ValueError("The image bytes are empty (0 bytes); pass an encoded image file.")
         data = bytes(source)
-        image = _decode(lambda: Image.open(io.BytesIO(data)), f"The {len(data):,} image bytes")
+        image = _decode(
+            lambda: Image.open(io.BytesIO(data)), f"The {len(data):,} image bytes", check_opened
+        )
     elif isinstance(source, Image.Image):
         image = source
         try:
@@ -219,7 +265,9 @@ def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None
     elif hasattr(source, "read"):
         name = getattr(source, "name", None)
         name = str(name) if isinstance(name, (str, os.PathLike)) else None
-        image = _decode(lambda: Image.open(source), f"The file object {name or source!r}")
+        image = _decode(
+            lambda: Image.open(source), f"The file object {name or source!r}", check_opened
+        )
     else:
         raise TypeError(
             f"load_image takes a path (str or Path), a PIL.Image, a numpy array [H, W, 3] "
@@ -230,6 +278,9 @@ def _open(source: Any, *, exif_transpose: bool) -> tuple[Image.Image, str | None
             f"The image is {image.width}x{image.height} pixels: nothing to tile. "
             "Pass a non-empty image."
         )
+    if isinstance(source, (Image.Image, np.ndarray)):
+        check_opened(image)
+    image = to_8bit(image)
     if exif_transpose and image.getexif().get(0x0112, 1) not in (1, None):
         image = ImageOps.exif_transpose(image)
     if image.mode != "RGB":
@@ -382,6 +433,117 @@ def _run_shared(pool: ThreadPoolExecutor, workers: int, jobs: list[Callable[[], 
         helper.result()
 
 
+# ---------------------------------------------------------------------------------------------
+# Hostile input: regular files only, a stated size limit, deep colour scaled (not clipped)
+# ---------------------------------------------------------------------------------------------
+
+# The largest float32 pixel_values one request may produce (tiles x 3 x S x S x 4 bytes).
+MAX_PIXEL_VALUES_BYTES = 4 * 1024**3
+
+
+def _kind(mode: int) -> str | None:
+    """What a file mode is, unless it is a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular_file(path: str | os.PathLike, *, what: str) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file; a FIFO, socket or device is refused.
+
+    The path is checked with ``stat`` first (which never blocks), then opened non-blocking (so a
+    FIFO swapped in meanwhile cannot hang the open) and checked again on the descriptor.
+    """
+
+    def refuse(kind: str) -> ValueError:
+        return ValueError(
+            f"{str(path)!r} is {kind}; {what} reads only regular files (reading a FIFO, socket "
+            "or device could block forever or never end). Save the data to a file first, or "
+            "pass its bytes."
+        )
+
+    kind = _kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise refuse(kind)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise refuse(kind)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_pixel_values_size(
+    num_tiles: int, image_size: int, *, what: str, lower: str, frames: int = 1
+) -> None:
+    """Refuse a request whose ``pixel_values`` would exceed :data:`MAX_PIXEL_VALUES_BYTES`.
+
+    ``num_tiles`` tiles per frame, ``frames`` frames, float32 ``[.., 3, image_size,
+    image_size]``; ``lower`` says what the caller can lower.
+    """
+    total = int(num_tiles) * int(frames)
+    size = total * 3 * image_size * image_size * 4
+    if size > MAX_PIXEL_VALUES_BYTES:
+        shape = f"{total:,} tiles" if frames == 1 else f"{frames:,} frames x {num_tiles} tiles"
+        raise ValueError(
+            f"{what} would produce pixel_values of {shape} x 3 x {image_size} x {image_size} "
+            f"float32 = {size / 1024**3:.1f} GiB, above vltools' limit of "
+            f"{MAX_PIXEL_VALUES_BYTES / 1024**3:.0f} GiB (vltools.images.MAX_PIXEL_VALUES_BYTES). "
+            f"Lower {lower}."
+        )
+
+
+def scale_16bit(array: np.ndarray) -> np.ndarray:
+    """uint16 values as uint8, ``round(v * 255 / 65535)`` in exact integer arithmetic."""
+    wide = array.astype(np.uint32)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Deep-colour PIL images as 8-bit, scaled instead of clipped (a documented departure).
+
+    The card's ``convert("RGB")`` clips: a 16-bit image (``I;16*``, a 16-bit PNG) comes out
+    almost white, a float ``F`` image in ``[0, 1]`` black. Here ``I;16*`` is scaled by
+    ``255 / 65535``, ``F`` with every value in ``[0, 1]`` by 255, an ``F`` image within
+    ``[0, 255]`` and an ``I`` image within ``[0, 255]`` convert as the card does; anything
+    else (``I`` above 255, whose bit depth is unknown, negative, NaN or larger floats) is
+    refused with the fix. 8-bit modes are untouched, so the card's pixels stay exact.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return Image.fromarray(scale_16bit(np.asarray(image)))
+    if mode not in ("I", "F"):
+        return image
+    values = np.asarray(image)
+    finite = np.isfinite(values).all() if mode == "F" else True
+    low, high = (values.min(), values.max()) if finite else (np.nan, np.nan)
+    if mode == "F" and finite and 0 <= low and high <= 1:
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8))
+    if finite and 0 <= low and high <= 255:
+        return image  # converts exactly as the card does
+    depth = "32-bit integer" if mode == "I" else "32-bit float"
+    raise ValueError(
+        f"The image is PIL mode {mode!r} ({depth}) with values from {low} to {high}; vltools "
+        "does not guess how such values map to 0-255 (the card's convert('RGB') would clip "
+        "them to a white or black square). Scale it yourself, e.g. for 16-bit data "
+        "`Image.fromarray((np.asarray(img) / 65535 * 255).round().astype(np.uint8))`, or pass "
+        "float data in [0, 1] as mode 'F'."
+    )
+
+
 def load_image(
     source: Any,
     *,
@@ -391,13 +553,16 @@ def load_image(
     use_thumbnail: bool = True,
     exif_transpose: bool = True,
     fast: bool = False,
+    max_tiles: int | None = None,
 ) -> TiledImage:
     """Open an image and cut it into InternVL tiles: the model card's ``load_image``.
 
     Args:
-        source: a path (str or Path), a ``PIL.Image`` (any mode), a numpy array
-            ``[H, W]``/``[H, W, 3|4]`` uint8, the bytes of an image file, or a binary file
-            object.
+        source: a path (str or Path) to a regular file, a ``PIL.Image``, a numpy array
+            ``[H, W]``/``[H, W, 3|4]`` uint8 or uint16, the bytes of an image file, or a
+            binary file object. 16-bit images (``I;16`` modes, 16-bit PNGs, uint16 arrays)
+            are scaled to 8 bits and ``F`` images in ``[0, 1]`` by 255, where the card's
+            ``convert("RGB")`` would clip them white or black (:func:`to_8bit`).
         max_num: the most tiles in the grid (thumbnail not counted). Default 12, InternVL2-1B's
             own ``max_dynamic_patch``; the model card's examples use ``max_num=6``.
         min_num: the fewest tiles in the grid (default 1).
@@ -413,6 +578,9 @@ def load_image(
             canvas instead of the original. Pixels move by
             a level or two (see ``benchmarks/tiling.py``); ``False`` (default) is
             bit-identical to the card.
+        max_tiles: refuse, before decoding, an image whose grid (thumbnail included) would
+            have more tiles than this, e.g. what a model's context can hold (``Chat`` passes
+            ``context_length // tokens_per_tile``). ``None``: only the size limit applies.
 
     Returns:
         A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
@@ -421,15 +589,42 @@ def load_image(
 
     Raises:
         FileNotFoundError: no file at the path.
-        ValueError: a directory, a file that is not an image, a truncated file, an image over
-            Pillow's decompression-bomb limit, a zero-size image, or bad tiling settings
-            (see :func:`plan_tiles`).
+        ValueError: a directory, a FIFO, socket or device (only regular files are opened), a
+            file that is not an image, a truncated file, an image over Pillow's
+            decompression-bomb limit, a zero-size image, ``pixel_values`` above
+            :data:`MAX_PIXEL_VALUES_BYTES` (checked before decoding), a mode ``I``/``F`` image
+            whose values cannot be mapped to 0-255 without guessing (see :func:`to_8bit`), or
+            bad tiling settings (see :func:`plan_tiles`).
         TypeError: an unsupported source type or array dtype.
     """
     import torch
 
     min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
-    image, name = _open(source, exif_transpose=exif_transpose)
+
+    def check(width: int, height: int) -> None:  # before decoding: refuse what is too large
+        planned = plan_tiles(
+            width,
+            height,
+            min_num=min_num,
+            max_num=max_num,
+            image_size=image_size,
+            use_thumbnail=use_thumbnail,
+        )
+        check_pixel_values_size(
+            planned.num_tiles,
+            image_size,
+            what=f"A {width}x{height} image at max_num={max_num}",
+            lower=f"max_num (now {max_num})",
+        )
+        if max_tiles is not None and planned.num_tiles > max_tiles:
+            raise ValueError(
+                f"A {width}x{height} image at max_num={max_num} needs {planned.num_tiles} tiles "
+                f"({planned.num_image_tokens:,} image tokens), more than the {max_tiles} tiles "
+                f"allowed here (the model's context). Lower max_num (now {max_num}) to at most "
+                f"{max(1, max_tiles - 1)}."
+            )
+
+    image, name = _open(source, exif_transpose=exif_transpose, check=check)
     grid = plan_tiles(
         image.width,
         image.height,

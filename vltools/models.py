@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -160,8 +161,42 @@ def resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------
 
 
+def tokenizer_class(name: Any, *, where: str = "tokenizer_config.json") -> Any:
+    """The tokenizer class transformers itself ships under ``name``; refuse anything else.
+
+    A checkpoint's ``tokenizer_config.json`` names its tokenizer class. Only a class defined
+    inside transformers that derives from ``PreTrainedTokenizerBase`` is accepted (``Qwen2Tokenizer``,
+    ``PreTrainedTokenizerFast``, ...; the historical ``...Fast`` names resolve as transformers
+    resolves them). ``Auto*`` classes, non-tokenizers such as ``AutoConfig`` and names of classes
+    in the checkpoint's own ``*.py`` files are refused: they are the doors through which
+    transformers would offer to run code from the checkpoint.
+    """
+    transformers = require("transformers", purpose="Loading a tokenizer")
+    cls = None
+    if isinstance(name, str) and name.isidentifier() and not name.startswith("_"):
+        if not name.startswith("Auto"):
+            cls = getattr(transformers, name, None) or getattr(
+                transformers, name.removesuffix("Fast"), None
+            )
+    ok = (
+        isinstance(cls, type)
+        and issubclass(cls, transformers.PreTrainedTokenizerBase)
+        and cls.__module__.startswith("transformers.")
+    )
+    if not ok:
+        raise ValueError(
+            f"{where} names tokenizer_class {name!r}, which is not a tokenizer class that "
+            f"transformers {transformers.__version__} ships. vltools loads only transformers' own "
+            "tokenizer classes and never code from a checkpoint (auto_map and *.py files are "
+            "ignored). Set tokenizer_class to the tokenizer the model uses, e.g. "
+            "'Qwen2Tokenizer' for InternVL2-1B, or 'PreTrainedTokenizerFast' for a plain "
+            "tokenizer.json."
+        )
+    return cls
+
+
 def _load_tokenizer(folder: Path):
-    """The checkpoint's tokenizer, without remote code; prefer the class the config names."""
+    """The checkpoint's tokenizer, without remote code: only classes transformers ships."""
     transformers = require("transformers", purpose="Loading a tokenizer")
     files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     if not any((folder / f).is_file() for f in files):
@@ -169,24 +204,25 @@ def _load_tokenizer(folder: Path):
             f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json / "
             "vocab.json + merges.txt); copy them from the checkpoint's repository."
         )
-    cls = None
     tc = folder / "tokenizer_config.json"
-    if tc.is_file():
-        try:
-            name = json.loads(tc.read_text(encoding="utf-8")).get("tokenizer_class")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{tc} is not valid JSON: {e}") from e
-        if isinstance(name, str) and name.removesuffix("Fast") in SENTENCEPIECE_STAND_INS:
-            return _sentencepiece_tokenizer(folder, name)
-        if isinstance(name, str):
-            cls = getattr(transformers, name, None) or getattr(
-                transformers, name.removesuffix("Fast"), None
-            )
+    settings = _read_json(tc, strict=True)
+    name = settings.get("tokenizer_class")
+    if isinstance(name, str) and name.removesuffix("Fast") in SENTENCEPIECE_STAND_INS:
+        return _sentencepiece_tokenizer(folder, name)
+    if "tokenizer_class" in settings:
+        cls = tokenizer_class(settings["tokenizer_class"], where=str(tc))
+    elif (folder / "tokenizer.json").is_file():
+        cls = transformers.PreTrainedTokenizerFast
+    else:
+        raise ValueError(
+            f"{folder} has no tokenizer.json and its tokenizer_config.json names no "
+            "tokenizer_class, so vltools cannot tell which of transformers' tokenizers to use "
+            '(it never guesses through auto_map). Add "tokenizer_class" to '
+            "tokenizer_config.json, e.g. 'Qwen2Tokenizer'."
+        )
     try:
-        if cls is not None:
-            return cls.from_pretrained(str(folder))
-        return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except (OSError, ValueError) as e:
+        return cls.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"Could not load the tokenizer in {folder}: {e}") from e
 
 
@@ -213,7 +249,9 @@ def _sentencepiece_tokenizer(folder: Path, name: str):
         )
     cls_name, settings = SENTENCEPIECE_STAND_INS[name.removesuffix("Fast")]
     try:
-        return getattr(transformers, cls_name).from_pretrained(str(folder), **settings)
+        return getattr(transformers, cls_name).from_pretrained(
+            str(folder), trust_remote_code=False, **settings
+        )
     except (OSError, ValueError) as e:
         raise ValueError(f"Could not load {name}'s tokenizer.model in {folder}: {e}") from e
 
@@ -269,11 +307,16 @@ def _load_original(
 def _set_generation_config(model: Any, folder: Path, tokenizer: Any) -> None:
     """Take the checkpoint's generation_config.json (its eos ids) and the tokenizer's pad id."""
     transformers = require("transformers", purpose="Loading a model")
-    if (folder / "generation_config.json").is_file():
+    path = folder / "generation_config.json"
+    if path.is_file():
+        # read as data (GenerationConfig.from_pretrained would store a trust_remote_code kwarg
+        # as a generation setting); a generation config has no code path of its own
         try:
-            model.generation_config = transformers.GenerationConfig.from_pretrained(str(folder))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{folder / 'generation_config.json'} is not valid: {e}") from e
+            generation = transformers.GenerationConfig.from_dict(_read_json(path, strict=True))
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{path} is not valid: {e}") from e
+        generation._original_object_hash = hash(generation)  # as from_pretrained marks it
+        model.generation_config = generation
     if model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
@@ -303,6 +346,10 @@ def _load_native(
             trust_remote_code=False,
             use_safetensors=not allow_pickle,
         )
+    except pickle.UnpicklingError as e:
+        # as the original-format path says it (conversion._weight_entries)
+        names = ", ".join(sorted(p.name for p in folder.glob("*.bin"))[:3])
+        raise ValueError(f"{folder}/{names} could not be read as pickle weights: {e}") from e
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"Could not load the native checkpoint in {folder}: {e}") from e
     model.eval()
@@ -361,14 +408,21 @@ def _native_template(folder: Path, config: dict[str, Any], tokenizer: Any) -> Te
     return replace(TEMPLATES[NATIVE_TEMPLATE], source="default for native checkpoints")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, *, strict: bool = False) -> dict[str, Any]:
+    """``path`` as a JSON object; ``{}`` if absent (and, unless ``strict``, if unreadable)."""
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if strict:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        if strict:
+            raise ValueError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+        return {}
+    return data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,11 +17,17 @@ equally close one only when the image's area exceeds half of that grid's pixel a
 candidates are visited in the card's order, including its order among grids with the same
 tile count (which matters only when ``min_num > 1``; see :func:`_card_candidate_order`).
 ``tests/test_tiling.py`` matches all 4,500 rows of ``tests/reference/tiling_grids.tsv``.
+
+Bounded work. The card enumerates ``max_num**2`` grids; beyond :data:`FULL_CANDIDATES_LIMIT`
+this module visits only the grids nearest the image's ratio per row and per column count
+(``O(sqrt(max_num))``), which always include the winner and every grid tied with it, so the
+choice is unchanged (checked against the card in ``tests/test_tiling_bounded.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -106,10 +112,15 @@ class TileGrid:
         num_tiles: ``cols * rows`` plus one for the thumbnail: the first dimension of
             ``pixel_values`` and the ``num_patches`` the chat API wants.
         boxes: ``num_tiles`` :class:`TileBox`, in ``pixel_values`` order.
-        candidates: every grid considered, in the card's visiting order (:class:`Candidate`).
+        candidates: every grid considered, in the card's visiting order (:class:`Candidate`);
+            see ``all_candidates``.
         tokens_per_tile: image tokens per tile, ``(image_size / 14) ** 2 / 4`` = 256.
         num_image_tokens: ``num_tiles * tokens_per_tile``.
         canvas_size: ``(cols * image_size, rows * image_size)``, what the image is resized to.
+        all_candidates: whether ``candidates`` lists every grid (``max_num`` up to
+            :data:`FULL_CANDIDATES_LIMIT`); beyond that only the grids nearest the image's ratio
+            from each side, per row and per column count (about ``4 * sqrt(max_num)``), which
+            include the winner and every grid tied with it, so the choice is the same.
     """
 
     width: int
@@ -127,6 +138,7 @@ class TileGrid:
     tokens_per_tile: int
     num_image_tokens: int
     canvas_size: tuple[int, int]
+    all_candidates: bool = True
 
     @property
     def aspect_ratio(self) -> float:
@@ -185,6 +197,12 @@ def _check_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, i
             f"min_num must be at least 1 (a grid has at least one tile), got {min_num}. "
             "Use min_num=1, the model's default."
         )
+    if max_num > MAX_NUM_LIMIT:
+        raise ValueError(
+            f"max_num={max_num:,} is above the limit of {MAX_NUM_LIMIT:,} tiles plan_tiles "
+            "accepts (each tile is a 448 x 448 crop; the model's context holds about 30). "
+            "Lower max_num."
+        )
     if max_num < min_num:
         raise ValueError(
             f"max_num ({max_num}) is smaller than min_num ({min_num}): no grid fits. "
@@ -201,7 +219,7 @@ def _check_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, i
     return min_num, max_num, image_size
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=16)
 def _card_candidate_order(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
     """All grids ``(cols, rows)`` with ``min_num <= cols * rows <= max_num``, in the card's order.
 
@@ -213,26 +231,105 @@ def _card_candidate_order(min_num: int, max_num: int) -> tuple[tuple[int, int], 
     order depends on the order in which its distinct elements were first added, so this adds
     the grids to a set in the card's first-insertion order (tile budget ``n`` rising, then
     ``cols``, then ``rows``; a grid first appears at ``n = max(min_num, cols, rows)``) and
-    sorts the same way. It does O(max_num**2) work where the card's comprehension does
-    O(max_num**3).
+    sorts the same way. Its work is proportional to the number of grids (about
+    ``max_num * ln(max_num)``), so it is used only up to :data:`FULL_ORDER_LIMIT`.
     """
     grids: set[tuple[int, int]] = set()
-
-    def add(i: int, j: int) -> None:
-        if min_num <= i * j <= max_num:
-            grids.add((i, j))
-
-    for n in range(min_num, max_num + 1):
-        if n == min_num:  # every grid inside n x n appears for the first time here
-            for i in range(1, n + 1):
-                for j in range(1, min(n, max_num // i) + 1):
-                    add(i, j)
-        else:  # only grids with n as a side are new; i-major, j-minor as in the card
-            for i in range(1, n):
-                add(i, n)
-            for j in range(1, n + 1):
-                add(n, j)
+    n0 = min_num
+    for i in range(1, n0 + 1):  # every grid inside n0 x n0 appears for the first time here
+        for j in range(1, min(n0, max_num // i) + 1):
+            if i * j >= min_num:
+                grids.add((i, j))
+    for n in range(n0 + 1, max_num + 1):  # only grids with n as a side are new
+        for i in range(max(1, -(-min_num // n)), min(n - 1, max_num // n) + 1):
+            grids.add((i, n))
+        for j in range(max(1, -(-min_num // n)), min(n, max_num // n) + 1):
+            grids.add((n, j))
     return tuple(sorted(grids, key=lambda grid: grid[0] * grid[1]))
+
+
+# plan_tiles lists every candidate grid up to this max_num (the explorer shows them); beyond it,
+# only the grids nearest the image's ratio (which include the winner and all its ties).
+FULL_CANDIDATES_LIMIT = 64
+# Up to this max_num the card's exact set order among equal tile counts is reproduced; beyond
+# it an exact tie between two grids of the same tile count (possible only with min_num > 1)
+# is broken by the grid with fewer columns first (the card's set order is a hash artifact).
+FULL_ORDER_LIMIT = 4096
+# The largest max_num plan_tiles accepts: the work grows with sqrt(max_num).
+MAX_NUM_LIMIT = 10**7
+# The most tiles a chosen grid may have: plan_tiles describes every tile (a TileBox each).
+MAX_GRID_TILES = 100_000
+
+
+def _nearest_grids(width: int, height: int, min_num: int, max_num: int) -> set[tuple[int, int]]:
+    """Grids that include every grid whose ratio error is the smallest, in O(sqrt(max_num)).
+
+    Any grid has ``min(cols, rows) <= sqrt(max_num)``. For each row count ``r`` up to that
+    bound, the column counts nearest ``r * width / height`` from below and from above (within
+    the tile budget) are the only ones of that row count that can be closest on their side;
+    likewise for each column count. Exact integer arithmetic; float ties (the card compares
+    floats) are caught by :func:`_closest_grids`, which widens around the minimum.
+    """
+    root = math.isqrt(max_num)
+    found: set[tuple[int, int]] = set()
+    for r in range(1, root + 1):
+        lo, hi = max(1, -(-min_num // r)), max_num // r
+        if lo > hi:
+            continue
+        below = width * r // height  # largest c with c / r <= width / height
+        for c in (below, below + 1):
+            found.add((min(max(c, lo), hi), r))
+    for c in range(1, root + 1):
+        lo, hi = max(1, -(-min_num // c)), max_num // c
+        if lo > hi:
+            continue
+        below = c * height // width  # largest r with c / r >= width / height (r >= 1 below)
+        for r in (below, below + 1):
+            found.add((c, min(max(r, lo), hi)))
+    return found
+
+
+def _closest_grids(width: int, height: int, min_num: int, max_num: int) -> set[tuple[int, int]]:
+    """Every grid whose card error ``abs(width / height - cols / rows)`` is the smallest."""
+    aspect = width / height
+    near = _nearest_grids(width, height, min_num, max_num)
+    best = min(abs(aspect - c / r) for c, r in near)
+    tied = {g for g in near if abs(aspect - g[0] / g[1]) == best}
+    # float rounding can make neighbouring grids compare equal: walk out from each tie
+    todo = list(tied)
+    while todo:
+        c, r = todo.pop()
+        for g in ((c - 1, r), (c + 1, r), (c, r - 1), (c, r + 1)):
+            if (
+                g not in tied
+                and g[0] >= 1
+                and g[1] >= 1
+                and min_num <= g[0] * g[1] <= max_num
+                and abs(aspect - g[0] / g[1]) == best
+            ):
+                tied.add(g)
+                todo.append(g)
+    return tied
+
+
+def _visiting_order(grids: set[tuple[int, int]], min_num: int, max_num: int) -> list:
+    """``grids`` in the card's visiting order (exact set order up to FULL_ORDER_LIMIT)."""
+    if max_num <= FULL_ORDER_LIMIT:
+        rank = {g: k for k, g in enumerate(_card_candidate_order(min_num, max_num))}
+        return sorted(grids, key=rank.__getitem__)
+    return sorted(grids, key=lambda g: (g[0] * g[1], g[0]))
+
+
+def _candidate_grids(
+    width: int, height: int, min_num: int, max_num: int
+) -> tuple[tuple[tuple[int, int], ...], bool]:
+    """The grids plan_tiles lists, in the card's order, and whether that is all of them."""
+    if max_num <= FULL_CANDIDATES_LIMIT:
+        return _card_candidate_order(min_num, max_num), True
+    grids = _nearest_grids(width, height, min_num, max_num) | _closest_grids(
+        width, height, min_num, max_num
+    )
+    return tuple(_visiting_order(grids, min_num, max_num)), False
 
 
 def _choose(
@@ -283,8 +380,8 @@ def plan_tiles(
         width, height: the image's size in pixels (at least 1 each).
         min_num, max_num: bounds on ``cols * rows`` (the thumbnail is not counted).
             ``max_num=12`` is InternVL2-1B's own ``max_dynamic_patch`` (its config); the model
-            card's examples pass ``max_num=6``. Any ``max_num >= min_num`` works, also well
-            beyond 12.
+            card's examples pass ``max_num=6``. Any ``max_num`` from ``min_num`` up to
+            :data:`MAX_NUM_LIMIT` (10**7) works; the work grows with ``sqrt(max_num)``.
         image_size: the tile side, a multiple of 28 (448 for InternVL2).
         use_thumbnail: add a ``image_size`` square thumbnail of the whole image after the
             tiles when the grid has more than one tile (InternVL2's config: True).
@@ -294,8 +391,9 @@ def plan_tiles(
         ``grid.candidates`` shows the choice.
 
     Raises:
-        ValueError: a size below 1, ``min_num < 1``, ``max_num < min_num``, or an
-            ``image_size`` that is not a multiple of 28.
+        ValueError: a size below 1, ``min_num < 1``, ``max_num < min_num``, ``max_num`` above
+            :data:`MAX_NUM_LIMIT`, a chosen grid of more than :data:`MAX_GRID_TILES` tiles, or
+            an ``image_size`` that is not a multiple of 28.
         TypeError: a non-integer argument.
     """
     width = _as_int(width, "width")
@@ -308,9 +406,15 @@ def plan_tiles(
     min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
     use_thumbnail = bool(use_thumbnail)
 
-    order = _card_candidate_order(min_num, max_num)
+    order, complete = _candidate_grids(width, height, min_num, max_num)
     best, notes = _choose(width, height, order, image_size)
     cols, rows = order[best]
+    if cols * rows > MAX_GRID_TILES:
+        raise ValueError(
+            f"A {width}x{height} image with max_num={max_num:,} gets a {cols}x{rows} grid of "
+            f"{cols * rows:,} tiles, above the {MAX_GRID_TILES:,} tiles plan_tiles describes "
+            f"(each a {image_size}x{image_size} crop). Lower max_num (InternVL2 uses 6 to 12)."
+        )
     candidates = tuple(
         Candidate(
             order=k,
@@ -378,6 +482,7 @@ def plan_tiles(
         tokens_per_tile=tokens_per_tile,
         num_image_tokens=num_tiles * tokens_per_tile,
         canvas_size=(canvas_w, canvas_h),
+        all_candidates=complete,
     )
 
 
@@ -385,7 +490,8 @@ def _explain(grid: TileGrid) -> str:
     win = grid.winner
     text = (
         f"The image's aspect ratio is {grid.width}/{grid.height} = {grid.aspect_ratio:.4g}. "
-        f"Of {len(grid.candidates)} grids with {grid.min_num} to {grid.max_num} tiles, "
+        f"Of {len(grid.candidates)} grids with {grid.min_num} to {grid.max_num} tiles"
+        f"{'' if grid.all_candidates else ' (the nearest to this ratio)'}, "
         f"{win.cols}x{win.rows} (ratio {win.aspect_ratio:.4g}) is the closest, "
         f"error {win.error:.4g}."
     )

@@ -103,6 +103,10 @@ def frame_range(
     return start_idx, end_idx
 
 
+# The most frames sample_frame_indices picks (an int64 array of this length is 8 MB).
+MAX_SEGMENTS = 1_000_000
+
+
 def sample_frame_indices(
     num_frames: int,
     fps: float,
@@ -121,9 +125,15 @@ def sample_frame_indices(
     ``bound`` is ``(start, end)`` in seconds, converted to frames with ``fps``; ``first_idx``
     is the lowest frame allowed. Raises ``ValueError`` for ``num_segments < 1``, an empty
     video, a bound with ``start >= end``, and wherever the card's code would read outside the
-    video (a bound past the end, ``first_idx`` past the last frame).
+    video (a bound past the end, ``first_idx`` past the last frame), and for ``num_segments``
+    above :data:`MAX_SEGMENTS`.
     """
     _check_int("num_segments", num_segments, minimum=1, fix="Sample at least one frame.")
+    if num_segments > MAX_SEGMENTS:
+        raise ValueError(
+            f"num_segments={num_segments:,} is above the {MAX_SEGMENTS:,} frames vltools "
+            "samples from one video (the model card uses 8 to 32). Lower num_segments."
+        )
     start_idx, end_idx = frame_range(num_frames, fps, bound=bound, first_idx=first_idx)
     seg_size = float(end_idx - start_idx) / num_segments
     steps = np.round(seg_size * np.arange(num_segments, dtype=np.float64))  # [num_segments]
@@ -175,7 +185,9 @@ class VideoClip:
         timestamps: float64 ``[num_segments]``, presentation time of each sampled frame in
             seconds from the first frame.
         fps: the stream's average frame rate (what the card's ``bound`` arithmetic uses).
-        duration: ``num_frames / fps`` seconds.
+        duration: ``num_frames / fps`` seconds; for a variable-frame-rate video, where that
+            would be wrong, the real time from the first frame's start to the last frame's
+            end.
         num_frames: frames in the video.
         frames: the sampled frames as RGB PIL images, one per segment.
         tiled: one :class:`~vltools.images.TiledImage` per frame, each with its ``TileGrid``;
@@ -282,6 +294,18 @@ def load_video(
     path = _check_path(source)
     chosen = _choose_backend(backend)
     probe = _probe(path)
+    if probe.width > 0 and probe.height > 0:  # before decoding: refuse what is too large
+        from vltools.images import check_pixel_values_size
+        from vltools.tiling import plan_tiles
+
+        per_frame = plan_tiles(probe.width, probe.height, max_num=max_num).num_tiles
+        check_pixel_values_size(
+            per_frame,
+            TILE_SIZE,
+            frames=num_segments,
+            what=f"{path.name} at num_segments={num_segments}, max_num={max_num}",
+            lower=f"num_segments (now {num_segments}) or max_num (now {max_num})",
+        )
     frames = None
     if chosen == "decord" and probe.container_format in _DECORD_MISSEEKS:
         if backend == "auto" and "pyav" in available_backends():
@@ -321,11 +345,19 @@ def load_video(
             for k, array in enumerate(frames.arrays):
                 tiler.add(k, array)
         if probe.variable_frame_rate:
+            covered = ""
+            if bound is not None:
+                first, last = frames.timestamps[0], frames.timestamps[-1]
+                covered = (
+                    f" bound={tuple(bound)} seconds, converted at that rate, selects frames "
+                    f"whose real times are {first:.3f} to {last:.3f} s, not the seconds asked "
+                    "for."
+                )
             warnings.warn(
                 f"{path.name} has a variable frame rate. Frames are sampled evenly in frame "
                 f"numbers, as the model card does, not in time, and bound seconds are converted "
                 f"with the average rate ({frames.fps:.3f} fps); timestamps are the frames' real "
-                "times.",
+                f"times and duration the real {probe.duration:.3f} s.{covered}",
                 stacklevel=2,
             )
     except BaseException:
@@ -338,6 +370,7 @@ def load_video(
         bound=None if bound is None else (float(bound[0]), float(bound[1])),
         backend=chosen,
         variable_frame_rate=probe.variable_frame_rate,
+        duration=probe.duration if probe.variable_frame_rate else None,
     )
 
 
@@ -437,6 +470,7 @@ def _make_clip(
     bound: tuple[float, float] | None,
     backend: str,
     variable_frame_rate: bool,
+    duration: float | None = None,
 ) -> VideoClip:
     images, tiled, pixel_values = tiler.finish()
     return VideoClip(
@@ -446,7 +480,7 @@ def _make_clip(
         frame_indices=frames.indices,
         timestamps=np.asarray(frames.timestamps, dtype=np.float64),
         fps=float(frames.fps),
-        duration=frames.num_frames / float(frames.fps),
+        duration=frames.num_frames / float(frames.fps) if duration is None else duration,
         num_frames=int(frames.num_frames),
         frames=images,
         tiled=tiled,
@@ -467,7 +501,10 @@ def _check_path(source: Any) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"No video file at {str(path)!r}; check the path.")
     if not path.is_file():
-        raise ValueError(f"{str(path)!r} is not a file; pass the path of a video file.")
+        raise ValueError(
+            f"{str(path)!r} is not a file but a folder, FIFO, socket or device; "
+            "load_video reads only regular files. Pass the path of a video file."
+        )
     if path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes), not a video.")
     return path
