@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from vltools.data import sample
 from vltools.video import load_video, sample_frame_indices
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
+SAMPLE = sample("sample_video.mp4")
 
 
 @pytest.fixture(scope="module")
