@@ -31,7 +31,7 @@ CHECK = textwrap.dedent(
 
     venv = Path(sys.argv[1]).resolve()
     assert venv in Path(vltools.__file__).resolve().parents, vltools.__file__
-    print(vltools.data.sample("photo_cat.jpg"))
+    print(vltools.sample("photo_cat.jpg"))  # the top-level name, as documented
     tiled = vltools.load_image(vltools.data.sample("photo_cat.jpg"), max_num=2)
     assert tiled.pixel_values.shape == (3, 3, 448, 448), tiled
     rows = charts()
