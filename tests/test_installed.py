@@ -95,3 +95,31 @@ def test_the_installed_wheel_ships_the_samples_and_says_the_demo_needs_a_checkou
     lines = out.stdout.split()
     assert lines[-1] == "ok"
     assert Path(lines[0]).name == "photo_cat.jpg" and Path(lines[0]).is_relative_to(venv)
+
+
+def test_every_sample_file_is_declared_as_package_data():
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["vltools"]
+    package = REPO / "vltools"
+    files = [
+        p.relative_to(package).as_posix()
+        for p in (package / "samples").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    assert len(files) >= 40  # 8 images and the video, 30 charts with their labels and values
+    left_out = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+    assert not left_out, f"not in the wheel: {left_out}; add them to [tool.setuptools.package-data]"
+
+
+def test_the_demo_says_it_needs_a_checkout_where_there_are_no_notebooks(tmp_path, monkeypatch):
+    from vltools import demo
+
+    monkeypatch.setattr(demo, "NOTEBOOKS", tmp_path / "notebooks")
+    monkeypatch.setattr(demo, "OUT", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="Clone the repository and run `make demo`"):
+        demo.build()
+    assert not (tmp_path / "out").exists()  # nothing written before the check
