@@ -177,3 +177,14 @@ def test_video_frames_keeps_at_most_max_cached_frames():
 def test_frame_strip_sliders_update_on_release(strip):
     sliders = (strip._segments_slider, strip._bound_slider, strip._max_num_slider)
     assert [s.continuous_update for s in sliders] == [False, False, False]
+
+
+def test_a_strip_started_on_an_impossible_bound_shows_the_error_over_the_whole_video():
+    from vltools.widgets import FrameStrip
+
+    strip = FrameStrip(SAMPLE, num_segments=3, bound=(3.0, 2.0))
+    assert "starts at or after its end" in strip.error
+    assert strip.clip.bound is None and strip.clip.num_segments == 3
+    assert strip._picture.value[:4] == b"\x89PNG"
+    strip.bound = (1.0, 2.0)  # a good bound clears it
+    assert strip.error == "" and strip.clip.bound == (1.0, 2.0)

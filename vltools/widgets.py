@@ -134,8 +134,6 @@ class TileExplorer(StaticFallback, widgets.VBox):
             return None
         grid = self._shown.grid
         if self._tiled is None or self._tiled[0] is not grid:
-            import dataclasses
-
             from vltools.images import load_image
 
             tiled = load_image(self.image, max_num=grid.max_num, min_num=grid.min_num)
@@ -173,9 +171,10 @@ class TileExplorer(StaticFallback, widgets.VBox):
         return show_tiles(self._shown)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _TilePicture:
-    """What :func:`vltools.viz.show_tiles` draws of a ``TiledImage``, without ``pixel_values``."""
+    """What :func:`vltools.viz.show_tiles` reads of a ``TiledImage`` (``image``, ``grid``,
+    ``tiles``, ``source``), without the float ``pixel_values`` it does not draw."""
 
     image: Any  # PIL RGB, the original
     grid: Any  # TileGrid
