@@ -26,7 +26,7 @@ from benchmarks._common import machine, median_time, parser, result_line, table
 from vltools.card import card_load_video
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample_video.mp4"
+SAMPLE = REPO / "vltools" / "samples" / "sample_video.mp4"
 TARGET = 3.0
 
 

@@ -1,16 +1,16 @@
-"""Write the labelled bar charts in data/charts/: 30 PNGs, their questions and their values.
+"""Write the labelled bar charts in vltools/samples/charts/: 30 PNGs, their questions and their values.
 
 Run from the repository root: ``python data/make_charts.py``. Everything comes from one
 seeded ``random.Random``, so the charts' values, the questions and the answers are the same on
 every run and every machine; the pixels are the same for the same matplotlib and FreeType.
 
 Writes
-- ``data/charts/chart_NN.png``: a bar chart (vertical or horizontal), drawn with matplotlib's
+- ``vltools/samples/charts/chart_NN.png``: a bar chart (vertical or horizontal), drawn with matplotlib's
   Agg backend and stored as a 64-colour palette PNG (a few kB each);
-- ``data/charts/labels.jsonl``: one question per chart, ChartQA-style, with the columns
-  ``image`` (path relative to data/charts/), ``question``, ``answers`` (a list with one
+- ``vltools/samples/charts/labels.jsonl``: one question per chart, ChartQA-style, with the columns
+  ``image`` (path relative to charts/), ``question``, ``answers`` (a list with one
   reference answer) and ``type`` (``value``, ``highest``, ``lowest`` or ``difference``);
-- ``data/charts/charts.json``: the data behind each chart (title, unit, categories, values,
+- ``vltools/samples/charts/charts.json``: the data behind each chart (title, unit, categories, values,
   whether the bars carry their values), from which the answers follow.
 
 The charts, questions and values are generated, not collected: CC0, like the other generated
@@ -24,7 +24,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "charts"
+OUT = Path(__file__).resolve().parent.parent / "vltools" / "samples" / "charts"  # package data
 SEED = 2024
 N_CHARTS = 30
 QUESTION_TYPES = ("value", "highest", "value", "lowest", "difference")

@@ -1,4 +1,4 @@
-"""Write ``data/sample_video.mp4``: a short video whose frames show their number and time.
+"""Write ``vltools/samples/sample_video.mp4``: a short video whose frames show their number and time.
 
 Every frame carries its frame number and timestamp in big text, a progress bar along the
 bottom and a square that moves across the picture, so that which frames a sampler picked can
@@ -10,7 +10,7 @@ that a rerun on the same PyAV/FFmpeg build gives the same bytes. Licence: CC0.
 
 Run from the repository root::
 
-    python data/make_sample_video.py            # writes data/sample_video.mp4
+    python data/make_sample_video.py            # writes vltools/samples/sample_video.mp4
     python data/make_sample_video.py --seconds 60 --fps 30 out.mp4   # a longer one
 
 ``benchmarks/video.py`` imports :func:`write_video` from this file for its longer video.
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "sample_video.mp4"
+DEFAULT_OUT = HERE.parent / "vltools" / "samples" / "sample_video.mp4"  # package data
 
 
 def render_frame(index: int, *, num_frames: int, fps: float, size: tuple[int, int]) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Write the generated sample images in data/ and convert the photographs.
+"""Write the generated sample images in vltools/samples/ and convert the photographs.
 
 Run from the repository root: ``python data/make_samples.py``. The output is deterministic.
 The photographs are converted from the images that scikit-image ships (CC0 / public domain,
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-DATA = Path(__file__).resolve().parent
+# the samples ship inside the package (package data), so that an installed vltools has them
+DATA = Path(__file__).resolve().parent.parent / "vltools" / "samples"
 PHOTOS = {  # scikit-image file -> our name
     "coffee.png": "photo_coffee.jpg",
     "chelsea.png": "photo_cat.jpg",

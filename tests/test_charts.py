@@ -1,4 +1,4 @@
-"""The labelled bar charts in data/charts/: what the script regenerates, well-formed labels,
+"""The labelled bar charts in vltools/samples/charts/: what the script regenerates, well-formed labels,
 answers that follow from the charts' values, and ``vltools.data.charts()``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from PIL import Image
 from vltools import data, metrics
 
 REPO = Path(__file__).resolve().parent.parent
-CHARTS = REPO / "data" / "charts"
+CHARTS = REPO / "vltools" / "samples" / "charts"
 
 
 @pytest.fixture(scope="module")

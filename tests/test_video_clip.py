@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from vltools.card import card_load_video
+from vltools.data import sample
 from vltools.video import load_video, sample_frame_indices
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
+SAMPLE = sample("sample_video.mp4")
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,7 +167,8 @@ def test_the_sample_video_is_small_h264_at_24_fps():
 def test_the_sample_video_script_writes_the_same_bytes_twice(tmp_path):
     pytest.importorskip("av")
     spec = importlib.util.spec_from_file_location(
-        "make_sample_video", SAMPLE.parent / "make_sample_video.py"
+        "make_sample_video",
+        Path(__file__).resolve().parent.parent / "data" / "make_sample_video.py",
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

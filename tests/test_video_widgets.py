@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from vltools.data import sample
 from vltools.video import load_video, sample_frame_indices
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_video.mp4"
+SAMPLE = sample("sample_video.mp4")
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +120,71 @@ def test_a_strip_can_start_on_a_bound():
     assert strip.clip.bound == (1.0, 2.0)
     expected = sample_frame_indices(96, 24.0, num_segments=3, bound=(1.0, 2.0))
     assert strip.clip.frame_indices.tolist() == expected.tolist()
+
+
+def test_a_frame_strip_decodes_each_frame_at_most_once_across_its_steps(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import FrameStrip
+
+    strip = FrameStrip(SAMPLE, num_segments=4, bound=(0.5, 3.5))  # one clip at construction
+    decoded: list[int] = []
+    store = strip._frames._store
+    monkeypatch.setattr(
+        strip._frames, "_store", lambda idx, *a: decoded.extend(idx.tolist()) or store(idx, *a)
+    )
+    shown: set[int] = set(strip.clip.frame_indices.tolist())
+    for n in (5, 4, 8, 3, 5, 8):
+        strip.num_segments = n
+        expected = sample_frame_indices(96, 24.0, num_segments=n, bound=(0.5, 3.5))
+        assert strip.clip.frame_indices.tolist() == expected.tolist()
+        shown |= set(expected.tolist())
+    strip.bound = (0.0, 4.0)  # the whole video: new frames again, the old ones not
+    shown |= set(strip.clip.frame_indices.tolist())
+    assert len(decoded) == len(set(decoded))  # no frame twice
+    assert not set(decoded) & set(
+        sample_frame_indices(96, 24.0, num_segments=4, bound=(0.5, 3.5)).tolist()
+    )
+    assert strip._frames.decoded == len(shown)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_video_frames_gives_load_videos_clip_for_every_choice(backend):
+    from vltools.video import VideoFrames, available_backends
+
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed")
+    frames = VideoFrames(SAMPLE, backend=backend)
+    for n, bound, max_num in [(4, None, 1), (6, (1.0, 3.0), 2), (3, None, 1), (200, None, 1)]:
+        ours = frames.clip(num_segments=n, bound=bound, max_num=max_num)
+        theirs = load_video(SAMPLE, num_segments=n, bound=bound, max_num=max_num, backend=backend)
+        assert ours.pixel_values.equal(theirs.pixel_values)
+        assert ours.frame_indices.tolist() == theirs.frame_indices.tolist()
+        assert ours.timestamps.tolist() == theirs.timestamps.tolist()
+        assert repr(ours) == repr(theirs)
+    assert frames.decoded == 96  # 200 segments of a 96-frame video: every frame, once
+
+
+def test_video_frames_keeps_at_most_max_cached_frames():
+    from vltools.video import VideoFrames
+
+    frames = VideoFrames(SAMPLE, max_cached=5)
+    frames.clip(num_segments=8)
+    assert frames.decoded == 8 and len(frames._cache) == 5
+    with pytest.raises(ValueError, match="max_cached must be >= 1"):
+        VideoFrames(SAMPLE, max_cached=0)
+
+
+def test_frame_strip_sliders_update_on_release(strip):
+    sliders = (strip._segments_slider, strip._bound_slider, strip._max_num_slider)
+    assert [s.continuous_update for s in sliders] == [False, False, False]
+
+
+def test_a_strip_started_on_an_impossible_bound_shows_the_error_over_the_whole_video():
+    from vltools.widgets import FrameStrip
+
+    strip = FrameStrip(SAMPLE, num_segments=3, bound=(10.0, 20.0))  # past the 4 s video
+    assert "selects no frames" in strip.error
+    assert strip.clip.bound is None and strip.clip.num_segments == 3
+    assert strip._picture.value[:4] == b"\x89PNG"
+    strip.bound = (1.0, 2.0)  # a good bound clears it
+    assert strip.error == "" and strip.clip.bound == (1.0, 2.0)

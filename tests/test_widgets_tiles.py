@@ -92,3 +92,52 @@ def test_tile_explorer_offers_a_static_picture_for_html_exports():
 
     bundle = TileExplorer(_image(300, 300), max_num=2)._repr_mimebundle_()
     assert bundle["image/png"][:4] == b"\x89PNG"
+
+
+def test_a_tile_explorer_step_draws_the_grid_and_pil_tiles_without_computing_pixel_values(
+    monkeypatch,
+):
+    pytest.importorskip("ipywidgets")
+    import vltools.images
+    from vltools.widgets import TileExplorer
+
+    explorer = TileExplorer(_image(1200, 500), max_num=6)
+    calls = []
+    real = vltools.images.load_image
+    monkeypatch.setattr(
+        vltools.images, "load_image", lambda *a, **k: calls.append(k) or real(*a, **k)
+    )
+    explorer.max_num = 12  # a slider step
+    explorer.min_num = 2
+    assert calls == []  # the picture, the grid and the cost need no float pixel_values
+    assert explorer.grid.max_num == 12 and explorer.grid.min_num == 2
+    assert explorer.tiled.grid.num_tiles == explorer.grid.num_tiles  # reading it computes it
+    assert calls == [{"max_num": 12, "min_num": 2}]
+    assert explorer.tiled is explorer.tiled and len(calls) == 1  # kept until the view changes
+    explorer.max_num = 3
+    assert explorer.tiled.grid.max_num == 3 and len(calls) == 2
+
+
+def test_a_tile_explorer_draws_the_same_tiles_load_image_cuts():
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import TileExplorer
+
+    image = _image(1500, 700)
+    explorer = TileExplorer(image, max_num=8)
+    exact = load_image(image, max_num=8)
+    shown = explorer._shown.tiles
+    assert len(shown) == exact.num_patches == 9  # a 4x2 grid and the thumbnail
+    for ours, theirs in zip(shown, exact.tiles, strict=True):
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+    from vltools.viz import figure_to_png, show_tiles
+
+    assert figure_to_png(explorer.figure()) == figure_to_png(show_tiles(exact))
+
+
+def test_tile_explorer_sliders_update_on_release():
+    pytest.importorskip("ipywidgets")
+    from vltools.widgets import TileExplorer
+
+    explorer = TileExplorer(_image(300, 200), max_num=2)
+    assert explorer._max_slider.continuous_update is False
+    assert explorer._min_slider.continuous_update is False

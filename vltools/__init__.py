@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "AttentionMaps": "attention",
     "tiny_checkpoint": "testing",
 }
+# what every notebook reaches for (issue 16): attention capture, the samples, stacking inputs
+_EXPORTS.update(capture="attention", sample="data", charts="data", stack="inputs", Stacked="inputs")
 _SUBMODULES = (
     "attention",
     "attention_maps",
@@ -56,6 +58,7 @@ _SUBMODULES = (
     "viz",
     "widgets",
 )
+_SUBMODULES += ("inputs",)
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
@@ -87,3 +90,8 @@ if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from vltools.testing import tiny_checkpoint  # noqa: F401
     from vltools.tiling import TileGrid, plan_tiles  # noqa: F401
     from vltools.video import VideoClip, load_video, sample_frame_indices  # noqa: F401
+
+if TYPE_CHECKING:  # pragma: no cover - issue 16's top-level names
+    from vltools.attention import capture  # noqa: F401
+    from vltools.data import charts, sample  # noqa: F401
+    from vltools.inputs import Stacked, stack  # noqa: F401

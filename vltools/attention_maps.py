@@ -197,6 +197,19 @@ class ImageSlot:
     def num_tiles(self) -> int:
         return int(self.grid.num_tiles)
 
+    def __repr__(self) -> str:
+        span = (
+            f"positions {int(self.positions.min())}..{int(self.positions.max())}"
+            if len(self.positions)
+            else "no positions"
+        )
+        image = "" if self.image is None else f", image {self.image.width}x{self.image.height}"
+        return (
+            f"ImageSlot({self.index}, {self.label!r}, {self.grid.cols}x{self.grid.rows} grid, "
+            f"{self.num_tiles} tiles from tile {self.first_tile}, {len(self.positions)} tokens "
+            f"at {span}{image})"
+        )
+
     def describe(self) -> str:
         return (
             f"{self.index} {self.label!r} ({self.grid.cols}x{self.grid.rows} grid, "
@@ -224,6 +237,16 @@ class ImageMap:
     @property
     def side(self) -> int:
         return int(self.per_tile.shape[1])
+
+    def __repr__(self) -> str:
+        values = self.per_tile
+        span = f", values {values.min():.3g}..{values.max():.3g}" if values.size else ""
+        thumb = " + thumbnail" if self.grid.has_thumbnail else ""
+        what = f", {self.what!r}" if self.what else ""
+        return (
+            f"ImageMap({self.label!r}, per_tile={tuple(values.shape)} {values.dtype}, "
+            f"{self.grid.cols}x{self.grid.rows} grid{thumb}{span}{what})"
+        )
 
     @property
     def tiles(self) -> np.ndarray:

@@ -181,6 +181,21 @@ class Turn:
     def partial(self) -> bool:
         return self.reply.finish_reason in ("stopped", "interrupted")
 
+    def __repr__(self) -> str:
+        shown = []
+        for visual in self.visuals:  # label and tile count, never the pixels or the features
+            pixels = getattr(visual, "pixel_values", None)
+            tiles = "" if pixels is None else f": {int(pixels.shape[0])} tiles"
+            shown.append(f"{getattr(visual, 'label', type(visual).__name__)}{tiles}")
+        question, answer = (
+            t if len(t) <= 60 else t[:57] + "..." for t in (self.question, self.answer)
+        )
+        return (
+            f"Turn({question!r}, answer={answer!r}, "
+            f"visuals [{'; '.join(shown)}], "
+            f"{self.reply.finish_reason})"
+        )
+
 
 @dataclass
 class _Prepared:

@@ -9,6 +9,9 @@ changed since its last successful run is not executed again, so the second run i
 Widgets carry a static picture of their state (``image/png`` beside the live view, see
 ``vltools.widgets.StaticFallback``); the HTML keeps that picture and drops the live view,
 which would need a kernel, so the pages are useful offline.
+
+The demo runs the repository's notebooks, so it needs a checkout (``git clone``, then ``make
+demo``); an installed vltools has no ``notebooks/`` folder and says so.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+REPO = PACKAGE.parent  # the checkout (an installed vltools has no notebooks/ beside it)
 NOTEBOOKS = REPO / "notebooks"
 OUT = REPO / "build" / "notebooks"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -46,7 +50,17 @@ class Built:
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
-    """The numbered notebooks in order, optionally only those whose name starts with ``only``."""
+    """The numbered notebooks in order, optionally only those whose name starts with ``only``.
+
+    Raises ``FileNotFoundError`` where there is no notebooks folder: an installed vltools,
+    not a checkout of the repository.
+    """
+    if not NOTEBOOKS.is_dir():
+        raise FileNotFoundError(
+            f"No notebooks folder at {NOTEBOOKS}: the demo runs the notebooks of a vltools "
+            "checkout, and an installed vltools does not ship them. Clone the repository and "
+            "run `make demo` (or `python -m vltools.demo`) from its root."
+        )
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:
         found = [p for p in found if any(p.name.startswith(prefix) for prefix in only)]
@@ -56,12 +70,13 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 
 
 def inputs_key(notebook: Path, model: str) -> str:
-    """A hash of everything a notebook's output depends on: its cells, vltools, data, model."""
+    """A hash of everything a notebook's output depends on: its cells, vltools (sources and
+    sample files), model."""
     digest = hashlib.sha256(model.encode())
     digest.update(notebook.read_bytes())
-    data = sorted(p for p in (REPO / "data").rglob("*") if p.is_file())
-    for path in sorted((REPO / "vltools").rglob("*.py")) + data:
-        digest.update(path.relative_to(REPO).as_posix().encode())
+    files = (p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in sorted(files):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -185,11 +200,11 @@ def build(
 
     from vltools.testing import tiny_checkpoint
 
+    todo = notebooks(only)  # first: an installed vltools has none, and says so
     OUT.mkdir(parents=True, exist_ok=True)
     if model == "tiny":
         tiny_checkpoint()  # built once, before any kernel needs it
     built = []
-    todo = notebooks(only)
     for number, notebook in enumerate(todo, 1):
         step = f"[{number}/{len(todo)}] {notebook.name}"
         html_path = OUT / f"{notebook.stem}.html"

@@ -508,3 +508,121 @@ def _check_path(source: Any) -> Path:
     if path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes), not a video.")
     return path
+
+
+# --- sampling one video many times (issue 16: the FrameStrip decodes each frame once) ---------
+# A block of its own: it reuses load_video's steps (probe, decoders, frame tiler, clip) as they
+# are, and keeps the frames it decoded, so that a viewer resampling the same file decodes only
+# frames it has not seen yet.
+
+
+class VideoFrames:
+    """One video file, probed once and sampled many times; each frame is decoded at most once.
+
+    ``frames.clip(num_segments=..., bound=..., max_num=...)`` returns the clip
+    :func:`load_video` returns for the same arguments and backend (the same frames, pixels and
+    timestamps: the card's sampler on the decoder's own frame count and rate), decoding only
+    the sampled frames not decoded before. Up to ``max_cached`` decoded frames are kept (the
+    least recently used are dropped first). ``decoded`` counts the frames decoded so far.
+    ``backend`` is as in :func:`load_video`; the one in use is ``backend`` after the first
+    clip (``"auto"`` may fall back to PyAV, with a warning, where decord fails).
+    """
+
+    def __init__(
+        self, source: str | os.PathLike[str], *, backend: Backend = "auto", max_cached: int = 256
+    ) -> None:
+        _check_int("max_cached", max_cached, minimum=1, fix="Keep at least one frame.")
+        self.path = _check_path(source)
+        self._asked = backend
+        self.backend = _choose_backend(backend)
+        self._probe = _probe(self.path)
+        if self.backend == "decord" and self._probe.container_format in _DECORD_MISSEEKS:
+            if backend == "auto" and "pyav" in available_backends():
+                self.backend = "pyav"  # decord returns other frames than asked for here
+            else:
+                warnings.warn(
+                    f"decord seeks inaccurately in {self._probe.container_format} files and may "
+                    f"return other frames than {self.path.name}'s frames asked for; "
+                    "backend='pyav' is exact.",
+                    stacklevel=2,
+                )
+        # the decoder's own frame count and rate (decord's are known after its first read)
+        self._count: tuple[int, float] | None = (
+            None if self.backend == "decord" else (self._probe.num_frames, self._probe.fps)
+        )
+        self._cache: dict[int, tuple[np.ndarray, float]] = {}  # index -> (frame, seconds)
+        self._max_cached = max_cached
+        self.decoded = 0
+
+    def clip(
+        self, *, num_segments: int = 8, max_num: int = 1, bound: Sequence[float] | None = None
+    ) -> VideoClip:
+        """The frames :func:`load_video` samples for these arguments, as a :class:`VideoClip`."""
+        _check_int("num_segments", num_segments, minimum=1, fix="Sample at least one frame.")
+        _check_int("max_num", max_num, minimum=1, fix="Use max_num=1 for one tile per frame.")
+        _check_bound(bound)
+        pick = functools.partial(sample_frame_indices, num_segments=num_segments, bound=bound)
+        if self._count is None:  # decord: sample from its own count, as load_video does
+            indices = self._decode(pick=pick)
+        else:
+            indices = pick(*self._count)
+            missing = sorted(set(indices.tolist()) - set(self._cache))
+            if missing:
+                self._decode(pick=lambda n, fps: np.asarray(missing, dtype=np.int64))
+        chosen = [self._cache[i] for i in indices.tolist()]
+        for i in dict.fromkeys(indices.tolist()):  # most recently used last
+            self._cache[i] = self._cache.pop(i)
+        while len(self._cache) > self._max_cached:
+            del self._cache[next(iter(self._cache))]
+        num_frames, fps = self._count
+        tiler = _FrameTiler(len(chosen), max_num=max_num)
+        try:
+            for k, (array, _) in enumerate(chosen):
+                tiler.add(k, array)
+        except BaseException:
+            tiler.close()
+            raise
+        frames = _Frames(
+            arrays=[array for array, _ in chosen],
+            indices=indices,
+            timestamps=np.asarray([seconds for _, seconds in chosen], dtype=np.float64),
+            num_frames=num_frames,
+            fps=fps,
+        )
+        return _make_clip(
+            self.path,
+            frames,
+            tiler,
+            bound=None if bound is None else (float(bound[0]), float(bound[1])),
+            backend=self.backend,
+            variable_frame_rate=self._probe.variable_frame_rate,
+        )
+
+    def _decode(self, *, pick: Any) -> np.ndarray:
+        """Decode the frames ``pick(num_frames, fps)`` chooses into the cache; their indices."""
+        if self.backend == "decord":
+            try:
+                frames = _read_decord(self.path, self._probe, pick=pick)
+            except _DecordFailed as e:
+                if self._asked == "decord":
+                    raise ValueError(str(e)) from e
+                warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=3)
+                self.backend = "pyav"
+            else:
+                self._count = (frames.num_frames, frames.fps)
+                self._store(frames.indices, frames.arrays, frames.timestamps)
+                return frames.indices
+        if self._count is None:
+            self._count = (self._probe.num_frames, self._probe.fps)
+        indices = pick(*self._count)
+        wanted = np.asarray(sorted(set(indices.tolist()) - set(self._cache)), dtype=np.int64)
+        if len(wanted):
+            arrays = _decode_pyav(self.path, self._probe, wanted)
+            self._store(wanted, arrays, self._probe.timestamps[wanted])
+        return indices
+
+    def _store(self, indices: np.ndarray, arrays: Sequence[np.ndarray], seconds: Any) -> None:
+        for i, array, t in zip(indices.tolist(), arrays, np.asarray(seconds).tolist(), strict=True):
+            if i not in self._cache:
+                self.decoded += 1
+            self._cache[i] = (array, float(t))

@@ -12,6 +12,7 @@ exported to HTML still shows something useful without a running kernel.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from vltools._optional import require
@@ -49,19 +50,22 @@ class StaticFallback:
 class TileExplorer(StaticFallback, widgets.VBox):
     """InternVL's dynamic tiling, live: sliders for ``max_num`` (1 to 40) and ``min_num``.
 
-    Every change re-tiles the image through :func:`vltools.images.load_image` and redraws
-    :func:`vltools.viz.show_tiles` (the grid on the original, the tiles in order, the
-    thumbnail), the table of candidate grids nearest the image's aspect ratio with the winner
-    highlighted and the reason it won, and the running cost: image tokens and their share of
-    the 8,192-token context. State is traitlets: ``max_num``, ``min_num``; the result is
-    ``tiled`` (a :class:`~vltools.images.TiledImage`) and ``grid`` (its ``TileGrid``), the
-    cost line ``cost``; an impossible choice (``min_num > max_num``) goes to ``error`` and the
-    output area and leaves the last good view in place.
+    Every change (on the slider's release) plans the grid with :func:`vltools.tiling.plan_tiles`
+    and redraws :func:`vltools.viz.show_tiles` (the grid on the original, the tiles in order,
+    the thumbnail), the table of candidate grids nearest the image's aspect ratio with the
+    winner highlighted and the reason it won, and the running cost: image tokens and their
+    share of the 8,192-token context. A step computes only what it draws: the grid and the PIL
+    tiles (the card's resize and crops, the same pixels ``load_image`` cuts), not the float
+    ``pixel_values``. State is traitlets: ``max_num``, ``min_num``; the result is ``grid``
+    (the shown ``TileGrid``), the cost line ``cost``, and ``tiled``, the shown tiling as a
+    :class:`~vltools.images.TiledImage` from :func:`vltools.images.load_image` (made when
+    first read, then kept until the view changes). An impossible choice
+    (``min_num > max_num``) goes to ``error`` and the output area and leaves the last good
+    view in place.
     """
 
     max_num = traitlets.Int(12)
     min_num = traitlets.Int(1)
-    tiled = traitlets.Any(None)
     grid = traitlets.Any(None)
     error = traitlets.Unicode("")
     cost = traitlets.Unicode("")
@@ -80,11 +84,21 @@ class TileExplorer(StaticFallback, widgets.VBox):
 
         self.image, self.source = _open(image, exif_transpose=exif_transpose)
         self._table_rows = table_rows
+        self._shown: _TilePicture | None = None  # what the picture shows (the last good view)
+        self._tiled: tuple[Any, Any] | None = None  # (grid, TiledImage) once ``tiled`` is read
         self._max_slider = widgets.IntSlider(
-            value=max_num, min=1, max=max(slider_max, max_num), description="max_num"
+            value=max_num,
+            min=1,
+            max=max(slider_max, max_num),
+            description="max_num",
+            continuous_update=False,
         )
         self._min_slider = widgets.IntSlider(
-            value=min_num, min=1, max=max(slider_max, max_num), description="min_num"
+            value=min_num,
+            min=1,
+            max=max(slider_max, max_num),
+            description="min_num",
+            continuous_update=False,
         )
         self._summary = widgets.HTML()
         self._summary.add_class("vltools-summary")
@@ -109,23 +123,39 @@ class TileExplorer(StaticFallback, widgets.VBox):
         self.observe(self._update, names=["max_num", "min_num"])
         self._update()
 
-    def _update(self, change: Any = None) -> None:
-        import dataclasses
+    @property
+    def tiled(self) -> Any:
+        """The shown tiling as a :class:`~vltools.images.TiledImage` (``None`` before any).
 
-        from vltools.images import load_image
+        :func:`vltools.images.load_image` with the shown ``max_num``/``min_num``, float
+        ``pixel_values`` included; computed on first read and kept until the view changes.
+        """
+        if self._shown is None:
+            return None
+        grid = self._shown.grid
+        if self._tiled is None or self._tiled[0] is not grid:
+            from vltools.images import load_image
+
+            tiled = load_image(self.image, max_num=grid.max_num, min_num=grid.min_num)
+            self._tiled = (grid, dataclasses.replace(tiled, source=self.source))
+        return self._tiled[1]
+
+    def _update(self, change: Any = None) -> None:
+        from vltools.tiling import plan_tiles
 
         self._output.outputs = ()
         try:
-            tiled = load_image(self.image, max_num=self.max_num, min_num=self.min_num)
-            tiled = dataclasses.replace(tiled, source=self.source)
+            grid = plan_tiles(
+                self.image.width, self.image.height, max_num=self.max_num, min_num=self.min_num
+            )
         except (ValueError, TypeError) as e:
             self.error = str(e)
             self._output.append_stderr(f"{type(e).__name__}: {e}\n")
             self._summary.value = f"<span style='color:#b00'>{_escape(str(e))}</span>"
             return
         self.error = ""
-        self.tiled = tiled
-        self.grid = grid = tiled.grid
+        self._shown = _TilePicture(self.image, grid, _pil_tiles(self.image, grid), self.source)
+        self.grid = grid
         self.cost = grid.summary()
         over = " <b>exceeds the context</b>" if grid.context_share > 1 else ""
         self._summary.value = f"<b>{_escape(self.cost)}</b>{over}"
@@ -136,9 +166,38 @@ class TileExplorer(StaticFallback, widgets.VBox):
         """The current tiling drawn by :func:`vltools.viz.show_tiles`."""
         from vltools.viz import show_tiles
 
-        if self.tiled is None:
+        if self._shown is None:
             raise ValueError(f"Nothing to draw: {self.error}")
-        return show_tiles(self.tiled)
+        return show_tiles(self._shown)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TilePicture:
+    """What :func:`vltools.viz.show_tiles` reads of a ``TiledImage`` (``image``, ``grid``,
+    ``tiles``, ``source``), without the float ``pixel_values`` it does not draw."""
+
+    image: Any  # PIL RGB, the original
+    grid: Any  # TileGrid
+    tiles: tuple[Any, ...]  # PIL tiles in pixel_values order, the thumbnail last
+    source: str | None
+
+
+def _pil_tiles(image: Any, grid: Any) -> tuple[Any, ...]:
+    """The PIL tiles of ``image`` cut by ``grid``: the card's resize and crops, no floats.
+
+    The same pixels as :func:`vltools.images.load_image`'s ``tiles`` (a test holds them equal):
+    the canvas and the thumbnail are bicubic resizes of the original, the tiles crops of the
+    canvas, in ``pixel_values`` order.
+    """
+    from PIL import Image
+
+    bicubic = Image.Resampling.BICUBIC  # PIL's default for RGB, as in the card
+    size = grid.image_size
+    canvas = image if image.size == grid.canvas_size else image.resize(grid.canvas_size, bicubic)
+    tiles = [canvas.crop(box.canvas) for box in grid.boxes if not box.is_thumbnail]
+    if grid.has_thumbnail:
+        tiles.append(image if image.size == (size, size) else image.resize((size, size), bicubic))
+    return tuple(tiles)
 
 
 def _escape(text: str) -> str:
@@ -148,9 +207,13 @@ def _escape(text: str) -> str:
 
 
 def _png(fig: Any) -> bytes:
-    from vltools.viz import figure_to_png
+    """The live view's PNG: the same pixels as ``figure_to_png(fig, dpi=72)``, encoded with
+    zlib level 1 (PNG encoding at the default level was a third of a step's time)."""
+    import io
 
-    return figure_to_png(fig, dpi=72)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72, pil_kwargs={"compress_level": 1})
+    return buffer.getvalue()
 
 
 def _candidate_table(grid: Any, *, rows: int) -> str:
@@ -183,7 +246,9 @@ class FrameStrip(StaticFallback, widgets.VBox):
     Shows :func:`vltools.viz.show_frames` of the current choice (the timeline with the sampled
     frames marked and the frames as labelled thumbnails) and its token cost against the
     8,192-token context. State lives in traitlets (``num_segments``, ``bound`` in seconds,
-    ``max_num``); every change resamples through :func:`vltools.video.load_video`. The current
+    ``max_num``); every change (on the slider's release) resamples through
+    :class:`vltools.video.VideoFrames`, which gives :func:`vltools.video.load_video`'s clip but
+    decodes each frame of the video at most once for the widget's life. The current
     :class:`~vltools.video.VideoClip` is ``clip``; an error (an impossible bound) goes to
     ``error`` and the output area, and leaves the last good ``clip`` in place.
     """
@@ -205,27 +270,38 @@ class FrameStrip(StaticFallback, widgets.VBox):
         backend: str = "auto",
         max_segments: int = 64,
     ) -> None:
-        from vltools.video import load_video
+        from vltools.video import VideoFrames
 
         self._source = source
-        self._backend = backend
-        whole = load_video(source, num_segments=num_segments, max_num=max_num, backend=backend)
-        self.duration = whole.duration
-        step = 1.0 / whole.fps
+        self._frames = VideoFrames(source, backend=backend)  # decodes each frame at most once
+        first_error = None
+        try:
+            first = self._frames.clip(num_segments=num_segments, max_num=max_num, bound=bound)
+        except (ValueError, TypeError) as e:
+            if bound is None:
+                raise
+            first_error = e  # shown below, over the whole video
+            first = self._frames.clip(num_segments=num_segments, max_num=max_num)
+        self.duration = first.duration
+        step = 1.0 / first.fps
         self._segments_slider = widgets.IntSlider(
-            value=num_segments, min=1, max=max_segments, description="segments"
+            value=num_segments,
+            min=1,
+            max=max_segments,
+            description="segments",
+            continuous_update=False,
         )
         self._bound_slider = widgets.FloatRangeSlider(
-            value=(0.0, whole.duration),
+            value=(0.0, first.duration),
             min=0.0,
-            max=whole.duration,
+            max=first.duration,
             step=step,
             readout_format=".2f",
             description="bound (s)",
             continuous_update=False,
         )
         self._max_num_slider = widgets.IntSlider(
-            value=max_num, min=1, max=12, description="max_num"
+            value=max_num, min=1, max=12, description="max_num", continuous_update=False
         )
         self._cost_label = widgets.HTML()
         self._picture = widgets.Image(format="png")
@@ -243,16 +319,16 @@ class FrameStrip(StaticFallback, widgets.VBox):
         with self.hold_trait_notifications():
             self.num_segments = num_segments
             self.max_num = max_num
-            self.bound = (0.0, whole.duration) if bound is None else tuple(map(float, bound))
+            self.bound = (0.0, first.duration) if bound is None else tuple(map(float, bound))
         # the traits lead: link() copies its source into its target once, at creation
         widgets.link((self, "num_segments"), (self._segments_slider, "value"))
         widgets.link((self, "bound"), (self._bound_slider, "value"))
         widgets.link((self, "max_num"), (self._max_num_slider, "value"))
         self.observe(self._resample, names=["num_segments", "bound", "max_num"])
-        if bound is None:
-            self._show(whole)
-        else:
-            self._resample()
+        self._show(first)
+        if first_error is not None:
+            self.error = str(first_error)
+            self._output.append_stderr(f"{type(first_error).__name__}: {first_error}\n")
 
     def _bound_or_none(self) -> tuple[float, float] | None:
         start, end = self.bound
@@ -261,16 +337,10 @@ class FrameStrip(StaticFallback, widgets.VBox):
         return (start, end)
 
     def _resample(self, change: Any = None) -> None:
-        from vltools.video import load_video
-
         self._output.outputs = ()
         try:
-            clip = load_video(
-                self._source,
-                num_segments=self.num_segments,
-                max_num=self.max_num,
-                bound=self._bound_or_none(),
-                backend=self._backend,
+            clip = self._frames.clip(
+                num_segments=self.num_segments, max_num=self.max_num, bound=self._bound_or_none()
             )
         except Exception as e:  # shown in the widget; an observer's exception would be lost
             self.error = str(e)
@@ -280,7 +350,6 @@ class FrameStrip(StaticFallback, widgets.VBox):
 
     def _show(self, clip: Any) -> None:
         from vltools.constants import CONTEXT_LENGTH
-        from vltools.viz import figure_to_png
 
         self.error = ""
         self.clip = clip
@@ -293,7 +362,7 @@ class FrameStrip(StaticFallback, widgets.VBox):
             f"= {share:.0%} of the {CONTEXT_LENGTH:,}-token context"
         )
         self._cost_label.value = self.cost + over
-        self._picture.value = figure_to_png(self.figure(), dpi=72)
+        self._picture.value = _png(self.figure())
 
     def figure(self) -> Any:
         """The current choice drawn by :func:`vltools.viz.show_frames`."""
@@ -430,8 +499,6 @@ class AttentionExplorer(StaticFallback, widgets.VBox):
         }
 
     def _update(self, change: Any = None) -> None:
-        from vltools.viz import figure_to_png
-
         if getattr(self, "_batch", False):
             return  # set() redraws once at the end
         self._output.outputs = ()
@@ -459,7 +526,7 @@ class AttentionExplorer(StaticFallback, widgets.VBox):
             f"<b>{imap.label}</b>: {imap.what}. Share of attention to the image(s): "
             f"{span:.1%}. <i>Attention is not an explanation.</i>"
         )
-        self._picture.value = figure_to_png(self.figure(), dpi=72)
+        self._picture.value = _png(self.figure())
 
     def figure(self) -> Any:
         """The current view, drawn by :func:`vltools.viz.attention_view`."""
