@@ -399,29 +399,16 @@ class VLModel:
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Save in transformers' native format (loadable by ``load_model`` and ``from_pretrained``).
+        """Save a complete native checkpoint; see :func:`vltools.export.export_native`.
 
-        Besides the native files, config.json keeps the original InternVL facts under their
-        original names (``template``, ``system_message``, ``max_dynamic_patch``,
-        ``min_dynamic_patch``, ``use_thumbnail``, ``dynamic_image_size``), so a round trip
-        through ``load_model`` gives back the same VLModel.
+        Loadable by ``load_model`` (config.json keeps the original InternVL facts under their
+        original names: ``template``, ``system_message``, ``max_dynamic_patch``, ...) and by
+        stock ``AutoProcessor`` + ``AutoModelForImageTextToText`` (processor, image-processor
+        and generation configs, and the model's chat template). Existing files are replaced.
         """
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = self.model.config
-        facts = {
-            "template": self.template,
-            "system_message": self.system_message,
-            "max_dynamic_patch": self.max_num,
-            "min_dynamic_patch": self.min_num,
-            "use_thumbnail": self.use_thumbnail,
-            "dynamic_image_size": self.dynamic_image_size,
-        }
-        for key, value in facts.items():
-            setattr(config, key, value)
-        self.model.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
-        return folder
+        from vltools.export import export_native
+
+        return export_native(self, path, overwrite=True).path
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features ``[tiles, tokens_per_tile, hidden]`` in the model's dtype.
