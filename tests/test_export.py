@@ -291,3 +291,23 @@ def test_the_command_line_converts_and_explains_its_errors(tmp_path, tiny_path):
         [*env_cmd, "convert", "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert usage.returncode == 0 and "SOURCE" in usage.stdout and "DEST" in usage.stdout
+
+
+def test_the_stock_pil_image_processor_gives_the_card_pixels_and_torchvision_nearly(exported):
+    """PIL backend: bit for bit; torchvision (the default): a few 8-bit levels (see README)."""
+    from PIL import Image
+
+    from vltools.data import sample
+    from vltools.images import load_image
+
+    image = Image.open(sample("photo_coffee.jpg")).convert("RGB")
+    card = load_image(image, max_num=12, exif_transpose=False).pixel_values
+    pil = transformers.AutoImageProcessor.from_pretrained(str(exported), backend="pil")
+    assert type(pil).__name__ == "GotOcr2ImageProcessorPil"
+    got = torch.as_tensor(np.asarray(pil(images=[image], return_tensors="np")["pixel_values"]))
+    assert got.equal(card)
+    fast = transformers.AutoImageProcessor.from_pretrained(str(exported), backend="torchvision")
+    near = fast(images=[image], return_tensors="pt")["pixel_values"]
+    assert near.shape == card.shape
+    levels = (near - card).abs().max().item() * 255 * 0.229  # worst channel's std
+    assert 0 < levels <= 3
