@@ -140,3 +140,28 @@ def test_attention_capture_scores_in_float32_in_a_bf16_model(bf16_model, tiny_mo
         cap.generate("Describe.", max_new_tokens=3, min_new_tokens=3)
     assert cap.maps.rows.shape[0] == 3 and cap.maps.rows.dtype == np.float32
     np.testing.assert_allclose(cap.maps.rows.sum(-1), 1.0, atol=1e-5)
+
+
+def test_float16_overflow_is_reported_not_silent(tiny_path):
+    import warnings
+
+    from vltools.models import load_model
+    from vltools.precision import Float16OverflowWarning, activation_peaks
+
+    m = load_model(str(tiny_path), device="cpu", dtype="float16")
+    ids = m.tokenizer(render_prompt("Hello there.").text, return_tensors="pt").input_ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Float16OverflowWarning)
+        with torch.no_grad():
+            m.model(input_ids=ids)  # the random tiny model stays far below 65,504
+    peaks = activation_peaks(m, input_ids=ids)
+    assert peaks.dtype == "float16" and peaks.float16_headroom > 10
+    down = m.model.model.language_model.layers[0].mlp.down_proj
+    with torch.no_grad():
+        down.weight.mul_(1e5)  # an MLP output beyond float16's range
+    try:
+        with pytest.warns(Float16OverflowWarning, match="bfloat16"), torch.no_grad():
+            m.model(input_ids=ids)
+    finally:
+        with torch.no_grad():
+            down.weight.div_(1e5)

@@ -568,6 +568,10 @@ def load_model(
         dynamic_image_size=facts.dynamic_image_size,
         ps_version=facts.ps_version,
     )
+    if str(dt) == "torch.float16":  # float16 overflows silently in Qwen2: warn when it does
+        from vltools.precision import install_float16_guard
+
+        install_float16_guard(model)
     logger.info(
         "Loaded %s (%s format) on %s as %s with %s attention.",
         vl.source,
