@@ -165,3 +165,20 @@ def test_float16_overflow_is_reported_not_silent(tiny_path):
     finally:
         with torch.no_grad():
             down.weight.div_(1e5)
+
+
+def test_the_gpu_check_says_there_is_no_cuda_and_exits_0():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu"], capture_output=True, text=True, cwd=repo, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["cuda"] is False and "No CUDA device" in report["message"]
