@@ -510,6 +510,7 @@ class AttentionCapture:
                 if len(steps) != 1:
                     raise RuntimeError(f"Expected one forward pass, recorded {len(steps)}.")
                 rows[:, j] = steps[0].transpose(1, 0, 2)[:, :, : L + t - 1]  # [t, heads, keys]
+                p.steps[j] = []
                 continue
             if len(steps) != t:
                 raise RuntimeError(
@@ -518,6 +519,7 @@ class AttentionCapture:
                 )
             for s, step in enumerate(steps):
                 rows[s, j, :, : step.shape[2]] = step[:, 0, :]
+            p.steps[j] = []  # copied: free the layer's steps so they are not held twice
         tok = self.model.tokenizer
         pieces = tuple(tok.decode([int(i)]) for i in gen)
         text = tok.decode(gen.tolist())
