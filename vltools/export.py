@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vltools.checkpoints import TEMPLATES
 from vltools.constants import (
     ENDOFTEXT,
     HERMES2_SYSTEM_MESSAGE,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vltools.models import VLModel
 
 __all__ = [
+    "CHAT_LAYOUTS",
     "CHAT_TEMPLATES",
     "VIDEO_TOKEN",
     "ChatLayout",
@@ -61,16 +63,16 @@ __all__ = [
     "chat_template",
     "convert",
     "export_native",
+    "image_processor_config",
+    "stop_token_ids",
+    "video_processor_config",
 ]
 
 logger = logging.getLogger(__name__)
 
 VIDEO_TOKEN = "<video>"  # the stock processor's video placeholder (expanded, never tokenized)
 
-INTERNVL2_5_SYSTEM_MESSAGE = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位"
-    "联合开发的多模态大语言模型。"
-)
+INTERNVL2_5_SYSTEM_MESSAGE = TEMPLATES["internvl2_5"].system_message
 
 
 @dataclass(frozen=True)
