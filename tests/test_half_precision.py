@@ -182,3 +182,27 @@ def test_the_gpu_check_says_there_is_no_cuda_and_exits_0():
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["cuda"] is False and "No CUDA device" in report["message"]
+
+
+def test_scored_rows_are_the_float32_softmax_of_the_selected_causal_rows_from_bf16_inputs():
+    from types import SimpleNamespace
+
+    from vltools.attention import scored_rows
+
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randn(1, 4, 6, 8, generator=g) * 4).to(torch.bfloat16)  # 4 query heads
+    k = (torch.randn(1, 2, 9, 8, generator=g) * 4).to(torch.bfloat16)  # 2 key/value heads, 9 keys
+    rows = scored_rows(SimpleNamespace(), q, k, None, 8**-0.5, slice(3, 6))
+    assert rows.dtype == torch.float32 and rows.shape == (1, 4, 3, 9)
+    # reference in float64 from the same bf16 values: query i of 6 sees keys 0 .. 3 + i
+    kk = k.double().repeat_interleave(2, dim=1)
+    scores = q.double()[:, :, 3:6] @ kk.transpose(2, 3) * 8**-0.5
+    visible = torch.arange(9)[None, :] <= (3 + torch.arange(3, 6))[:, None]
+    expected = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    torch.testing.assert_close(rows.double(), expected, atol=1e-6, rtol=0)
+    # a boolean mask (a padded key) is applied on top of causality
+    mask = torch.ones(1, 1, 6, 9, dtype=torch.bool)
+    mask[..., 0] = False
+    masked = scored_rows(SimpleNamespace(), q, k, mask, 8**-0.5, slice(5, 6))
+    assert float(masked[..., 0].abs().max()) == 0.0
+    torch.testing.assert_close(masked.sum(-1), torch.ones(1, 4, 1))
