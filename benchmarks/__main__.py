@@ -6,7 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ["tiling", "video", "loading", "multiturn", "batch", "attention", "widgets"]
+SCRIPTS = [
+    "tiling",
+    "video",
+    "loading",
+    "multiturn",
+    "batch",
+    "attention",
+    "widgets",
+    "stock_processor",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vltools.attention import capture, eager_language_model
+from vltools.attention import CAPTURE_ATTENTION, capture, eager_language_model
 from vltools.data import sample
 from vltools.images import load_image
 
@@ -61,7 +61,7 @@ def test_captured_generation_equals_output_attentions_for_every_layer_and_head(t
     before = _state(tiny_model)
     with capture(tiny_model, photo) as cap:
         cap.generate("Describe the picture.", max_new_tokens=5, min_new_tokens=5)
-        assert tiny_model.model.config.text_config._attn_implementation == "eager"
+        assert tiny_model.model.config.text_config._attn_implementation == CAPTURE_ATTENTION
     maps = cap.maps
     assert _state(tiny_model) == before
     prompt_len, ref = _reference_generate(tiny_model, cap, "Describe the picture.", 5)

@@ -34,6 +34,7 @@ anyway and form the CLS row's softmax themselves (one ``[tiles, heads, 1, 1025]`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import threading
@@ -63,8 +64,11 @@ __all__ = [
     "ImageMap",
     "ImageSlot",
     "VisionAttention",
+    "CAPTURE_ATTENTION",
     "capture",
     "eager_language_model",
+    "scored_rows",
+    "scoring_language_model",
     "pixel_map",
     "stitch_tiles",
     "token_cell",
@@ -87,6 +91,101 @@ def eager_language_model(model: Any) -> Iterator[None]:
     try:
         for cfg in configs:
             cfg._attn_implementation_internal = "eager"
+        yield
+    finally:
+        for cfg, value in saved:
+            cfg._attn_implementation_internal = value
+
+
+CAPTURE_ATTENTION = "vltools_capture"  # the attention implementation used inside capture()
+
+# Which query rows the running pass wants scored: a function of (query length) -> slice, set by
+# the capture before each forward; None scores nothing.
+_ROWS: contextvars.ContextVar[Any] = contextvars.ContextVar("vltools_capture_rows", default=None)
+
+
+def scored_rows(
+    module: Any,
+    query: Any,
+    key: Any,
+    attention_mask: Any,
+    scaling: float,
+    rows: slice,
+) -> Any:
+    """Softmax attention rows ``[batch, heads, n, keys]`` in float32 for the query ``rows``.
+
+    ``query`` ``[b, heads, q, d]`` and ``key`` ``[b, kv_heads, keys, d]`` as the attention
+    layer holds them (after the rotary embedding, the cache already appended); scores and
+    softmax are computed in float32 whatever the model's dtype, for the selected rows only, so
+    no ``[heads, q, keys]`` matrix of the whole prompt is ever formed. Causal: query ``i`` of
+    ``q`` sees keys ``0 .. keys - q + i``; a boolean or additive ``attention_mask`` is applied
+    on top.
+    """
+    torch = _torch()
+    groups = query.shape[1] // key.shape[1]
+    q_len, k_len = query.shape[2], key.shape[2]
+    q = query[:, :, rows].float()  # [b, heads, n, d]
+    k = key.float()
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)  # [b, heads, keys, d]
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # [b, heads, n, keys], float32
+    index = torch.arange(q_len, device=query.device)[rows]  # the rows' query indices
+    visible = torch.arange(k_len, device=query.device)[None, :] <= (k_len - q_len + index)[:, None]
+    scores = scores.masked_fill(~visible, float("-inf"))  # [n, keys] broadcast
+    if attention_mask is not None:
+        mask = attention_mask[:, :, rows, :k_len]
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
+    return torch.softmax(scores, dim=-1)
+
+
+def _capture_attention_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """SDPA for the layer's output, plus :func:`scored_rows` for the rows a capture wants."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, **kwargs
+    )
+    want = _ROWS.get()
+    if want is None:
+        return out, None
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return out, scored_rows(module, query, key, attention_mask, scale, want(query.shape[2]))
+
+
+@functools.cache
+def _register_capture_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAPTURE_ATTENTION, _capture_attention_forward)
+    AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def scoring_language_model(model: Any) -> Iterator[None]:
+    """Switch the language model to SDPA plus float32 scoring of the rows a capture asks for.
+
+    Like :func:`eager_language_model`, restored on exit (also on error); unlike eager
+    attention it never forms the ``[heads, seq, seq]`` matrix of the prompt.
+    """
+    _register_capture_attention()
+    native = model.model if hasattr(model, "tokenizer") else model  # VLModel or native
+    configs = [native.config.text_config, native.model.language_model.config]
+    saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
+    try:
+        for cfg in configs:
+            cfg._attn_implementation_internal = CAPTURE_ATTENTION
         yield
     finally:
         for cfg, value in saved:
@@ -334,6 +433,7 @@ class AttentionCapture:
     def _before_forward(self, module: Any, args: Any, kwargs: dict) -> None:
         p = self._pass
         if p is None or not self._mine():
+            _ROWS.set(None)  # outside a pass, or another thread's forward: score nothing
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
@@ -350,6 +450,7 @@ class AttentionCapture:
             )
         if p.prompt_ids is None:
             p.prompt_ids = ids[0].detach().cpu().numpy()
+        _ROWS.set(self._rows_now)
 
     def _rows_now(self, q_len: int) -> slice:
         p = self._pass
@@ -369,8 +470,10 @@ class AttentionCapture:
                     "The language model's attention returned no weights during capture; its "
                     "attention implementation is not eager."
                 )
-            rows = weights[0, :, self._rows_now(weights.shape[2]), :]  # [heads, n, keys]
-            p.steps[slot].append(rows.detach().float().cpu().numpy().copy())
+            if weights.dtype != _torch().float32:  # eager weights: select the rows here
+                weights = weights[:, :, self._rows_now(weights.shape[2]), :].float()
+            rows = weights[0]  # [heads, n, keys] float32, the rows _rows_now selected
+            p.steps[slot].append(rows.detach().cpu().numpy().copy())
 
         return hook
 
@@ -395,6 +498,7 @@ class AttentionCapture:
             q = q.reshape(n, 1, module.num_heads, module.head_dim).transpose(1, 2)
             k = k.reshape(n, s, module.num_heads, module.head_dim).transpose(1, 2)
             with torch.no_grad():
+                q, k = q.float(), k.float()  # scores and softmax in float32 whatever the dtype
                 logits = torch.matmul(q, k.transpose(2, 3)) * module.scale  # [tiles, heads, 1, s]
                 probs = torch.softmax(logits, dim=-1)[:, :, 0, 1:]  # [tiles, heads, patches]
             side = math.isqrt(s - 1)
@@ -428,6 +532,7 @@ class AttentionCapture:
                 if len(steps) != 1:
                     raise RuntimeError(f"Expected one forward pass, recorded {len(steps)}.")
                 rows[:, j] = steps[0].transpose(1, 0, 2)[:, :, : L + t - 1]  # [t, heads, keys]
+                p.steps[j] = []
                 continue
             if len(steps) != t:
                 raise RuntimeError(
@@ -436,6 +541,7 @@ class AttentionCapture:
                 )
             for s, step in enumerate(steps):
                 rows[s, j, :, : step.shape[2]] = step[:, 0, :]
+            p.steps[j] = []  # copied: free the layer's steps so they are not held twice
         tok = self.model.tokenizer
         pieces = tuple(tok.decode([int(i)]) for i in gen)
         text = tok.decode(gen.tolist())
@@ -552,7 +658,7 @@ def capture(
     had_generate = "generate" in vars(native)  # restore exactly what was there
     old_generate = vars(native).get("generate")
     try:
-        with eager_language_model(native):
+        with scoring_language_model(native):
             handles.append(native.register_forward_pre_hook(cap._before_forward, with_kwargs=True))
             for slot, index in enumerate(chosen):
                 attn = lm_layers[index].self_attn

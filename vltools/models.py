@@ -526,18 +526,25 @@ class VLModel:
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Save in transformers' native format (loadable by ``load_model`` and ``from_pretrained``).
+        """Save a complete native checkpoint; see :func:`vltools.export.export_native`.
 
-        Besides the native files, config.json keeps the original InternVL facts under their
-        original names (``template``, ``system_message``, ``max_dynamic_patch``,
-        ``min_dynamic_patch``, ``use_thumbnail``, ``dynamic_image_size``), so a round trip
-        through ``load_model`` gives back the same VLModel.
+        Loadable by ``load_model`` (config.json keeps the original InternVL facts under their
+        original names: ``template``, ``system_message``, ``max_dynamic_patch``, ...) and by
+        stock ``AutoProcessor`` + ``AutoModelForImageTextToText`` (processor, image-processor
+        and generation configs, and the model's chat template). Existing files are replaced.
+        A native checkpoint that brought its own Jinja chat template is saved with that
+        template, its weights, config and tokenizer only.
         """
+        if self.prompt_template.chat_template is None:
+            from vltools.export import export_native
+
+            return export_native(self, path, overwrite=True).path
+        # A native checkpoint that brought its own Jinja chat template keeps it as it came
+        # (weights, config and tokenizer; no processor files are written for it).
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         config = self.model.config
         facts = {
-            "template": self.template if self.prompt_template.chat_template is None else None,
             "system_message": self.system_message,
             "max_dynamic_patch": self.max_num,
             "min_dynamic_patch": self.min_num,
@@ -547,10 +554,9 @@ class VLModel:
         for key, value in facts.items():
             if value is not None:
                 setattr(config, key, value)
-        if self.prompt_template.chat_template is not None:  # the checkpoint's own template
-            (folder / "chat_template.jinja").write_text(
-                self.prompt_template.chat_template, encoding="utf-8"
-            )
+        (folder / "chat_template.jinja").write_text(
+            self.prompt_template.chat_template, encoding="utf-8"
+        )
         self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         return folder
@@ -718,6 +724,10 @@ def load_model(
         ps_version=facts.ps_version,
         prompt_template=template,
     )
+    if str(dt) == "torch.float16":  # float16 overflows silently in Qwen2: warn when it does
+        from vltools.precision import install_float16_guard
+
+        install_float16_guard(model)
     logger.info(
         "Loaded %s (%s format) on %s as %s with %s attention.",
         vl.source,
