@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vltools._optional import require
-from vltools.constants import IMAGE_PLACEHOLDER, TILE_SIZE
+from vltools.constants import TILE_SIZE
 from vltools.decoding import (
     _DECORD_MISSEEKS,
     Backend,
@@ -222,8 +222,11 @@ class VideoClip:
         return sum(t.grid.num_image_tokens for t in self.tiled)
 
     def prompt_prefix(self) -> str:
-        """The card's video prompt prefix: ``"Frame1: <image>\\nFrame2: <image>\\n..."``."""
-        return "".join(f"Frame{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(self.num_segments))
+        """The card's video prompt prefix: ``"Frame1: <image>\\nFrame2: <image>\\n..."``
+        (:func:`vltools.prompts.video_prefix`, the one place it is written)."""
+        from vltools.prompts import video_prefix
+
+        return video_prefix(self.num_segments)
 
     def to(self, device: Any = None, dtype: Any = None) -> VideoClip:
         """A copy with ``pixel_values`` (and the per-frame views) moved and/or cast.
