@@ -875,7 +875,7 @@ def _write_sentencepiece_tokenizer(folder: Path, language_model: str) -> dict[st
     if language_model == "phi3":  # Phi-3 ships the fast tokenizer's tokenizer.json beside it
         import transformers
 
-        fast = transformers.LlamaTokenizer.from_pretrained(str(folder))
+        fast = transformers.LlamaTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         fast.backend_tokenizer.save(str(folder / "tokenizer.json"))
     return ids
 
