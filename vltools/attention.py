@@ -442,6 +442,7 @@ class AttentionCapture:
                     "capture() needs input_ids to locate the image tokens, but the model was "
                     "called with inputs_embeds only. Pass input_ids (and pixel_values)."
                 )
+            _ROWS.set(self._rows_now)  # generating from embeddings: the prompt is known
             return
         if ids.shape[0] != 1:
             raise ValueError(
