@@ -311,3 +311,10 @@ def test_the_stock_pil_image_processor_gives_the_card_pixels_and_torchvision_nea
     assert near.shape == card.shape
     levels = (near - card).abs().max().item() * 255 * 0.229  # worst channel's std
     assert 0 < levels <= 3
+
+
+def test_saving_leaves_the_loaded_models_config_as_it_was(tiny_model, tmp_path):
+    before = tiny_model.model.config.to_dict()
+    tiny_model.save_pretrained(tmp_path / "export")
+    assert tiny_model.model.config.to_dict() == before
+    assert not hasattr(tiny_model.model.config, "template")

@@ -33,9 +33,11 @@ gives the measured differences.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,7 @@ __all__ = [
     "ChatLayout",
     "ExportReport",
     "chat_template",
+    "config_facts",
     "convert",
     "export_native",
     "image_processor_config",
@@ -292,6 +295,26 @@ def stop_token_ids(vlm: VLModel) -> tuple[int, ...]:
     return tuple(ids)
 
 
+@contextlib.contextmanager
+def config_facts(config: Any, facts: dict[str, Any]) -> Iterator[None]:
+    """``config`` with ``facts`` set as attributes (``None`` values skipped) for a save, then
+    exactly as it was: the loaded model's config is not changed by saving it."""
+    missing = object()
+    saved = {key: getattr(config, key, missing) for key in facts}
+    try:
+        for key, value in facts.items():
+            if value is not None:
+                setattr(config, key, value)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is missing:
+                if key in vars(config):
+                    delattr(config, key)
+            else:
+                setattr(config, key, value)
+
+
 def export_native(
     vlm: VLModel, dest: str | os.PathLike, *, overwrite: bool = False
 ) -> ExportReport:
@@ -318,16 +341,14 @@ def export_native(
     notes: list[str] = []
 
     # Model and config: the native files plus the original facts under their original names.
-    config = vlm.model.config
-    for key, value in {
+    facts = {
         "template": vlm.template,
         "system_message": vlm.system_message,
         "max_dynamic_patch": vlm.max_num,
         "min_dynamic_patch": vlm.min_num,
         "use_thumbnail": vlm.use_thumbnail,
         "dynamic_image_size": vlm.dynamic_image_size,
-    }.items():
-        setattr(config, key, value)
+    }
     eos = stop_token_ids(vlm)
     generation = transformers.GenerationConfig(
         eos_token_id=list(eos),
@@ -335,7 +356,8 @@ def export_native(
         if vlm.tokenizer.pad_token_id is not None
         else eos[0],
     )
-    vlm.model.save_pretrained(str(folder))
+    with config_facts(vlm.model.config, facts):  # written, then the live config as it was
+        vlm.model.save_pretrained(str(folder))
     generation.save_pretrained(str(folder))  # over the model's own, which stays as loaded
 
     # Tokenizer with the named tokens InternVLProcessor reads, and the chat template.

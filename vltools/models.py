@@ -541,9 +541,10 @@ class VLModel:
             return export_native(self, path, overwrite=True).path
         # A native checkpoint that brought its own Jinja chat template keeps it as it came
         # (weights, config and tokenizer; no processor files are written for it).
+        from vltools.export import config_facts
+
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        config = self.model.config
         facts = {
             "system_message": self.system_message,
             "max_dynamic_patch": self.max_num,
@@ -551,13 +552,11 @@ class VLModel:
             "use_thumbnail": self.use_thumbnail,
             "dynamic_image_size": self.dynamic_image_size,
         }
-        for key, value in facts.items():
-            if value is not None:
-                setattr(config, key, value)
         (folder / "chat_template.jinja").write_text(
             self.prompt_template.chat_template, encoding="utf-8"
         )
-        self.model.save_pretrained(str(folder))
+        with config_facts(self.model.config, facts):
+            self.model.save_pretrained(str(folder))
         self.tokenizer.save_pretrained(str(folder))
         return folder
 
