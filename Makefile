@@ -13,17 +13,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## make demo: build the tiny checkpoint, execute every notebook headless, write HTML to build/notebooks/
+## make demo: execute every notebook headless on the trained toy model (VLTOOLS_MODEL chooses
+## another, e.g. tiny), write HTML to build/notebooks/
 demo: $(STAMP)
-	$(BIN)/python -m vltools.demo
+	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),toy) $(BIN)/python -m vltools.demo
 
 ## make test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## make lab: JupyterLab on the notebooks (the tiny model unless VLTOOLS_MODEL names another)
+## make lab: JupyterLab on the notebooks (the trained toy model unless VLTOOLS_MODEL names another)
 lab: $(STAMP)
-	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),tiny) $(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),toy) $(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## make bench: every benchmark (add QUICK=1 for the quick mode)
 bench: $(STAMP)
