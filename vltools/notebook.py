@@ -38,9 +38,10 @@ TINY_WARNING = (
 TOY_NOTE = (
     "This notebook runs on the TOY offline model: a small InternVL2 at the real geometry, trained "
     "on this project's synthetic scenes (one to four coloured circles, squares, triangles and "
-    "stars on textured backgrounds). It answers one-word questions about those scenes (colour, "
-    "shape, how many, left/right/above/below, is there a ...) and its attention lands on the "
-    "shape asked about. It knows nothing else: about a real photo its answers are meaningless. "
+    "stars on textured backgrounds) to answer one-word questions about them (colour, shape, how "
+    "many, left/right/above/below, is there a ...). How often it is right, and where its "
+    "attention lands, is measured in its model card (vltools/checkpoints_data/toy/MODEL_CARD.md). "
+    "It knows nothing else: about a real photo its answers are meaningless. "
     f"Set {MODEL_ENV}=OpenGVLab/InternVL2-1B (or a local directory) for the real model."
 )
 
