@@ -13,15 +13,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## make demo: build the tiny checkpoint, execute every notebook headless, write HTML to build/notebooks/
+## make demo: execute every notebook headless on the tiny model (VLTOOLS_MODEL chooses another,
+## e.g. toy), write HTML to build/notebooks/
 demo: $(STAMP)
-	$(BIN)/python -m vltools.demo
+	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),tiny) $(BIN)/python -m vltools.demo
 
 ## make test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## make lab: JupyterLab on the notebooks (the tiny model unless VLTOOLS_MODEL names another)
+## make lab: JupyterLab on the notebooks (the tiny model unless VLTOOLS_MODEL names another, e.g.
+## toy; toy becomes the default once its retrained weights meet issue 18's targets)
 lab: $(STAMP)
 	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),tiny) $(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 

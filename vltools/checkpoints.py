@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 TINY = "tiny"
+TOY = "toy"
 # Files fetched from the Hub: configuration, tokenizer and safetensors weights; never *.py.
 HUB_PATTERNS = (
     "config.json",
@@ -80,7 +81,7 @@ def _offline_help(source: str) -> str:
 
 
 def _resolve_source(source: str | os.PathLike, revision: str | None, allow_pickle: bool) -> Path:
-    """The local folder of ``source``: 'tiny', a directory, or a Hub id (downloaded)."""
+    """The local folder of ``source``: 'tiny', 'toy', a directory, or a Hub id (downloaded)."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"source must be a Hub id, a local directory or 'tiny', not {type(source).__name__}"
@@ -90,6 +91,10 @@ def _resolve_source(source: str | os.PathLike, revision: str | None, allow_pickl
         from vltools.testing import tiny_checkpoint
 
         return tiny_checkpoint()
+    if text == TOY:
+        from vltools.toy import toy_checkpoint
+
+        return toy_checkpoint()
     path = Path(text).expanduser()
     if path.is_dir():
         return path

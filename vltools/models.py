@@ -649,7 +649,8 @@ def load_model(
     """Load an InternVL checkpoint into transformers' native model; see the module docstring.
 
     Args:
-        source: a Hub id (``"OpenGVLab/InternVL2-1B"``), a local directory, or ``"tiny"``.
+        source: a Hub id (``"OpenGVLab/InternVL2-1B"``), a local directory, ``"tiny"`` (random
+            weights) or ``"toy"`` (trained on synthetic shapes, shipped with vltools).
         device: a torch device; default CUDA, then MPS, then CPU.
         dtype: torch dtype or its name; default bf16 on CUDA (fp16 where bf16 is unsupported and
             on MPS), fp32 on CPU.

@@ -8,9 +8,10 @@ Every notebook opens with::
     env
 
 ``setup()`` loads the model named by the ``VLTOOLS_MODEL`` environment variable (default
-``OpenGVLab/InternVL2-1B``; ``tiny`` is the offline random-weight checkpoint the demo and the
-tests use) and returns a :class:`Setup` whose notebook display lists the versions, the device
-and dtype, and a visible warning when the tiny random model is in use.
+``OpenGVLab/InternVL2-1B``; ``toy`` is the offline checkpoint trained on synthetic shapes that
+``make lab`` and ``make demo`` use, ``tiny`` the offline random-weight one the tests use) and
+returns a :class:`Setup` whose notebook display lists the versions, the device and dtype, and a
+visible banner saying what the offline model in use can and cannot do.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ TINY_WARNING = (
 )
 
 
+TOY_NOTE = (
+    "This notebook runs on the TOY offline model: a small InternVL2 at the real geometry, trained "
+    "on this project's synthetic scenes (one to four coloured circles, squares, triangles and "
+    "stars on textured backgrounds) to answer one-word questions about them (colour, shape, how "
+    "many, left/right/above/below, is there a ...). How often it is right, and where its "
+    "attention lands, is measured in its model card (vltools/checkpoints_data/toy/MODEL_CARD.md). "
+    "It knows nothing else: about a real photo its answers are meaningless. "
+    f"Set {MODEL_ENV}=OpenGVLab/InternVL2-1B (or a local directory) for the real model."
+)
+
+
 @dataclass(frozen=True)
 class Setup:
     """What a notebook runs with. ``model`` is ``None`` for notebooks that need none."""
@@ -46,6 +58,20 @@ class Setup:
     def is_tiny(self) -> bool:
         """True when the model is the offline tiny checkpoint (its answers are random text)."""
         return self.model_name is not None and _is_tiny(self.model_name)
+
+    @property
+    def is_toy(self) -> bool:
+        """True when the model is the offline toy checkpoint (it knows synthetic shapes only)."""
+        return self.model_name == "toy"
+
+    @property
+    def note(self) -> str | None:
+        """What the offline model in use can and cannot do, or None for a real checkpoint."""
+        if self.is_tiny:
+            return TINY_WARNING
+        if self.is_toy:
+            return TOY_NOTE
+        return None
 
     def _rows(self) -> list[tuple[str, str]]:
         rows = list(self.versions.items())
@@ -62,6 +88,8 @@ class Setup:
         lines = [f"{k}: {v}" for k, v in self._rows()]
         if self.is_tiny:
             lines.append("WARNING: " + TINY_WARNING)
+        elif self.is_toy:
+            lines.append("NOTE: " + TOY_NOTE)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -75,6 +103,11 @@ class Setup:
             warning = (
                 "<div style='background:#fff3cd;border:1px solid #e0b100;padding:6px 10px;"
                 f"margin-top:6px'><b>⚠ Tiny random model.</b> {html.escape(TINY_WARNING)}</div>"
+            )
+        elif self.is_toy:
+            warning = (
+                "<div style='background:#e8f4fd;border:1px solid #3b8ed0;padding:6px 10px;"
+                f"margin-top:6px'><b>Toy model.</b> {html.escape(TOY_NOTE)}</div>"
             )
         return f"<table>{cells}</table>{warning}"
 
@@ -100,7 +133,8 @@ def setup(*, model: bool = True, name: str | None = None) -> Setup:
     """Load the notebook's model (unless ``model=False``) and collect versions and device.
 
     ``name`` overrides ``VLTOOLS_MODEL``. Displaying the result shows the versions, the device
-    and, for the tiny model, a highlighted warning that its answers are random text.
+    and, for the offline models, what they can do (``tiny``: random text; ``toy``: synthetic
+    shapes only).
     """
     if not model:
         return Setup(model_name=None, model=None, versions=versions())
@@ -109,6 +143,6 @@ def setup(*, model: bool = True, name: str | None = None) -> Setup:
     model_name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     loaded = load_model(model_name)
     env = Setup(model_name=model_name, model=loaded, versions=versions())
-    if env.is_tiny:
-        logging.getLogger(__name__).info(TINY_WARNING)
+    if env.note is not None:
+        logging.getLogger(__name__).info(env.note)
     return env

@@ -17,6 +17,9 @@ Tensors are generated and written one at a time, so memory stays near the larges
 Both are cached under ``$VLTOOLS_CACHE`` (or ``~/.cache/vltools``) in a folder whose name
 carries a hash of the recipe, so a changed recipe builds a new folder. The weights come from
 NumPy's PCG64 generator seeded per key, so they do not depend on the order of writing.
+
+``toy_scenes`` (from :mod:`vltools.toy`) draws the synthetic scenes the trained ``toy``
+checkpoint knows, for tests and examples that need answers that mean something.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from vltools.constants import (
     IM_START,
     INTERNVL_SPECIAL_TOKENS,
 )
+from vltools.toy import toy_scenes  # re-exported: the trained toy checkpoint's held-out scenes
 
 __all__ = [
     "tiny_checkpoint",
@@ -59,6 +63,7 @@ __all__ = [
     "checkpoint_files",
     "SPECIAL_TOKENS",
     "REAL_BASE_VOCAB",
+    "toy_scenes",
 ]
 
 # Bump when anything that changes the written bytes changes (it is part of the recipe hash).

@@ -1,0 +1,225 @@
+"""The toy checkpoint: its scenes, its training script, and what the shipped weights can do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from vltools.testing import original_key_shapes, toy_scenes
+from vltools.toy import COLOURS, KINDS, SHAPES, box_attention, score, toy_config, toy_scene
+from vltools.toy_train import TrainConfig, run
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_toy_scenes_yield_the_documented_dicts_and_the_same_scenes_for_the_same_seed():
+    first = list(toy_scenes(12, seed=5))
+    again = list(toy_scenes(12, seed=5))
+    assert [set(s) for s in first] == [{"image", "question", "answer", "kind", "box"}] * 12
+    for a, b in zip(first, again, strict=True):
+        assert (a["question"], a["answer"], a["kind"], a["box"]) == (
+            b["question"],
+            b["answer"],
+            b["kind"],
+            b["box"],
+        )
+        assert a["image"].tobytes() == b["image"].tobytes()
+    other = list(toy_scenes(12, seed=6))
+    assert [s["question"] for s in other] != [s["question"] for s in first]
+
+
+def test_every_answer_matches_what_was_drawn():
+    for seed in range(80):
+        scene = toy_scene(seed)
+        drawn = {shape: (colour, box) for colour, shape, box in scene.shapes}
+        assert scene.kind in KINDS
+        if scene.kind == "colour":
+            shape = scene.question.removeprefix("What colour is the ").removesuffix("?")
+            assert drawn[shape][0] == scene.answer and drawn[shape][1] == scene.box
+        elif scene.kind == "shape":
+            assert scene.answer in SHAPES
+            assert drawn[scene.answer][0] in scene.question
+        elif scene.kind == "count":
+            assert scene.answer == str(len(scene.shapes)) and scene.box is None
+        elif scene.kind == "presence":
+            words = scene.question.removeprefix("Is there a ").removesuffix("?").split()
+            present = (words[0], words[1]) in {(c, s) for c, s, _ in scene.shapes}
+            assert scene.answer == ("yes" if present else "no")
+            assert (scene.box is not None) == present
+        else:
+            assert scene.answer in ("left", "right", "above", "below")
+            left, top, right, bottom = scene.box
+            others = [b for _, _, b in scene.shapes if b != scene.box]
+            centre = ((left + right) / 2, (top + bottom) / 2)
+            if scene.answer == "left":
+                assert any(centre[0] < (b[0] + b[2]) / 2 for b in others)
+
+
+def test_boxes_lie_inside_the_image_and_shapes_are_distinct_within_a_scene():
+    for seed in range(40):
+        for style in ("mixed", "wide_small"):
+            scene = toy_scene(seed, style=style)
+            colours = [c for c, _, _ in scene.shapes]
+            shapes = [s for _, s, _ in scene.shapes]
+            assert len(set(colours)) == len(colours) and len(set(shapes)) == len(shapes)
+            assert set(colours) <= set(COLOURS) and 1 <= len(scene.shapes) <= 4
+            for _, _, (left, top, right, bottom) in scene.shapes:
+                assert 0 <= left < right <= scene.image.width
+                assert 0 <= top < bottom <= scene.image.height
+
+
+def test_wide_small_scenes_are_panoramas_whose_shapes_are_a_few_percent_of_the_width():
+    for scene in toy_scenes(10, seed=3, style="wide_small"):
+        width, height = scene["image"].size
+        assert width / height >= 3.5
+        left, _, right, _ = scene["box"] or (0, 0, 62, 0)
+        assert (right - left) / width < 0.04
+
+
+def test_bad_scene_arguments_are_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match="mixed"):
+        toy_scene(0, style="tall")
+    with pytest.raises(ValueError, match="colour"):
+        toy_scene(0, kinds=("size",))
+    with pytest.raises(ValueError, match="non-negative"):
+        list(toy_scenes(-1, seed=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The training script
+# ---------------------------------------------------------------------------------------------
+
+QUICK = TrainConfig(steps=2, batch=1, warmup=1, max_nums=(1,), wide_share=0.0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    folder, losses, _ = run(QUICK, tmp_path_factory.mktemp("toy") / "ckpt", log=None)
+    return folder, losses
+
+
+def test_a_few_training_steps_write_a_checkpoint_in_the_original_format(quick_run):
+    folder, losses = quick_run
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "internvl_chat" and config["template"] == "Hermes-2"
+    assert config == json.loads(json.dumps(toy_config()))
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    assert shapes == original_key_shapes(config)
+    assert "vision_model.encoder.layers.0.attn.qkv.weight" in shapes
+
+
+def test_training_is_deterministic_and_changes_the_weights(quick_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from vltools.toy_train import initial_checkpoint
+
+    folder, losses = quick_run
+    again, losses_again, _ = run(QUICK, tmp_path / "again", log=None)
+    assert losses_again == losses
+    trained, repeat = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(again / "model.safetensors")),
+    )
+    assert all((trained[k] == repeat[k]).all() for k in trained)
+    init = initial_checkpoint(tmp_path / "init")
+    start = load_file(str(init / "model.safetensors"))
+    assert any(not (trained[k] == start[k]).all() for k in trained)
+
+
+def test_the_written_checkpoint_loads_and_chats_through_the_normal_path(quick_run):
+    from vltools.images import load_image
+    from vltools.models import load_model
+
+    folder, _ = quick_run
+    vlm = load_model(folder, device="cpu")
+    assert (vlm.tokens_per_tile, vlm.tile_size, vlm.template) == (256, 448, "Hermes-2")
+    scene = next(toy_scenes(1, seed=9))
+    tiled = load_image(scene["image"], max_num=2)
+    reply = vlm.chat(tiled.pixel_values, scene["question"], {"max_new_tokens": 3})
+    assert isinstance(reply, str)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped weights
+# ---------------------------------------------------------------------------------------------
+
+
+# Lower bounds for the shipped weights on the small held-out sets below (measured: see
+# MODEL_CARD.md); a mapping bug (tile order, thumbnail, transposed grid) drops the attention
+# ratio to about 1.
+COLOUR_FLOOR = 0.25
+SHAPE_FLOOR = 0.3
+ATTENTION_FLOOR = 5.0
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    from vltools.models import load_model
+
+    return load_model("toy", device="cpu")
+
+
+def test_load_model_toy_is_the_shipped_original_format_checkpoint_under_20_mb(toy_model):
+    from vltools.toy import toy_checkpoint
+
+    folder = toy_checkpoint()
+    assert Path(toy_model.path) == folder
+    assert (folder / "model.safetensors").stat().st_size <= 20 * 2**20
+    assert (folder / "MODEL_CARD.md").is_file()
+    assert toy_model.checkpoint_format == "internvl_chat"
+    assert (toy_model.tokens_per_tile, toy_model.tile_size) == (256, 448)
+
+
+@pytest.fixture(scope="module")
+def colour_shape_score(toy_model):
+    return score(toy_model, list(toy_scenes(30, seed=11, kinds=("colour", "shape"))), max_num=6)
+
+
+def test_the_shipped_toy_model_beats_chance_on_held_out_colour_and_shape_questions(
+    colour_shape_score,
+):
+    # chance: 1/6 for colour, 1/4 for shape; the bounds sit below the card's measured figures
+    assert colour_shape_score.accuracy["colour"] >= COLOUR_FLOOR, colour_shape_score
+    assert colour_shape_score.accuracy["shape"] >= SHAPE_FLOOR, colour_shape_score
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 18's target (90% on colour and shape) is not reached by the shipped, "
+    "under-trained weights (see MODEL_CARD.md); remove this marker when retrained weights pass",
+)
+def test_the_shipped_toy_model_reaches_the_issues_90_percent_on_colour_and_shape(
+    colour_shape_score,
+):
+    assert colour_shape_score.accuracy["colour"] >= 0.9, colour_shape_score
+    assert colour_shape_score.accuracy["shape"] >= 0.9, colour_shape_score
+
+
+def test_the_answer_token_attends_inside_the_asked_shapes_box(toy_model):
+    scenes = list(toy_scenes(20, seed=12, kinds=("colour",)))
+    result = box_attention(toy_model, scenes, max_num=6)
+    assert len(result.mass) == 20 and ((result.mass >= 0) & (result.mass <= 1 + 1e-6)).all()
+    assert result.ratio >= ATTENTION_FLOOR, result
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebooks' banner
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_setup_banner_says_what_the_toy_model_can_and_cannot_do():
+    from vltools.notebook import TOY_NOTE, Setup
+
+    env = Setup(model_name="toy", model=None)
+    assert env.is_toy and not env.is_tiny and env.note == TOY_NOTE
+    assert "synthetic" in TOY_NOTE and "meaningless" in TOY_NOTE
+    assert Setup(model_name="tiny", model=None).note != TOY_NOTE
+    assert Setup(model_name="OpenGVLab/InternVL2-1B", model=None).note is None
