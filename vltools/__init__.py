@@ -54,6 +54,7 @@ _SUBMODULES = (
     "prompts",
     "results",
     "samples",
+    "cluster",
     "store",
     "cells",
     "testing",

@@ -247,11 +247,26 @@ def row_schema() -> Any:
     return pa.schema([(c, types.get(c, pa.string())) for c in ROW_COLUMNS])
 
 
+_INTS = ("tokens", "tiles", "prompt_tokens")
+
+
+def _plain(value: Any, column: str) -> Any:
+    """A Python value for the schema: numpy scalars unwrapped, NaN as None, counts as int."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if column in _INTS and value is not None:
+        return int(value)
+    return value
+
+
 def _row(r: Mapping[str, Any]) -> dict[str, Any]:
-    row = {c: r.get(c) for c in ROW_COLUMNS}
+    row = {c: _plain(r.get(c), c) for c in ROW_COLUMNS if c != "references"}
+    row["references"] = r.get("references")
     if not isinstance(row["references"], str):
         row["references"] = json.dumps(list(row["references"] or []), ensure_ascii=False)
-    return row
+    return {c: row[c] for c in ROW_COLUMNS}
 
 
 def _mtime(path: Path) -> tuple[float, str]:
