@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ["tiling", "video", "loading", "multiturn", "batch", "attention"]
+SCRIPTS = ["tiling", "video", "loading", "multiturn", "batch", "attention", "experiments"]
 
 
 def main(argv: list[str]) -> int:

@@ -112,4 +112,7 @@ def test_a_stopped_run_resumes_and_a_killed_worker_leaves_every_id_once(
     assert len(later) == 16 - len(first)  # only the missing rows were computed
     results = make(charts, out).result().results
     assert len(results) == 16 and results["id"].is_unique
-    assert set(results["id"]) == {c.id for c in make(charts, out).cells(json.loads((out / "manifest.json").read_text())["model"])}
+    assert set(results["id"]) == {
+        c.id
+        for c in make(charts, out).cells(json.loads((out / "manifest.json").read_text())["model"])
+    }
