@@ -232,3 +232,24 @@ def test_the_exact_mcnemar_p_is_the_two_sided_binomial_tail():
 
 def test_experiment_is_exported_at_the_top_level():
     assert vltools.Experiment is Experiment
+
+
+def test_samples_with_several_images_or_a_video_are_answered(charts, tiny_model):
+    from vltools.data import sample
+    from vltools.video import load_video
+
+    rows = [
+        {"image": [str(charts / "c0.png"), str(charts / "c1.png")], "question": "Compare."},
+        {"video": str(sample("sample_video.mp4")), "num_segments": 2, "question": "What happens?"},
+    ]
+    exp = Experiment(rows, prompts={"p": "{question}"}, settings={"s": {"max_num": 1, **GREEDY}})
+    df = exp.run(tiny_model, progress=False).results
+    assert (df["error"] == "").all() and list(df["tiles"]) == [2, 2]
+    clip = load_video(sample("sample_video.mp4"), num_segments=2, max_num=1)
+    expected = tiny_model.chat(
+        clip.pixel_values,
+        clip.prompt_prefix() + "What happens?",
+        dict(GREEDY, do_sample=False),
+        num_patches_list=list(clip.num_patches_list),
+    )
+    assert df["answer"][1] == expected
