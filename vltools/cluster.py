@@ -3,9 +3,9 @@
 ``Experiment.run(source, engine="ray", address=None, num_workers=2, gpus_per_worker=0)``:
 
 1. The cells not stored yet are written as the **plan**: Parquet files of at most
-   :data:`BLOCK_ROWS` rows under ``output/plan/`` (read as one block each, so results stream out
-   instead of arriving all at the end), sorted by setting and tile count so that batches share
-   them.
+   :data:`BLOCK_ROWS` rows under ``output/plan/``, sorted by setting and tile count so that
+   batches share them; each file becomes one block of the dataset (so rows stream out instead
+   of arriving all at the end, and every actor gets work).
 2. **Tiling** runs as Ray CPU tasks (:func:`vltools.cells.prepare`).
 3. The **model** runs in an actor pool (``ray.data.ActorPoolStrategy``, ``num_gpus`` per actor
    from ``gpus_per_worker``); each actor loads the model once and answers batches with
@@ -20,7 +20,7 @@ store, and more logical CPUs than cores so that model actors cannot take every C
 the tiling tasks) and shuts it down afterwards; an already running Ray in this process is used
 and left running. ``address="auto"`` or ``"ray://host:10001"`` joins a cluster (vltools is
 shipped to it with ``runtime_env``; the images, and the plan folder under ``output``, must be
-on storage every node sees). An address that does not answer is reported before any model work.
+on storage every node sees; the plan travels through Ray's object store). An address that does not answer is reported before any model work.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def start_local(*, num_workers: int = 2, gpus_per_worker: float = 0) -> None:
             "/dev/shm holds %d MiB; Ray's object store gets %d MiB.", shm >> 20, store >> 20
         )
     path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
+    # A busy machine can take longer than Ray's default 30 s to register the raylet.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
     ray.init(
         address="local",
         num_cpus=cores
@@ -98,6 +100,7 @@ def start_local(*, num_workers: int = 2, gpus_per_worker: float = 0) -> None:
         _node_ip_address="127.0.0.1",
         object_store_memory=store,
         log_to_driver=False,
+        logging_level=logging.WARNING,
         runtime_env={"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}},
     )
 
@@ -393,15 +396,18 @@ def _execute(
 ) -> int:
     from vltools.store import ROW_COLUMNS
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines in notebooks
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.max_errored_blocks = 0
     threads = None
     if local and not gpus_per_worker:
         threads = max(1, (os.cpu_count() or 1) // num_workers)
-    # Ray may read small files in one task; split them back into one block per plan file so
-    # that several actors work and rows stream out (the read is cheap: the plan is small).
-    ds = ray.data.read_parquet(paths).repartition(len(paths))
+    # One block per plan file, put by the driver: several actors get work, rows stream out,
+    # and the workers of a remote cluster need not see the plan folder. (read_parquet may read
+    # small files in one task, and its path resolution races on an optional fsspec import.)
+    pq = require("pyarrow.parquet", purpose="engine='ray'")
+    ds = ray.data.from_arrow([pq.read_table(p) for p in paths])
     ds = ds.map(tile_row, num_cpus=1)
     ds = ds.map_batches(
         ModelWorker,
@@ -416,8 +422,8 @@ def _execute(
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_gpus=gpus_per_worker,
         num_cpus=1,
-        max_restarts=-1,  # a dead worker is replaced
-        max_task_retries=-1,  # and its batch retried
+        # Ray Data's actor pools restart a dead actor and retry its batch (max_restarts=-1,
+        # max_task_retries=-1 by default); the store's batch files make a retry idempotent.
     )
     bar = None
     if progress:

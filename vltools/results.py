@@ -283,25 +283,31 @@ class ExperimentResult:
         ax.legend(title="prompt", fontsize="small")
         return fig
 
-    def disagreements(self, a: str, b: str) -> list[dict[str, Any]]:
+    def disagreements(self, a: str, b: str, *, by: str = "score") -> list[dict[str, Any]]:
         """See :func:`disagreements`."""
-        return disagreements(self, a, b)
+        return disagreements(self, a, b, by=by)
 
-    def browse(self, a: str | None = None, b: str | None = None) -> Any:
+    def browse(self, a: str | None = None, b: str | None = None, *, by: str = "score") -> Any:
         """A widget paging through the cells where ``a`` and ``b`` disagree (default: the
-        first two prompts, or the first two settings when there is one prompt)."""
+        first two prompts, or the first two settings when there is one prompt); ``by="score"``
+        (one right, the other wrong) or ``by="answer"`` (different answers)."""
         if a is None or b is None:
             prompts = list(dict.fromkeys(self.results["prompt"]))
             names = prompts if len(prompts) > 1 else list(dict.fromkeys(self.results["setting"]))
             if len(names) < 2:
                 raise ValueError("browse() needs two prompts or two settings to compare.")
             a, b = names[0], names[1]
-        return disagreement_browser(self.disagreements(a, b), a=a, b=b)
+        return disagreement_browser(self.disagreements(a, b, by=by), a=a, b=b)
 
 
-def disagreements(result: ExperimentResult, a: str, b: str) -> list[dict[str, Any]]:
-    """The paired cells where ``a`` and ``b`` differ (in score, or in answer without scores):
-    sample, other-axis value, question of each, answers, scores, references, images, video."""
+def disagreements(
+    result: ExperimentResult, a: str, b: str, *, by: str = "score"
+) -> list[dict[str, Any]]:
+    """The paired cells where ``a`` and ``b`` differ: in score (``by="score"``; in answer where
+    there are no scores) or in answer (``by="answer"``). Each: sample, other-axis value, the
+    questions, answers, scores, references, images, video."""
+    if by not in ("score", "answer"):
+        raise ValueError(f"by={by!r}; expected 'score' or 'answer'.")
     pairs = result.pairs(a, b)
     axis = result._axis(a, b)
     other = "setting" if axis == "prompt" else "prompt"
@@ -309,7 +315,7 @@ def disagreements(result: ExperimentResult, a: str, b: str) -> list[dict[str, An
     for r in pairs.to_dict(orient="records"):
         sa, sb = r["score_a"], r["score_b"]
         scored = not (math.isnan(sa) or math.isnan(sb))
-        differ = (sa != sb) if scored else (r["answer_a"] != r["answer_b"])
+        differ = (sa != sb) if scored and by == "score" else (r["answer_a"] != r["answer_b"])
         if not differ:
             continue
         images, video = result.visuals.get(r["sample"], ((), None))
