@@ -56,6 +56,7 @@ BLOCK_ROWS = 24  # plan rows per Parquet file (= per block)
 MIN_RAY = (2, 54)
 LOCAL_OBJECT_STORE = 512 * 1024**2  # bytes; the tiles of a few batches
 CONNECT_TIMEOUT_S = 5.0
+TILING_CPUS = 0.5
 
 
 class RayAddressError(ConnectionError):
@@ -408,7 +409,9 @@ def _execute(
     # small files in one task, and its path resolution races on an optional fsspec import.)
     pq = require("pyarrow.parquet", purpose="engine='ray'")
     ds = ray.data.from_arrow([pq.read_table(p) for p in paths])
-    ds = ds.map(tile_row, num_cpus=1)
+    # Tiling as CPU tasks of their own: half a CPU each, which also keeps Ray from fusing them
+    # into the model actors (it fuses maps whose resources are equal).
+    ds = ds.map(tile_row, num_cpus=TILING_CPUS)
     ds = ds.map_batches(
         ModelWorker,
         fn_constructor_kwargs={
