@@ -156,11 +156,14 @@ class Store:
     def __init__(self, folder: str | os.PathLike | None):
         self.folder = None if folder is None else Path(folder)
         self._memory: list[dict[str, Any]] = []
+        self._memory_manifest: dict[str, Any] | None = None
 
     # -- manifest ----------------------------------------------------------------------------
 
     def read_manifest(self) -> dict[str, Any] | None:
-        if self.folder is None or not (self.folder / MANIFEST).is_file():
+        if self.folder is None:
+            return self._memory_manifest
+        if not (self.folder / MANIFEST).is_file():
             return None
         return json.loads((self.folder / MANIFEST).read_text(encoding="utf-8"))
 
@@ -188,6 +191,7 @@ class Store:
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
         if self.folder is None:
+            self._memory_manifest = _jsonable(manifest)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps(_jsonable(manifest), indent=1)  # keeps the order of prompts and settings
