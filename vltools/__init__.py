@@ -49,6 +49,7 @@ _SUBMODULES = (
     "decoding",
     "experiments",
     "generation",
+    "metrics",
     "images",
     "models",
     "prompts",
