@@ -15,6 +15,7 @@ SCRIPTS = [
     "attention",
     "widgets",
     "stock_processor",
+    "experiments",
 ]
 
 

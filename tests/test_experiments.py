@@ -81,3 +81,11 @@ def test_bad_grids_are_refused(tiny_model, kwargs, match):
     args = {"images": [None], "prompts": ["Q"], "settings": None, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         prompt_grid(tiny_model, progress=False, **args)
+
+
+def test_grid_rows_come_image_major_in_the_order_asked(tiny_model):
+    images = {"wide": torch.randn(2, 3, 448, 448), "square": torch.randn(1, 3, 448, 448)}
+    settings = {"a": {"max_new_tokens": 1}, "b": {"max_new_tokens": 2}}
+    grid = prompt_grid(tiny_model, images=images, prompts=["P", "Q"], settings=settings, progress=False)  # fmt: skip
+    order = [(r["image"], r["prompt"], r["setting"]) for r in grid.rows]
+    assert order == [(i, p, s) for i in images for p in ("prompt 1", "prompt 2") for s in settings]

@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parent.parent
-CONDA_TO_PIP = {"pytorch": "torch"}
+CONDA_TO_PIP = {"pytorch": "torch", "ray-data": "ray"}
 NOT_RUNTIME = {"python", "pip"}
 
 

@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "Reply": "chat",
     "prompt_grid": "experiments",
     "GridResult": "experiments",
+    "Experiment": "experiments",
+    "ExperimentResult": "results",
     "AttentionMaps": "attention",
     "tiny_checkpoint": "testing",
 }
@@ -49,9 +51,15 @@ _SUBMODULES = (
     "decoding",
     "experiments",
     "generation",
+    "metrics",
     "images",
     "models",
     "prompts",
+    "results",
+    "dataset",
+    "cluster",
+    "store",
+    "cells",
     "testing",
     "tiling",
     "video",
@@ -83,10 +91,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from vltools.attention import AttentionMaps  # noqa: F401
     from vltools.chat import Chat, Reply  # noqa: F401
-    from vltools.experiments import GridResult, prompt_grid  # noqa: F401
+    from vltools.experiments import Experiment, GridResult, prompt_grid  # noqa: F401
     from vltools.images import TiledImage, load_image  # noqa: F401
     from vltools.models import VLModel, load_model  # noqa: F401
     from vltools.prompts import render_prompt  # noqa: F401
+    from vltools.results import ExperimentResult  # noqa: F401
     from vltools.testing import tiny_checkpoint  # noqa: F401
     from vltools.tiling import TileGrid, plan_tiles  # noqa: F401
     from vltools.video import VideoClip, load_video, sample_frame_indices  # noqa: F401

@@ -1,11 +1,27 @@
-"""Prompt experiments: every combination of images, prompt variants and generation settings.
+"""Prompt experiments at dataset scale: labelled samples x prompts x settings, scored and resumable.
 
-:func:`prompt_grid` asks each prompt about each image under each setting (a fresh single-turn
-:class:`~vltools.chat.Chat` per cell, so cells do not see each other) and returns a
-:class:`GridResult`: a table with image thumbnails in notebooks, and CSV/JSON export. Settings
-are dicts of ``Chat`` options: ``max_num`` (tiles per image), ``system_message``, any generate
-option (``max_new_tokens``, ``do_sample``, ``temperature``, ...) and ``seed`` (set before the
-cell runs, for reproducible sampling). Each image is tiled once per ``max_num``.
+:class:`Experiment` is the one implementation; :func:`prompt_grid` (images x questions x
+settings, no labels, no store) is a small case of it.
+
+>>> exp = Experiment("data/charts", prompts={"short": "{question} Answer briefly.",
+...                  "plain": "{question}"}, settings={"t1": {"max_num": 1}, "t6": {"max_num": 6}},
+...                  metric="relaxed_accuracy", output="runs/charts")   # doctest: +SKIP
+>>> exp.plan()          # one row per cell, before any model work          # doctest: +SKIP
+>>> res = exp.run(model)                                                     # doctest: +SKIP
+>>> res.summary(); res.compare("short", "plain"); res.plot(); res.browse()  # doctest: +SKIP
+
+- **Samples** are read and checked by :func:`vltools.dataset.read_samples` (folders, files,
+  DataFrames, datasets, lists of dicts; ``columns`` maps the names).
+- **Prompts** are ``str.format`` templates over ``{question}``, ``{choices}`` (the ``choices``
+  column as lettered options, ``A. ...``) and any other column.
+- **Settings** hold ``max_num`` (default 12), ``system_message`` (default: the model's),
+  ``seed`` and generate options (``max_new_tokens``, ``do_sample``, ``temperature``, ...).
+- **Ids and the store**: each cell's id hashes the sample's content, the rendered prompt, the
+  normalised setting and the model's fingerprint (:mod:`vltools.store`); finished batches are
+  appended to ``output`` as Parquet files, and ``run`` computes only the ids not stored yet.
+- **Engines**: ``run(model)`` batches in this process (cells grouped by setting and tile count,
+  tiling on background threads while the model works); ``run(source, engine="ray")`` runs the
+  same batched code on Ray Data (:mod:`vltools.cluster`).
 """
 
 from __future__ import annotations
@@ -15,19 +31,536 @@ import csv
 import html
 import io
 import json
-from collections.abc import Mapping, Sequence
+import logging
+import string
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vltools._optional import require
+from vltools.cells import Cell, Prepared, answer_batch, prepare
+from vltools.constants import DEFAULT_MAX_NUM, TOKENS_PER_TILE
+from vltools.dataset import Sample, read_samples
+from vltools.store import ForeignStoreError, Store, cell_id, model_fingerprint, source_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from vltools.models import VLModel
+    from vltools.results import ExperimentResult
 
-__all__ = ["prompt_grid", "GridResult", "COLUMNS"]
+__all__ = [
+    "Experiment",
+    "ForeignStoreError",
+    "normalise_setting",
+    "render_question",
+    "template_fields",
+    "prompt_grid",
+    "GridResult",
+    "COLUMNS",
+]
 
-# Columns of every row, in table order.
+logger = logging.getLogger(__name__)
+
+# Setting keys that are not generate options.
+SETTING_KEYS = ("max_num", "system_message", "seed")
+DEFAULT_BATCH_SIZE = 8
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a ``str.format`` template uses (``"{question} {choices}"`` -> both)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(
+            f"The prompt template {template!r} is not a valid format string ({e}); write fields "
+            "as {question} and literal braces as {{ and }}."
+        ) from e
+    return [name.split(".")[0].split("[")[0] for _, name, _, _ in parsed if name is not None]
+
+
+def choices_text(choices: Any) -> str:
+    """Multiple-choice options as lettered lines: ``A. red\\nB. blue`` (a dict keeps its keys)."""
+    if choices is None:
+        return ""
+    if isinstance(choices, str):
+        try:
+            choices = json.loads(choices)
+        except json.JSONDecodeError:
+            return choices
+    if isinstance(choices, Mapping):
+        return "\n".join(f"{k}. {v}" for k, v in choices.items())
+    if hasattr(choices, "tolist"):
+        choices = choices.tolist()
+    return "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(choices))
+
+
+def render_question(template: str, fields: Mapping[str, Any]) -> str:
+    """``template`` filled with a sample's fields (``{choices}`` lettered)."""
+    values = dict(fields)
+    values["choices"] = choices_text(values.get("choices"))
+    return template.format_map(values)
+
+
+def normalise_setting(name: str, setting: Any) -> dict[str, Any]:
+    """A setting with its defaults filled in, so that ``{}`` and ``{"max_num": 12}`` are one id.
+
+    Returns ``{"max_num", "system_message", "seed", "generation"}``; the generate options are
+    checked against ``transformers.GenerationConfig``.
+    """
+    if not isinstance(setting, Mapping):
+        raise TypeError(
+            f"setting {name!r} is {setting!r}; expected a dict of Chat options such as "
+            "{'max_num': 6, 'max_new_tokens': 32}."
+        )
+    from vltools.generation import DEFAULT_GENERATION
+
+    options = dict(setting)
+    max_num = options.pop("max_num", DEFAULT_MAX_NUM)
+    if not isinstance(max_num, int) or isinstance(max_num, bool) or max_num < 1:
+        raise ValueError(f"setting {name!r} has max_num={max_num!r}; expected an int >= 1.")
+    system = options.pop("system_message", None)
+    seed = options.pop("seed", None)
+    generation = {**DEFAULT_GENERATION, **options}
+    transformers = require("transformers", purpose="Experiments")
+    known = transformers.GenerationConfig()
+    unknown = sorted(k for k in generation if not hasattr(known, k))
+    if unknown:
+        raise ValueError(
+            f"setting {name!r} has unknown option(s) {unknown}; expected max_num, "
+            "system_message, seed or generate options (max_new_tokens, do_sample, temperature, "
+            "top_p, ...)."
+        )
+    return {"max_num": max_num, "system_message": system, "seed": seed, "generation": generation}
+
+
+def _named(items: Any, kind: str) -> dict[str, Any]:
+    if isinstance(items, Mapping):
+        named = {str(k): v for k, v in items.items()}
+    elif isinstance(items, str):
+        named = {f"{kind[:-1]} 1": items}
+    elif isinstance(items, Sequence):
+        named = {f"{kind[:-1]} {i + 1}": v for i, v in enumerate(items)}
+    else:
+        raise TypeError(f"{kind} is {items!r}; expected a dict of name -> value or a list.")
+    if not named:
+        raise ValueError(f"{kind} is empty; expected at least one entry.")
+    return named
+
+
+def _metric(metric: Any) -> tuple[Callable[[str, list[str]], float] | None, str | None]:
+    if metric is None:
+        return None, None
+    if callable(metric):
+        return metric, getattr(metric, "__name__", type(metric).__name__)
+    if not isinstance(metric, str):
+        raise TypeError(
+            f"metric is {metric!r}; expected a name from vltools.metrics or a callable."
+        )
+    try:
+        from vltools import metrics
+    except ImportError as e:  # pragma: no cover - metrics ship with vltools
+        raise ValueError(f"metric={metric!r} needs vltools.metrics, which is missing: {e}") from e
+    try:
+        return metrics.get(metric), metric
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"Unknown metric {metric!r}: {e}. Use a name from vltools.metrics (exact_match, anls, "
+            "relaxed_accuracy, vqa_accuracy, mc_choice) or pass a callable "
+            "(prediction, references) -> float."
+        ) from e
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+class Experiment:
+    """Labelled samples x prompt templates x settings, scored by a metric, stored in ``output``.
+
+    Args:
+        samples: a folder of images, a CSV/JSONL/Parquet file, a pandas DataFrame, a
+            ``datasets.Dataset`` or a list of dicts (see :mod:`vltools.dataset`).
+        prompts: name -> template (or a list of templates), filled with ``{question}``,
+            ``{choices}`` and any column.
+        settings: name -> dict of ``max_num``, ``system_message``, ``seed`` and generate
+            options (or a list of dicts); default one setting with the defaults.
+        metric: a name from :mod:`vltools.metrics` or a callable ``(prediction, references) ->
+            float``; None for no score.
+        output: the store's folder (created on the first run); None keeps rows in memory.
+        columns: maps ``image``, ``question``, ``answers``, ``video``, ``num_segments``, ``name``
+            to the samples' own column names.
+
+    Everything is checked here, before any model work: samples, columns, templates, settings,
+    the metric and whether ``output`` holds another experiment's store.
+    """
+
+    def __init__(
+        self,
+        samples: Any,
+        *,
+        prompts: Any,
+        settings: Any = None,
+        metric: Any = None,
+        output: str | Path | None = None,
+        columns: Mapping[str, str] | None = None,
+    ):
+        self.metric_fn, self.metric_name = _metric(metric)
+        self.columns = dict(columns or {})
+        self.samples: tuple[Sample, ...] = (
+            read_samples(samples, columns=columns, need_references=self.metric_fn is not None)
+            if samples is not None
+            else ()
+        )
+        self.prompts: dict[str, str] = _named(prompts, "prompts")
+        self.settings: dict[str, dict[str, Any]] = {
+            name: normalise_setting(name, s)
+            for name, s in _named([{}] if settings is None else settings, "settings").items()
+        }
+        self._check_templates()
+        self.store = Store(output)
+        self.store.check_manifest(self._manifest(None), keys=("prompts", "settings"))
+        self._questions = {
+            (i, p): render_question(t, s.fields)
+            for i, s in enumerate(self.samples)
+            for p, t in self.prompts.items()
+        }
+
+    # -- checks and identity -----------------------------------------------------------------
+
+    def _check_templates(self) -> None:
+        for name, template in self.prompts.items():
+            if not isinstance(template, str) or not template.strip():
+                raise ValueError(f"prompt {name!r} is {template!r}; expected a non-empty template.")
+            for fieldname in template_fields(template):
+                missing = [
+                    s.name
+                    for s in self.samples
+                    if fieldname not in s.fields and fieldname != "choices"
+                ]
+                if fieldname == "choices":
+                    missing = [s.name for s in self.samples if s.fields.get("choices") is None]
+                if missing:
+                    available = sorted(set(self.samples[0].fields) | {"question", "choices"})
+                    raise ValueError(
+                        f"prompt {name!r} uses the field {{{fieldname}}}, which sample(s) "
+                        f"{missing[:3]} do not have. Available fields: {available}. Fix the "
+                        "template, or add the column (map it with columns=...)."
+                    )
+
+    def _manifest(self, model: str | None) -> dict[str, Any]:
+        records = [s.record() for s in self.samples]
+        return {
+            "version": 1,
+            "prompts": self.prompts,
+            "settings": self.settings,
+            "metric": self.metric_name,
+            "columns": self.columns,
+            "model": model,
+            "samples": None if any(r is None for r in records) else records,
+        }
+
+    def cells(self, fingerprint: str) -> list[Cell]:
+        """Every cell, sample-major then prompt then setting, with ids for ``fingerprint``."""
+        from vltools.tiling import plan_tiles
+
+        out = []
+        sizes: dict[int, list[tuple[int, int] | int | None]] = {}
+        for i, sample in enumerate(self.samples):
+            sizes[i] = [_size(item) for item in sample.images]
+            for p in self.prompts:
+                question = self._questions[(i, p)]
+                for s, options in self.settings.items():
+                    tiles: int | None = sample.num_segments if sample.video else 0
+                    for size in sizes[i]:
+                        if tiles is None or size is None:
+                            tiles = None
+                        elif isinstance(size, int):
+                            tiles += size
+                        else:
+                            tiles += plan_tiles(*size, max_num=options["max_num"]).num_tiles
+                    out.append(
+                        Cell(
+                            id=cell_id(sample.hash, question, options, fingerprint),
+                            sample=sample.name,
+                            prompt=p,
+                            setting=s,
+                            question=question,
+                            references=sample.references or (),
+                            options=options,
+                            images=sample.images,
+                            video=sample.video,
+                            num_segments=sample.num_segments,
+                            tiles=tiles,
+                        )
+                    )
+        return out
+
+    # -- plan --------------------------------------------------------------------------------
+
+    def plan(self, model: Any = None, *, dtype: str | None = None) -> pd.DataFrame:
+        """One row per cell, before any model work: id, sample, prompt, setting, question,
+        tiles, image_tokens, prompt_tokens, stored.
+
+        ``model``: a VLModel or a source string (its fingerprint makes the ids; a VLModel's
+        tokenizer also counts ``prompt_tokens``); None takes the model of the store's last run,
+        or leaves ``id`` empty. ``dtype`` is the source's dtype (default float32).
+        """
+        pd = require("pandas", purpose="Experiment tables")
+        fingerprint = self._fingerprint(model, dtype=dtype)
+        cells = self.cells(fingerprint or "")
+        stored = self.store.ids() if fingerprint else set()
+        tokenizer = getattr(model, "tokenizer", None)
+        rows = []
+        for c in cells:
+            image_tokens = None if c.tiles is None else c.tiles * TOKENS_PER_TILE
+            rows.append(
+                {
+                    "id": c.id if fingerprint else None,
+                    "sample": c.sample,
+                    "prompt": c.prompt,
+                    "setting": c.setting,
+                    "question": c.question,
+                    "tiles": c.tiles,
+                    "image_tokens": image_tokens,
+                    "prompt_tokens": _prompt_tokens(model, c) if tokenizer is not None else None,
+                    "stored": c.id in stored,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def _fingerprint(self, model: Any, *, dtype: str | None = None) -> str | None:
+        if model is None:
+            manifest = self.store.read_manifest()
+            return None if manifest is None else manifest.get("model")
+        if isinstance(model, (str, Path)):
+            return source_fingerprint(model, dtype=dtype or "float32")
+        return model_fingerprint(model)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(
+        self,
+        model: Any,
+        *,
+        engine: str = "local",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool = True,
+        address: str | None = None,
+        num_workers: int = 2,
+        gpus_per_worker: float = 0,
+        dtype: str | None = None,
+    ) -> ExperimentResult:
+        """Answer every cell not stored yet, store the rows, and return all of them scored.
+
+        ``engine="local"``: in this process (``model`` a VLModel or a source string for
+        :func:`vltools.load_model`). ``engine="ray"``: on Ray Data (``model`` a source string;
+        ``address`` None starts a local Ray, ``"auto"`` or ``"ray://host:10001"`` joins a
+        cluster; ``num_workers`` model actors with ``gpus_per_worker`` GPUs each; ``dtype``
+        default bfloat16 on GPUs, float32 otherwise); see :mod:`vltools.cluster`.
+
+        An interrupt or a crash loses at most the batch in flight; run again to finish.
+        """
+        if not self.samples:
+            raise ValueError(
+                "This experiment was reopened without its samples (they were not files); pass "
+                "them again: Experiment.load(folder, samples=...)."
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}; expected an int >= 1.")
+        if engine == "ray":
+            from vltools.cluster import run_on_ray
+
+            run_on_ray(
+                self,
+                model,
+                address=address,
+                num_workers=num_workers,
+                gpus_per_worker=gpus_per_worker,
+                batch_size=batch_size,
+                dtype=dtype,
+                progress=progress,
+            )
+            return self.result()
+        if engine != "local":
+            raise ValueError(f"engine={engine!r}; expected 'local' (this process) or 'ray'.")
+        if isinstance(model, (str, Path)):
+            from vltools.models import load_model
+
+            model = load_model(str(model), dtype=dtype)
+        fingerprint = model_fingerprint(model)
+        self.begin(fingerprint)
+        todo = self.missing(fingerprint)
+        self._run_local(model, todo, batch_size=batch_size, progress=progress)
+        return self.result()
+
+    def begin(self, fingerprint: str) -> None:
+        """Check the store against this experiment and model, then write the manifest."""
+        manifest = self._manifest(fingerprint)
+        self.store.check_manifest(manifest, keys=("prompts", "settings", "model"))
+        self.store.write_manifest(manifest)
+
+    def missing(self, fingerprint: str) -> list[Cell]:
+        """The cells whose ids the store does not hold yet."""
+        stored = self.store.ids()
+        return [c for c in self.cells(fingerprint) if c.id not in stored]
+
+    def _run_local(
+        self, vlm: VLModel, todo: Sequence[Cell], *, batch_size: int, progress: bool
+    ) -> None:
+        batches = batch_cells(todo, batch_size)
+        bar = None
+        if progress and todo:
+            tqdm = require("tqdm.auto", purpose="The experiment's progress bar")
+            bar = tqdm.tqdm(total=len(todo), desc="experiment", unit="row", leave=True)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vltools-tiling")
+        try:
+            for rows in _answer_batches(vlm, batches, pool):
+                self.store.append(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if bar is not None:
+                bar.close()
+
+    # -- results -----------------------------------------------------------------------------
+
+    def result(self) -> ExperimentResult:
+        """The stored rows of this experiment's cells (for the store's model), scored."""
+        from vltools.results import ExperimentResult
+
+        fingerprint = self._fingerprint(None)
+        rows = self.store.rows()
+        if fingerprint and self.samples:
+            order = {c.id: n for n, c in enumerate(self.cells(fingerprint))}
+            rows = sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
+        visuals = {s.name: (s.images, s.video) for s in self.samples}
+        return ExperimentResult.from_rows(
+            rows, metric=self.metric_fn, metric_name=self.metric_name, visuals=visuals
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path, *, samples: Any = None, metric: Any = None) -> Experiment:
+        """Reopen the experiment stored in ``folder`` (finished or interrupted).
+
+        Its samples come back from the manifest when they were files; otherwise pass them.
+        ``metric`` overrides the stored metric name (needed when it was a callable).
+        """
+        store = Store(folder)
+        manifest = store.read_manifest()
+        if manifest is None:
+            raise FileNotFoundError(
+                f"{folder} holds no experiment (no manifest.json); give the folder an "
+                "Experiment(..., output=...) wrote, or start a new Experiment."
+            )
+        if metric is None and manifest.get("metric"):
+            try:
+                metric, _ = _metric(manifest["metric"])
+            except ValueError:
+                metric = None  # a callable's name: scores need metric=...
+        settings = {
+            name: {
+                k: v
+                for k, v in {**{x: s[x] for x in SETTING_KEYS}, **s["generation"]}.items()
+                if not (k in ("system_message", "seed") and v is None)
+            }
+            for name, s in manifest["settings"].items()
+        }
+        if samples is None:
+            samples = manifest.get("samples")
+            columns = None
+        else:
+            columns = manifest.get("columns") or None
+        exp = cls(
+            samples,
+            prompts=manifest["prompts"],
+            settings=settings,
+            metric=metric,
+            output=folder,
+            columns=columns,
+        )
+        exp.columns = manifest.get("columns") or {}
+        return exp
+
+    def __repr__(self) -> str:
+        where = self.store.folder or "memory"
+        return (
+            f"Experiment({len(self.samples)} samples x {len(self.prompts)} prompts x "
+            f"{len(self.settings)} settings = {len(self.samples) * len(self.prompts) * len(self.settings)}"
+            f" cells, metric={self.metric_name}, output={str(where)!r})"
+        )
+
+
+def batch_cells(cells: Sequence[Cell], batch_size: int) -> list[list[Cell]]:
+    """Cells grouped by setting and tile count (in order of first appearance), in batches."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.group(), []).append(c)
+    return [
+        group[i : i + batch_size]
+        for group in groups.values()
+        for i in range(0, len(group), batch_size)
+    ]
+
+
+def _answer_batches(
+    vlm: VLModel, batches: Sequence[Sequence[Cell]], pool: ThreadPoolExecutor
+) -> Iterator[list[dict[str, Any]]]:
+    """Answer ``batches`` in order while the next batch is tiled on ``pool``."""
+    pending = [pool.submit(prepare, c) for c in batches[0]] if batches else []
+    for i in range(len(batches)):
+        prepared: list[Prepared] = [f.result() for f in pending]
+        pending = [pool.submit(prepare, c) for c in batches[i + 1]] if i + 1 < len(batches) else []
+        yield answer_batch(vlm, prepared)
+
+
+def _size(item: Any) -> tuple[int, int] | int | None:
+    """(width, height) of an image to plan its tiles, or its tile count when already tiled."""
+    shape = getattr(item, "shape", None)
+    if shape is not None and len(shape) == 4:
+        return int(shape[0])  # a tensor of tiles
+    if getattr(item, "num_patches", None) is not None:
+        return int(item.num_patches)
+    pixels = getattr(item, "pixel_values", None)
+    if pixels is not None:
+        return int(pixels.shape[0])
+    size = getattr(item, "size", None)
+    if isinstance(size, tuple) and len(size) == 2:
+        return size  # PIL
+    from PIL import Image
+
+    try:
+        with Image.open(item if isinstance(item, (str, Path)) else io.BytesIO(item)) as image:
+            return image.size
+    except Exception:  # unreadable: the cell records its error when tiled
+        return None
+
+
+def _prompt_tokens(vlm: Any, cell: Cell) -> int | None:
+    if cell.tiles is None or cell.video is not None:
+        return None
+    from vltools.generation import batch_prompts
+
+    patches = [p for p in (_size(i) for i in cell.images)]
+    if any(not isinstance(p, int) for p in patches):
+        from vltools.tiling import plan_tiles
+
+        patches = [
+            p if isinstance(p, int) else plan_tiles(*p, max_num=cell.options["max_num"]).num_tiles
+            for p in patches
+        ]
+    (prompt,) = batch_prompts(vlm, [cell.question], [patches])
+    return len(vlm.tokenizer(prompt.text, add_special_tokens=False)["input_ids"])
+
+
+# --------------------------------------------------------------------------- prompt_grid
+
+# Columns of every prompt_grid row, in table order.
 COLUMNS: tuple[str, ...] = (
     "image",
     "prompt",
@@ -131,30 +664,56 @@ def _thumb(image: Any, size: int = 72) -> str:
     return f"<img src='data:image/png;base64,{data}' style='height:{size}px'/>"
 
 
-def _named(items: Any, kind: str, prefix: str) -> dict[str, Any]:
-    if isinstance(items, Mapping):
-        named = {str(k): v for k, v in items.items()}
-    elif isinstance(items, (str, Path)) or not isinstance(items, Sequence):
-        named = {_name_of(items, 0, prefix): items}
+def _thumb(image: Any, size: int = 72) -> str:
+    if image is None:
+        return ""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"<img src='data:image/png;base64,{data}' style='height:{size}px'/>"
+
+
+def _grid_images(images: Any) -> dict[str, Any]:
+    if isinstance(images, Mapping):
+        named = {str(k): v for k, v in images.items()}
     else:
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]
         named = {}
-        for i, item in enumerate(items):
-            name = _name_of(item, i, prefix)
+        for i, item in enumerate(images):
+            name = _image_name(item, i)
             named[name if name not in named else f"{name}#{i + 1}"] = item
     if not named:
-        raise ValueError(f"{kind} is empty; expected at least one entry.")
+        raise ValueError("images is empty; expected at least one entry.")
     return named
 
 
-def _name_of(item: Any, index: int, prefix: str) -> str:
+def _image_name(item: Any, index: int) -> str:
     if item is None:
-        return "(no image)" if prefix == "image" else f"{prefix} {index + 1}"
-    if isinstance(item, (str, Path)) and prefix == "image":
+        return "(no image)"
+    if isinstance(item, (str, Path)):
         return Path(item).name
     source = getattr(item, "source", None)
-    if prefix == "image" and source:
-        return Path(str(source)).name
-    return f"{prefix} {index + 1}"
+    return Path(str(source)).name if source else f"image {index + 1}"
+
+
+def _thumbnail(item: Any, size: int = 96) -> Any:
+    from PIL import Image
+
+    pil = getattr(item, "image", None)
+    if pil is None and isinstance(item, (str, Path)):
+        try:
+            pil = Image.open(item)
+            pil.load()
+        except Exception:
+            return None
+    if pil is None and isinstance(item, Image.Image):
+        pil = item
+    if pil is None:
+        return None
+    thumb = pil.copy()
+    thumb.thumbnail((size, size))
+    return thumb
 
 
 def prompt_grid(
@@ -165,101 +724,59 @@ def prompt_grid(
     settings: Any = None,
     progress: bool = True,
 ) -> GridResult:
-    """Ask every prompt about every image under every setting; one fresh chat per cell.
+    """Ask every prompt about every image under every setting: an unlabelled, unstored
+    :class:`Experiment` whose prompts are the questions themselves.
 
-    ``images``: a list (or name -> item dict) of paths, PIL images, TiledImages or None (text
-    only). ``prompts``: a list (or dict) of questions. ``settings``: a list (or dict) of option
-    dicts, e.g. ``[{"max_num": 1}, {"max_num": 6}, {"do_sample": True, "temperature": 0.7,
+    ``images``: a list (or name -> item dict) of paths, PIL images, TiledImages, tensors or None
+    (text only). ``prompts``: a list (or dict) of questions. ``settings``: a list (or dict) of
+    option dicts, e.g. ``[{"max_num": 1}, {"max_num": 6}, {"do_sample": True, "temperature": 0.7,
     "seed": 0}]``; default one setting with the model's defaults. A cell that fails on input
     (e.g. the context budget) records its error and the grid goes on.
     """
-    torch = require("torch", purpose="Prompt experiments")
-    from vltools.chat import Chat, ContextBudgetError
-
-    named_images = _named(images, "images", "image")
-    named_prompts = _named(prompts, "prompts", "prompt")
+    named_images = _grid_images(images)
+    named_prompts = _named(prompts, "prompts")
     for name, text in named_prompts.items():
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"prompt {name!r} is {text!r}; expected a non-empty question.")
-    named_settings = _named([{}] if settings is None else settings, "settings", "setting")
+    named_settings = _named([{}] if settings is None else settings, "settings")
     for name, s in named_settings.items():
         if not isinstance(s, Mapping):
             raise TypeError(f"setting {name!r} is {s!r}; expected a dict of Chat options.")
-    cells = [(i, p, s) for i in named_images for p in named_prompts for s in named_settings]
-    tiled_cache: dict[tuple[str, int], Any] = {}
-    thumbnails: dict[str, Any] = {}
+    samples = [
+        {"name": name, "image": [] if item is None else [item], "question": ""}
+        for name, item in named_images.items()
+    ]
+    exp = Experiment(
+        samples,
+        prompts={k: v.replace("{", "{{").replace("}", "}}") for k, v in named_prompts.items()},
+        settings={k: {"max_num": model.max_num, **s} for k, s in named_settings.items()},
+    )
+    results = exp.run(model, progress=progress).results
     rows = []
-    bar = None
-    if progress:
-        tqdm = require("tqdm.auto", purpose="The prompt grid's progress bar")
-        bar = tqdm.tqdm(total=len(cells), desc="prompt grid", leave=True)
-    try:
-        for image_name, prompt_name, setting_name in cells:
-            options = dict(named_settings[setting_name])
-            seed = options.pop("seed", None)
-            max_num = int(options.pop("max_num", model.max_num))
-            system = options.pop("system_message", None)
-            row: dict[str, Any] = {
-                "image": image_name,
-                "prompt": prompt_name,
-                "setting": setting_name,
-                "question": named_prompts[prompt_name],
-                "settings": dict(named_settings[setting_name]),
-                "answer": "",
-                "error": "",
-            }
-            try:
-                image = _tiled(named_images[image_name], max_num, tiled_cache, image_name)
-                if image is not None and image_name not in thumbnails:
-                    thumbnails[image_name] = _thumbnail(image)
-                if seed is not None:
-                    torch.manual_seed(int(seed))
-                chat = Chat(model, system_message=system, max_num=max_num, **options)
-                reply = chat.ask(
-                    named_prompts[prompt_name], images=None if image is None else [image]
-                )
-                row.update(
-                    answer=reply.text,
-                    tiles=sum(reply.prompt.num_patches_list),
-                    prompt_tokens=reply.prompt_tokens,
-                    new_tokens=reply.new_tokens,
-                    ttft_s=round(reply.ttft_s, 4),
-                    tokens_per_s=round(reply.tokens_per_s, 2),
-                    total_s=round(reply.total_s, 4),
-                    finish_reason=reply.finish_reason,
-                )
-            except (ContextBudgetError, ValueError, TypeError, FileNotFoundError) as e:
-                row["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
-            rows.append(row)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    for r in results.to_dict(orient="records"):
+        error = r["error"] or ""
+        seconds = float(r["seconds"] or 0.0)
+        tokens = None if error else int(r["tokens"])
+        max_new = exp.settings[r["setting"]]["generation"].get("max_new_tokens")
+        row = {
+            "image": r["sample"],
+            "prompt": r["prompt"],
+            "setting": r["setting"],
+            "question": named_prompts[r["prompt"]],
+            "settings": dict(named_settings[r["setting"]]),
+            "answer": r["answer"] or "",
+            "error": error,
+        }
+        if not error:
+            row.update(
+                tiles=int(r["tiles"]),
+                prompt_tokens=int(r["prompt_tokens"]),
+                new_tokens=tokens,
+                ttft_s=round(seconds, 4),
+                tokens_per_s=round(tokens / seconds, 2) if seconds else 0.0,
+                total_s=round(seconds, 4),
+                finish_reason="length" if max_new is not None and tokens >= max_new else "stop",
+            )
+        rows.append(row)
+    thumbnails = {n: t for n, item in named_images.items() if (t := _thumbnail(item)) is not None}
     return GridResult(tuple(rows), thumbnails)
-
-
-def _tiled(item: Any, max_num: int, cache: dict, name: str) -> Any:
-    """The item tiled at ``max_num`` (once per image and max_num); tensors pass through."""
-    if item is None:
-        return None
-    if hasattr(item, "pixel_values") and hasattr(item, "grid"):
-        return item  # a TiledImage keeps its own tiling
-    torch = require("torch", purpose="Prompt experiments")
-    if isinstance(item, torch.Tensor):
-        return item
-    key = (name, max_num)
-    if key not in cache:
-        from vltools.images import load_image
-
-        cache[key] = load_image(item, max_num=max_num)
-    return cache[key]
-
-
-def _thumbnail(image: Any, size: int = 96) -> Any:
-    pil = getattr(image, "image", None)
-    if pil is None:
-        return None
-    thumb = pil.copy()
-    thumb.thumbnail((size, size))
-    return thumb

@@ -1,0 +1,176 @@
+"""Experiment inputs: every kind of sample source, column mappings, and bad input refused
+before any model work (no model is loaded in this file)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vltools.dataset import read_samples
+from vltools.experiments import Experiment, choices_text, render_question, template_fields
+from vltools.store import ForeignStoreError
+
+
+def exact(prediction: str, references: list[str]) -> float:
+    return float(prediction.strip() in references)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (500 + 100 * i, 400), (60 * i, 0, 0)).save(images / f"{i}.png")
+    return images
+
+
+def records(folder):
+    return [
+        {"img": f"{i}.png", "q": f"What is {i}?", "gt": [str(i), f"#{i}"], "unit": "cm"}
+        for i in range(3)
+    ]
+
+
+COLUMNS = {"image": "img", "question": "q", "answers": "gt"}
+
+
+def hashes(samples):
+    return [(s.name, s.hash, s.question, s.references) for s in samples]
+
+
+def test_every_source_reads_to_the_same_samples(folder):
+    rows = records(folder)
+    absolute = [{**r, "img": str(folder / r["img"])} for r in rows]
+    (folder / "set.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pd.DataFrame(rows).assign(gt=lambda d: d["gt"].map(json.dumps)).to_csv(
+        folder / "set.csv", index=False
+    )
+    pd.DataFrame(rows).to_parquet(folder / "set.parquet")
+
+    class Dataset:  # what vltools needs of a datasets.Dataset
+        column_names = ["img", "q", "gt", "unit"]
+
+        def __iter__(self):
+            return iter(absolute)
+
+    expected = hashes(read_samples(absolute, columns=COLUMNS))
+    for source in (
+        folder / "set.jsonl",
+        folder / "set.csv",
+        folder / "set.parquet",
+        pd.DataFrame(absolute),
+        Dataset(),
+    ):
+        assert hashes(read_samples(source, columns=COLUMNS)) == expected, source
+    assert expected[1][3] == ("1", "#1")
+
+
+def test_a_folder_of_images_is_one_sample_per_image(folder):
+    samples = read_samples(folder)
+    assert [s.name for s in samples] == ["0.png", "1.png", "2.png"]
+    assert all(s.references is None and s.question == "" for s in samples)
+    plan = Experiment(folder, prompts=["Describe the image."]).plan()
+    assert len(plan) == 3 and plan["id"].isna().all()  # ids need a model's fingerprint
+
+
+def test_templates_fill_question_choices_and_any_column(folder):
+    rows = [{**r, "choices": ["red", "blue"]} for r in records(folder)]
+    rows = [{**r, "img": str(folder / r["img"])} for r in rows]
+    exp = Experiment(
+        rows, prompts={"mc": "{question} ({unit})\n{choices}\nLetter?"}, columns=COLUMNS
+    )
+    plan = exp.plan()
+    assert plan["question"][0] == "What is 0? (cm)\nA. red\nB. blue\nLetter?"
+    assert choices_text({"X": "yes", "Y": "no"}) == "X. yes\nY. no"
+    assert template_fields("{question} {choices} {unit}") == ["question", "choices", "unit"]
+    assert render_question("{question}", {"question": "Q"}) == "Q"
+
+
+def test_several_images_and_a_video_per_sample(folder):
+    from vltools.data import sample
+
+    rows = [
+        {"image": [str(folder / "0.png"), str(folder / "1.png")], "question": "Compare."},
+        {"video": str(sample("sample_video.mp4")), "num_segments": 3, "question": "What happens?"},
+    ]
+    plan = Experiment(rows, prompts=["{question}"], settings=[{"max_num": 1}]).plan("tiny")
+    assert list(plan["tiles"]) == [2, 3]
+
+
+def test_a_list_of_tiled_images_and_pil_images(folder):
+    from vltools.images import load_image
+
+    rows = [{"image": load_image(folder / "0.png", max_num=2)}, {"image": Image.new("RGB", (9, 9))}]
+    plan = Experiment(rows, prompts=["Describe."]).plan("tiny")
+    assert plan["tiles"][0] == load_image(folder / "0.png", max_num=2).num_patches
+    assert plan["tiles"][1] == 1
+
+
+@pytest.mark.parametrize(
+    ("samples", "kwargs", "error", "match"),
+    [
+        (
+            [{"image": "missing.png", "question": "Q", "answers": ["a"]}],
+            {},
+            FileNotFoundError,
+            r"missing\.png.*does not exist.*Fix the path",
+        ),
+        (
+            "records",
+            {"columns": {"image": "img", "question": "question_text"}},
+            ValueError,
+            r"question_text.*Available columns.*img",
+        ),
+        (
+            "records",
+            {"prompts": {"p": "{question} in {units}"}},
+            ValueError,
+            r"\{units\}.*Available fields",
+        ),
+        ("records", {"metric": "no_such_metric"}, ValueError, r"no_such_metric"),
+        ("bad refs", {}, ValueError, r"references in column 'gt'.*expected a list"),
+        (
+            "no refs",
+            {"columns": {"image": "img", "question": "q"}},
+            ValueError,
+            r"no reference answers.*metric=None",
+        ),
+        (
+            "records",
+            {"settings": {"s": {"max_tokens": 3}}},
+            ValueError,
+            r"unknown option.*max_tokens",
+        ),
+        ("records", {"settings": {"s": {"max_num": 0}}}, ValueError, r"max_num=0"),
+        ("records", {"prompts": {"p": "{question"}}, ValueError, r"not a valid format string"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_value_and_the_fix(folder, samples, kwargs, error, match):
+    rows = [{**r, "img": str(folder / r["img"])} for r in records(folder)]
+    if samples == "records":
+        samples = rows
+    elif samples == "bad refs":
+        samples = [{**rows[0], "gt": {"answer": 1}}]
+    elif samples == "no refs":
+        samples = [{k: v for k, v in rows[0].items() if k != "gt"}]
+    args = {"prompts": {"p": "{question}"}, "metric": exact, "columns": COLUMNS, **kwargs}
+    if samples is not rows and "columns" not in kwargs and samples[0].get("image"):
+        args["columns"] = None
+    with pytest.raises(error, match=match):
+        Experiment(samples, **args)
+
+
+def test_a_folder_with_result_files_but_no_manifest_is_refused(folder, tmp_path):
+    out = tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    (out / "rows" / "part-x.parquet").write_bytes(b"")
+    with pytest.raises(ForeignStoreError, match="not a vltools experiment store"):
+        Experiment(folder, prompts=["Describe."], output=out)
+
+
+def test_loading_a_folder_without_an_experiment_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        Experiment.load(tmp_path)
