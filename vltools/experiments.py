@@ -664,15 +664,6 @@ def _thumb(image: Any, size: int = 72) -> str:
     return f"<img src='data:image/png;base64,{data}' style='height:{size}px'/>"
 
 
-def _thumb(image: Any, size: int = 72) -> str:
-    if image is None:
-        return ""
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f"<img src='data:image/png;base64,{data}' style='height:{size}px'/>"
-
-
 def _grid_images(images: Any) -> dict[str, Any]:
     if isinstance(images, Mapping):
         named = {str(k): v for k, v in images.items()}

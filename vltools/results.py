@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vltools._optional import require
+from vltools.store import ROW_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -37,21 +38,9 @@ __all__ = [
     "disagreement_browser",
 ]
 
-RESULT_COLUMNS: tuple[str, ...] = (
-    "id",
-    "sample",
-    "prompt",
-    "setting",
-    "question",
-    "answer",
-    "references",
-    "score",
-    "error",
-    "tokens",
-    "seconds",
-    "tiles",
-    "prompt_tokens",
-)
+# The stored row's columns with the score (computed when results are read) after the references.
+_AT = ROW_COLUMNS.index("references") + 1
+RESULT_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS[:_AT], "score", *ROW_COLUMNS[_AT:])
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
