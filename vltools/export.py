@@ -42,16 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vltools.checkpoints import TEMPLATES
 from vltools.constants import (
     ENDOFTEXT,
-    HERMES2_SYSTEM_MESSAGE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     IMG_CONTEXT_TOKEN,
     IMG_END_TOKEN,
     IMG_START_TOKEN,
 )
+from vltools.prompts import TEMPLATES
 
 if TYPE_CHECKING:  # pragma: no cover
     from vltools.models import VLModel
@@ -95,48 +94,25 @@ class ChatLayout:
     system_message: str
 
 
-# The four templates of the InternVL2 family (tests/reference/templates.json).
-CHAT_LAYOUTS: dict[str, ChatLayout] = {
-    layout.name: layout
-    for layout in (
-        ChatLayout(
-            "Hermes-2",
-            "<|im_start|>system\n",
-            "<|im_start|>user\n",
-            "<|im_start|>assistant\n",
-            "<|im_end|>",
-            "<|im_end|>",
-            HERMES2_SYSTEM_MESSAGE,
-        ),
-        ChatLayout(
-            "internlm2-chat",
-            "<|im_start|>system\n",
-            "<|im_start|>user\n",
-            "<|im_start|>assistant\n",
-            "<|im_end|>",
-            "<|im_end|>",
-            HERMES2_SYSTEM_MESSAGE,
-        ),
-        ChatLayout(
-            "phi3-chat",
-            "<|system|>\n",
-            "<|user|>\n",
-            "<|assistant|>\n",
-            "<|end|>",
-            "<|end|>",
-            HERMES2_SYSTEM_MESSAGE,
-        ),
-        ChatLayout(
-            "internvl2_5",
-            "<|im_start|>system\n",
-            "<|im_start|>user\n",
-            "<|im_start|>assistant\n",
-            "<|im_end|>\n",
-            "<|im_end|>",
-            INTERNVL2_5_SYSTEM_MESSAGE,
-        ),
+def _layout(template: Any) -> ChatLayout:
+    """The Jinja-facing layout of one of :data:`vltools.prompts.TEMPLATES` (the one table)."""
+    system_open, after = template.system_template.split("{system_message}")
+    if after:
+        raise ValueError(f"template {template.name!r}: text after the system message: {after!r}")
+    user_open, assistant_open = template.roles
+    return ChatLayout(
+        template.name,
+        system_open,
+        user_open,
+        assistant_open,
+        template.sep,
+        template.stop_token,
+        template.system_message,
     )
-}
+
+
+# The four templates of the InternVL2 family, from the one table in vltools.prompts.
+CHAT_LAYOUTS: dict[str, ChatLayout] = {name: _layout(t) for name, t in TEMPLATES.items()}
 
 
 def _lit(text: str) -> str:
