@@ -191,3 +191,13 @@ def test_a_clip_drives_a_multi_round_video_chat_with_the_cards_prompt(tiny_model
     assert first.prompt_tokens > clip.num_image_tokens  # 2 frames x 256 image tokens + text
     second = chat.ask("And then?")
     assert second.cached_tokens >= first.prompt_tokens  # the frames are not encoded again
+
+
+def test_the_clip_carries_the_span_its_segments_cover_computed_once():
+    from vltools.video import frame_range
+
+    whole = load_video(SAMPLE, num_segments=4)
+    assert whole.span == frame_range(whole.num_frames, whole.fps)
+    part = load_video(SAMPLE, num_segments=4, bound=(0.5, 1.5))
+    assert part.span == frame_range(part.num_frames, part.fps, bound=(0.5, 1.5))
+    assert part.span[0] <= part.frame_indices.min() <= part.frame_indices.max() <= part.span[1]

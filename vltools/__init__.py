@@ -49,6 +49,7 @@ _SUBMODULES = (
     "conversion",
     "data",
     "decoding",
+    "dtypes",
     "experiments",
     "generation",
     "metrics",

@@ -111,7 +111,7 @@ class TiledImage:
         ``dtype`` may be a ``torch.dtype`` or its name (``"bfloat16"``).
         """
         if isinstance(dtype, str):  # a name such as "bfloat16": the loader's own resolution
-            from vltools.models import resolve_dtype
+            from vltools.dtypes import resolve_dtype
 
             dtype = resolve_dtype(dtype, None)
         return dataclasses.replace(self, pixel_values=self.pixel_values.to(device, dtype))

@@ -195,6 +195,8 @@ class VideoClip:
         bound: the ``(start, end)`` seconds asked for, or None for the whole video.
         backend: the decoder used, ``"decord"`` or ``"pyav"``.
         variable_frame_rate: True where the frames are not evenly spaced in time.
+        span: ``(start_idx, end_idx)``, the frames the segments cover (:func:`frame_range`),
+            computed once when the clip is made.
     """
 
     source: str
@@ -210,6 +212,7 @@ class VideoClip:
     bound: tuple[float, float] | None = None
     backend: str = "decord"
     variable_frame_rate: bool = False
+    span: tuple[int, int] | None = None
 
     @property
     def num_segments(self) -> int:
@@ -234,7 +237,7 @@ class VideoClip:
         ``dtype`` may be a ``torch.dtype`` or its name (``"bfloat16"``).
         """
         if isinstance(dtype, str):  # a name such as "bfloat16": the loader's own resolution
-            from vltools.models import resolve_dtype
+            from vltools.dtypes import resolve_dtype
 
             dtype = resolve_dtype(dtype, None)
         pixel_values = self.pixel_values.to(device=device, dtype=dtype)
@@ -490,6 +493,7 @@ def _make_clip(
         bound=bound,
         backend=backend,
         variable_frame_rate=variable_frame_rate,
+        span=frame_range(int(frames.num_frames), float(frames.fps), bound=bound),
     )
 
 

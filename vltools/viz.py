@@ -176,8 +176,9 @@ def show_frames(clip: VideoClip, *, columns: int | None = None, thumb_width: flo
     gives the token cost against the model's 8,192-token context.
     """
     from vltools.constants import CONTEXT_LENGTH
-    from vltools.video import frame_range
 
+    if clip.span is None:
+        raise ValueError("This VideoClip carries no span; make clips with vltools.load_video.")
     n = clip.num_segments
     columns = min(n, columns or 8)
     rows = -(-n // columns)  # ceil
@@ -189,7 +190,7 @@ def show_frames(clip: VideoClip, *, columns: int | None = None, thumb_width: flo
 
     timeline = fig.add_subplot(grid[0, :])
     last = clip.num_frames - 1
-    start_idx, end_idx = frame_range(clip.num_frames, clip.fps, bound=clip.bound)
+    start_idx, end_idx = clip.span  # computed once, by load_video
     seg = (end_idx - start_idx) / n
     timeline.axvspan(start_idx, max(end_idx, start_idx + 0.5), color="#cfe3ff", zorder=0)
     for k in range(n + 1):
