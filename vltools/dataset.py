@@ -280,16 +280,7 @@ def _image(item: Any, base: Path | None, index: int) -> Any:
             return item["bytes"]
         item = item.get("path")
     if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Sample {index}: the image file {os.fspath(item)!r} does not exist (looked at "
-                f"{path}). Fix the path (relative paths are read against "
-                f"{base or 'the working directory'}) or drop the sample."
-            )
-        return str(path)
+        return _existing_file(item, base, index, kind="image")
     if item is None:
         raise ValueError(f"Sample {index} lists an image that is None; drop it or give a path.")
     return item  # bytes, PIL, tensor, TiledImage: checked when tiled
@@ -298,13 +289,19 @@ def _image(item: Any, base: Path | None, index: int) -> Any:
 def _video(value: Any, base: Path | None, index: int) -> str | None:
     if _missing(value):
         return None
+    return _existing_file(value, base, index, kind="video")
+
+
+def _existing_file(value: Any, base: Path | None, index: int, *, kind: str) -> str:
+    """``value`` as an existing file's path, relative paths read against ``base``."""
     path = Path(value)
     if not path.is_absolute() and base is not None:
         path = base / path
     if not path.is_file():
         raise FileNotFoundError(
-            f"Sample {index}: the video file {os.fspath(value)!r} does not exist (looked at "
-            f"{path}). Fix the path or drop the sample."
+            f"Sample {index}: the {kind} file {os.fspath(value)!r} does not exist (looked at "
+            f"{path}). Fix the path (relative paths are read against "
+            f"{base or 'the working directory'}) or drop the sample."
         )
     return str(path)
 
