@@ -120,7 +120,7 @@ def card_scenarios(vlm: Any, torch: Any, report: Report) -> None:
 
     ref = _reference()
     seen: list[str] = []
-    original = generation._tokenize
+    original = generation.tokenize
 
     def spy(model: Any, text: str) -> Any:
         seen.append(text)
@@ -151,7 +151,7 @@ def card_scenarios(vlm: Any, torch: Any, report: Report) -> None:
              [7, 5]),
         ],
     }  # fmt: skip
-    generation._tokenize = spy
+    generation.tokenize = spy
     try:
         tokens = seconds = 0.0
         for scenario, turns in calls.items():
@@ -202,7 +202,7 @@ def card_scenarios(vlm: Any, torch: Any, report: Report) -> None:
             "card_scenarios", seconds=round(seconds, 3), tokens_per_s=round(tokens / seconds, 1)
         )
     finally:
-        generation._tokenize = original
+        generation.tokenize = original
 
 
 def _sha(text: str) -> str:

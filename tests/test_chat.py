@@ -38,14 +38,14 @@ def seen_prompts(monkeypatch):
     import vltools.generation as generation_module
 
     seen: list[str] = []
-    original = generation_module._tokenize
+    original = generation_module.tokenize
 
     def spy(vlm, text):
         seen.append(text)
         return original(vlm, text)
 
-    monkeypatch.setattr(generation_module, "_tokenize", spy)
-    monkeypatch.setattr(chat_module, "_tokenize", spy)
+    monkeypatch.setattr(generation_module, "tokenize", spy)
+    monkeypatch.setattr(chat_module, "tokenize", spy)
     return seen
 
 

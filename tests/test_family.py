@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vltools import render_prompt
-from vltools.generation import _tokenize, embed, image_features
+from vltools.generation import embed, image_features, tokenize
 from vltools.models import load_model
 from vltools.prompts import expand_compact
 
@@ -81,7 +81,7 @@ def test_the_template_prompts_tokenize_as_the_original_tokenizer(family, referen
         if e["template"] == expected["template"] and e["scenario"] == case["scenario"]
     ]
     assert entry["sha256"] == case["prompt_sha256"]
-    ids = _tokenize(model, expand_compact(entry["prompt_compact"]))[0].tolist()
+    ids = tokenize(model, expand_compact(entry["prompt_compact"]))[0].tolist()
     assert ids == _flat(case["ids_compact"])
 
 
@@ -92,7 +92,7 @@ def test_the_converted_model_gives_the_original_logits(family):
         num_patches_list=expected["prompt"]["num_patches_list"],
         template=model.prompt_template,
     )
-    ids = _tokenize(model, prompt.text)
+    ids = tokenize(model, prompt.text)
     assert ids[0].tolist() == _flat(expected["prompt"]["ids_compact"])
     with torch.no_grad():
         embeds = embed(model, ids, image_features(model, _pixels()))
@@ -226,7 +226,7 @@ def test_the_converted_language_model_matches_an_independent_computation(name):
 
     folder = tiny_checkpoint(language_model=name)
     model = load_model(str(folder), device="cpu", dtype="float32")
-    ids = _tokenize(model, render_prompt("Hello, who are you?", template=model.template).text)
+    ids = tokenize(model, render_prompt("Hello, who are you?", template=model.template).text)
     with torch.no_grad():
         logits = model.model(input_ids=ids).logits[0]  # [L, vocab]
     expected = reference_text_logits(folder, ids[0].tolist())

@@ -12,11 +12,11 @@ import torch
 
 from vltools.chat import Chat, model_batch_chat, model_chat
 from vltools.generation import (
-    _tokenize,
     check_generation_options,
     embed,
     generate_ids,
     image_features,
+    tokenize,
 )
 from vltools.prompts import chat_query
 
@@ -38,7 +38,7 @@ def reference_answer(vlm, prompt, pixels, *, penalty=1.0, ngram=0, bad=(), histo
     ``history`` stands for earlier tokens the rules would also see (the prompt, when a caller
     wrongly passes input_ids): empty is the card's behaviour.
     """
-    ids = _tokenize(vlm, prompt.text)
+    ids = tokenize(vlm, prompt.text)
     features = image_features(vlm, pixels) if pixels is not None else None
     embeds = embed(vlm, ids, features)  # [1, L, hidden]
     new: list[int] = []
@@ -102,7 +102,7 @@ def test_chat_applies_the_option_to_the_new_tokens_only(tiny_model, pixels, kind
 def test_the_penalty_over_the_prompt_would_give_another_answer(tiny_model, pixels):
     """The test above can fail: counting the prompt's tokens changes the tiny model's answer."""
     prompt = chat_query("Describe the image.", num_patches_list=[2])
-    ids = _tokenize(tiny_model, prompt.text)[0].tolist()
+    ids = tokenize(tiny_model, prompt.text)[0].tolist()
     card = reference_answer(tiny_model, prompt, pixels, penalty=2.0)
     over_prompt = reference_answer(tiny_model, prompt, pixels, penalty=2.0, history=ids)
     assert card != over_prompt
@@ -150,7 +150,7 @@ def test_the_attention_capture_generates_like_chat(tiny_model):
     expected = reference_answer(tiny_model, prompt, pixels, **rules)
     assert text == tiny_model.tokenizer.decode(expected, skip_special_tokens=True).strip()
     assert [int(t) for t in cap.maps.token_ids] == expected
-    assert cap.maps.prompt_length == len(_tokenize(tiny_model, prompt.text)[0])
+    assert cap.maps.prompt_length == len(tokenize(tiny_model, prompt.text)[0])
 
 
 BAD = [

@@ -248,12 +248,12 @@ def test_the_tiling_facts_are_carried_onto_the_model(tiny_path, tmp_path):
 def test_force_image_size_sets_the_tile_and_the_token_count(tiny_path):
     config = json.loads((tiny_path / "config.json").read_text())
     config["force_image_size"] = 224
-    facts = checkpoints._check_original_config(config, Path("config.json"))
+    facts = checkpoints.check_original_config(config, Path("config.json"))
     assert (facts.tile_size, facts.tokens_per_tile) == (224, 64)
     config["force_image_size"] = 448
     config["downsample_ratio"] = 0.3  # 32 patches * 0.3 is not whole
     with pytest.raises(ValueError, match="downsample_ratio"):
-        checkpoints._check_original_config(config, Path("config.json"))
+        checkpoints.check_original_config(config, Path("config.json"))
 
 
 # --- formats and language models ------------------------------------------------------------
@@ -466,7 +466,7 @@ def test_absent_tiling_fields_take_the_original_config_class_defaults(tiny_path)
     config = json.loads((tiny_path / "config.json").read_text())
     for key in ("max_dynamic_patch", "min_dynamic_patch", "use_thumbnail", "dynamic_image_size"):
         del config[key]
-    facts = checkpoints._check_original_config(config, Path("config.json"))
+    facts = checkpoints.check_original_config(config, Path("config.json"))
     assert (facts.max_num, facts.min_num, facts.use_thumbnail) == (6, 1, False)
     assert facts.dynamic_image_size is False
 

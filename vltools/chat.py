@@ -44,24 +44,23 @@ from vltools.generation import (
     DEFAULT_GENERATION,
     Budget,
     ContextBudgetError,
-    _answer_ids,
-    _budget,
-    _check_pixel_values,
-    _check_question,
-    _context_length,
-    _generate,
-    _raise_if_over,
-    _Streamer,
-    _tokenize,
-    _torch,
+    TokenStreamer,
     batch_prompts,
     check_generation_options,
+    check_pixel_values,
+    check_question,
+    count_budget,
+    cut_at_stop,
     decode_answer,
     embed,
+    generate_from_embeds,
     image_features,
     make_generation_config,
     model_batch_chat,
     model_chat,
+    model_context_length,
+    raise_if_over,
+    tokenize,
 )
 from vltools.prompts import (
     Prompt,
@@ -89,6 +88,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _uids = itertools.count(1)
+
+
+def _torch() -> Any:
+    return require("torch", purpose="Chatting with the model")
 
 
 # ----------------------------------------------------------------------------- the session
@@ -342,7 +345,7 @@ class Chat:
                 clip = load_video(video)
             if not hasattr(clip, "num_patches_list"):
                 raise TypeError(f"video must be a path or a vltools VideoClip, got {video!r}.")
-            pixels = _check_pixel_values(self.model, clip.pixel_values)
+            pixels = check_pixel_values(self.model, clip.pixel_values)
             out, start = [], 0
             frames = list(getattr(clip, "frames", []) or [])
             for i, n in enumerate(clip.num_patches_list):
@@ -364,7 +367,7 @@ class Chat:
     def _visual(self, src: Any, index: int) -> _Visual:
         torch = _torch()
         if isinstance(src, torch.Tensor):
-            return _Visual(f"image {index + 1}", _check_pixel_values(self.model, src))
+            return _Visual(f"image {index + 1}", check_pixel_values(self.model, src))
         if hasattr(src, "pixel_values") and hasattr(src, "grid"):
             tiled = src
         else:
@@ -374,14 +377,14 @@ class Chat:
             tiled = load_image(
                 src,
                 max_num=self.max_num,
-                max_tiles=max(1, _context_length(self.model) // per_tile),
+                max_tiles=max(1, model_context_length(self.model) // per_tile),
             )
         name = getattr(tiled, "source", None) or getattr(tiled, "name", None)
         if name is None and isinstance(src, (str, Path)):
             name = src
         name = Path(str(name)).name if name else None
         label = f"image {index + 1}" + (f" ({name})" if name else "")
-        return _Visual(label, _check_pixel_values(self.model, tiled.pixel_values), tiled.image)
+        return _Visual(label, check_pixel_values(self.model, tiled.pixel_values), tiled.image)
 
     def _user_text(self, text: str, new: list[_Visual], video: bool) -> str:
         """The question with this turn's ``<image>`` placeholders (the one placement rule):
@@ -391,7 +394,7 @@ class Chat:
         return place_images(text, len(new), first_index=before + 1, video=video)
 
     def _prepare(self, text: str, images: Any, video: Any, generation: dict) -> _Prepared:
-        _check_question(text, name="text")
+        check_question(text, name="text")
         options = check_generation_options({**self.generation, **generation}, streaming=True)
         config, extra = make_generation_config(self.model, options)
         new, is_video = self._visuals_for(images, video)
@@ -404,9 +407,9 @@ class Chat:
             )
         visuals = [v for t in self._turns for v in t.visuals] + new
         prompt = self._render([*self._turns], user_text, visuals)
-        input_ids = _tokenize(self.model, prompt.text)
+        input_ids = tokenize(self.model, prompt.text)
         budget = self._budget_of(int(input_ids.shape[1]), config.max_new_tokens, visuals)
-        _raise_if_over(budget, has_frames=any(v.label.startswith("frame") for v in visuals))
+        raise_if_over(budget, has_frames=any(v.label.startswith("frame") for v in visuals))
         return _Prepared(text, user_text, new, prompt, input_ids, config, extra)
 
     def _render(self, turns: Sequence[Turn], user_text: str | None, visuals) -> Prompt:
@@ -433,8 +436,12 @@ class Chat:
 
     def _budget_of(self, prompt_tokens: int, max_new: int, visuals) -> Budget:
         rows = [(v.label, v.num_patches) for v in visuals]
-        return _budget(
-            prompt_tokens, max_new, _context_length(self.model), rows, self.model.tokens_per_tile
+        return count_budget(
+            prompt_tokens,
+            max_new,
+            model_context_length(self.model),
+            rows,
+            self.model.tokens_per_tile,
         )
 
     def budget(self, text: str | None = None, *, images: Any = None, video: Any = None) -> Budget:
@@ -447,7 +454,7 @@ class Chat:
             new, is_video = self._visuals_for(images, video)
             visuals += new
             prompt = self._render(self._turns, self._user_text(text, new, is_video), visuals)
-        n = int(_tokenize(self.model, prompt.text).shape[1])
+        n = int(tokenize(self.model, prompt.text).shape[1])
         return self._budget_of(n, max_new, visuals)
 
     # -- running a turn ------------------------------------------------------------------
@@ -474,12 +481,12 @@ class Chat:
             self._kv_keys = []
         cached = len(self._kv_keys)
         embeds = embed(vlm, ids, features)
-        streamer = _Streamer(vlm, on_text)
+        streamer = TokenStreamer(vlm, on_text)
         stop = stop or threading.Event()
         self._stop = stop
         interrupted = False
         try:
-            new = _generate(
+            new = generate_from_embeds(
                 vlm,
                 ids,
                 embeds,
@@ -500,7 +507,7 @@ class Chat:
         finally:
             self._stop = None
         end = time.perf_counter()
-        answer_ids = _answer_ids(new, vlm.im_end_id)
+        answer_ids = cut_at_stop(new, vlm.im_end_id)
         if self._kv is not None:
             seen = ids[0].tolist() + answer_ids
             n_cache = self._kv.get_seq_length()
@@ -723,7 +730,7 @@ def _user_turn_tokens(chat: Chat, turn: Turn) -> int:
     )
     head = render_template([], system_message="", template=tpl)
     tail = expand_images(tail[len(head) :], patches, tokens_per_tile=vlm.tokens_per_tile)
-    return int(_tokenize(vlm, tail, special=False).shape[1])
+    return int(tokenize(vlm, tail, special=False).shape[1])
 
 
 def _match_keys(

@@ -33,6 +33,9 @@ from vltools.prompts import TEMPLATES, Template  # the one table of templates (r
 
 __all__ = [
     "InternVLFacts",
+    "check_original_config",
+    "read_config",
+    "resolve_source",
     "TEMPLATES",
     "Template",
     "native_config_from_original",
@@ -80,8 +83,11 @@ def _offline_help(source: str) -> str:
     )
 
 
-def _resolve_source(source: str | os.PathLike, revision: str | None, allow_pickle: bool) -> Path:
-    """The local folder of ``source``: 'tiny', 'toy', a directory, or a Hub id (downloaded)."""
+def resolve_source(
+    source: str | os.PathLike, *, revision: str | None = None, allow_pickle: bool = False
+) -> Path:
+    """The local folder of ``source``: 'tiny', 'toy', a directory, or a Hub id (downloaded
+    at ``revision``; pickle weights too only with ``allow_pickle``)."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"source must be a Hub id, a local directory or 'tiny', not {type(source).__name__}"
@@ -142,7 +148,8 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
     return Path(folder)
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def read_config(folder: Path) -> dict[str, Any]:
+    """``folder/config.json`` as a dict; FileNotFoundError/ValueError saying what is wrong."""
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -285,7 +292,12 @@ class InternVLFacts:
     ps_version: str
 
 
-def _check_original_config(config: dict[str, Any], path: Path) -> InternVLFacts:
+def check_original_config(config: dict[str, Any], path: Path) -> InternVLFacts:
+    """Check an original ``internvl_chat`` config (read from ``path``) and return its facts.
+
+    Refuses what cannot load exactly (unknown template, ``ps_version`` v1, LoRA adapters, a
+    language model transformers lacks, inconsistent tile geometry), naming the field and fix.
+    """
     _require_fields(path, config, "", ("vision_config", "llm_config", "template"))
     v, t = config["vision_config"], config["llm_config"]
     if not isinstance(v, dict) or not isinstance(t, dict):
@@ -367,7 +379,7 @@ def native_config_from_original(
     """
     transformers = require("transformers", purpose="Loading a model")
     path = path or Path("config.json")
-    facts = _check_original_config(config, path)
+    facts = check_original_config(config, path)
     v, t = config["vision_config"], config["llm_config"]
     vision = transformers.InternVLVisionConfig(
         hidden_size=v["hidden_size"],

@@ -49,6 +49,7 @@ __all__ = [
     "convert_original",
     "plan_conversion",
     "read_weight_index",
+    "read_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,13 @@ def read_weight_index(folder: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def _weight_entries(folder: Path, allow_pickle: bool) -> dict[str, Any]:
+def read_weights(folder: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """The checkpoint's tensors as :func:`convert_original` takes them.
+
+    Safetensors: their checked headers (:func:`read_weight_index`, nothing read yet). Pickle
+    weights only with ``allow_pickle=True`` and no safetensors beside them: the tensors
+    themselves, loaded with ``weights_only=True``.
+    """
     try:
         return read_weight_index(folder)
     except ValueError as e:
@@ -599,7 +606,7 @@ def convert_original(
     """The native model, in eval mode, filled from an original checkpoint's weights.
 
     ``config`` is the original config.json (already checked), ``entries`` what
-    :func:`_weight_entries` read from ``folder`` (safetensors headers, or the tensors of opted-in
+    :func:`read_weights` read from ``folder`` (safetensors headers, or the tensors of opted-in
     pickle weights), ``image_token_id`` the tokenizer's ``<IMG_CONTEXT>`` id. Every key and shape
     is planned against the model on the meta device before a single weight is read.
     """

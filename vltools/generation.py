@@ -62,6 +62,15 @@ __all__ = [
     "embed",
     "decode_answer",
     "decode_text",
+    "check_question",
+    "check_pixel_values",
+    "tokenize",
+    "cut_at_stop",
+    "TokenStreamer",
+    "generate_from_embeds",
+    "model_context_length",
+    "count_budget",
+    "raise_if_over",
     "Budget",
     "ContextBudgetError",
     "DEFAULT_GENERATION",
@@ -83,7 +92,8 @@ def _torch():
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_question(question: Any, *, name: str = "question") -> str:
+def check_question(question: Any, *, name: str = "question") -> str:
+    """``question`` if it is a non-blank str; TypeError/ValueError naming ``name`` otherwise."""
     if not isinstance(question, str):
         raise TypeError(f"{name} must be a str, got {type(question).__name__}: {question!r}.")
     if not question.strip():
@@ -94,7 +104,7 @@ def _check_question(question: Any, *, name: str = "question") -> str:
     return question
 
 
-def _check_pixel_values(vlm: VLModel, pixel_values: Any) -> torch.Tensor | None:
+def check_pixel_values(vlm: VLModel, pixel_values: Any) -> torch.Tensor | None:
     """Validate ``[tiles, 3, S, S]`` floating pixels and move them to the model."""
     if pixel_values is None:
         return None
@@ -323,7 +333,7 @@ def embed(vlm: VLModel, input_ids: torch.Tensor, features: torch.Tensor | None) 
     return embeds
 
 
-def _tokenize(vlm: VLModel, text: str, *, special: bool = True) -> torch.Tensor:
+def tokenize(vlm: VLModel, text: str, *, special: bool = True) -> torch.Tensor:
     """Token ids ``[1, L]`` as the card's ``tokenizer(query)``: with the tokenizer's own
     special tokens (InternLM2 prepends ``<s>``; Qwen2 and Phi-3's add none to a prompt)."""
     ids = vlm.tokenizer(text, return_tensors="pt", add_special_tokens=special)["input_ids"]
@@ -357,7 +367,8 @@ def decode_answer(vlm: VLModel, ids: Sequence[int]) -> str:
     return decode_text(vlm.tokenizer, ids).split(vlm.stop_token)[0].strip()
 
 
-def _answer_ids(ids: Sequence[int], eos: int) -> list[int]:
+def cut_at_stop(ids: Sequence[int], eos: int) -> list[int]:
+    """``ids`` as ints up to and including the first ``eos`` (the whole list without one)."""
     out = []
     for t in ids:
         out.append(int(t))
@@ -366,8 +377,13 @@ def _answer_ids(ids: Sequence[int], eos: int) -> list[int]:
     return out
 
 
-class _Streamer:
-    """A generate() streamer: collects new ids, times the first, and passes text on."""
+class TokenStreamer:
+    """A generate() streamer: collects new ids, times the first, and passes text on.
+
+    ``ids`` holds the new token ids so far, ``first_time`` the ``perf_counter`` of the first;
+    ``on_text(piece)`` gets each newly decoded piece of text (held back while a UTF-8 sequence
+    is incomplete). ``skip_first`` drops generate()'s first ``put`` (the prompt).
+    """
 
     def __init__(self, vlm: VLModel, on_text=None, *, skip_first: bool = True):
         self.vlm, self.on_text, self.skip_first = vlm, on_text, skip_first
@@ -414,7 +430,7 @@ class _StopWhenSet:
         )
 
 
-def _generate(
+def generate_from_embeds(
     vlm: VLModel,
     input_ids: torch.Tensor,
     embeds: torch.Tensor,
@@ -480,15 +496,15 @@ def generate_ids(
     Options are checked first, then the prompt is tokenized and counted, then the vision pass.
     """
     config, extra = make_generation_config(vlm, options)
-    pixels = _check_pixel_values(vlm, pixel_values)
-    input_ids = _tokenize(vlm, str(prompt))
+    pixels = check_pixel_values(vlm, pixel_values)
+    input_ids = tokenize(vlm, str(prompt))
     patches = prompt.num_patches_list if isinstance(prompt, Prompt) else ()
     _check_context(vlm, input_ids.shape[1], config.max_new_tokens, patches)
     features = image_features(vlm, pixels) if pixels is not None else None
     embeds = embed(vlm, input_ids, features)
     torch = _torch()
-    new = _generate(vlm, input_ids, embeds, torch.ones_like(input_ids), config, extra)
-    return _answer_ids(new[0].tolist(), vlm.im_end_id)
+    new = generate_from_embeds(vlm, input_ids, embeds, torch.ones_like(input_ids), config, extra)
+    return cut_at_stop(new[0].tolist(), vlm.im_end_id)
 
 
 class _Tee:
@@ -566,13 +582,15 @@ class Budget:
         )
 
 
-def _budget(
+def count_budget(
     prompt_tokens: int,
     max_new_tokens: int,
     context: int,
     visuals: Sequence[tuple[str, int]],
     tokens_per_tile: int,
 ) -> Budget:
+    """The :class:`Budget` of a prompt: one row per ``(label, tiles)`` visual, then the text
+    (the prompt's other tokens) and the answer (``max_new_tokens``)."""
     rows = [(label, tiles, tiles * tokens_per_tile) for label, tiles in visuals]
     image_tokens = sum(r[2] for r in rows)
     rows.append(("text (template, history, question)", 0, prompt_tokens - image_tokens))
@@ -580,7 +598,9 @@ def _budget(
     return Budget(tuple(rows), prompt_tokens, max_new_tokens, context)
 
 
-def _raise_if_over(budget: Budget, *, has_frames: bool = False) -> None:
+def raise_if_over(budget: Budget, *, has_frames: bool = False) -> None:
+    """Raise :class:`ContextBudgetError` (the table and what to lower) if ``budget`` does not
+    fit; ``has_frames`` adds the hint to sample fewer video frames."""
     if budget.fits:
         return
     over = budget.total - budget.context_length
@@ -596,14 +616,17 @@ def _raise_if_over(budget: Budget, *, has_frames: bool = False) -> None:
     )
 
 
-def _context_length(vlm: VLModel) -> int:
+def model_context_length(vlm: VLModel) -> int:
+    """The token budget prompts are checked against: ``vlm.context_length`` (default 8,192)."""
     return int(getattr(vlm, "context_length", CONTEXT_LENGTH) or CONTEXT_LENGTH)
 
 
 def _check_context(vlm: VLModel, prompt_tokens: int, max_new: int, patches: Sequence[int]) -> None:
     visuals = [(f"image {i + 1}", n) for i, n in enumerate(patches)]
-    budget = _budget(prompt_tokens, max_new, _context_length(vlm), visuals, vlm.tokens_per_tile)
-    _raise_if_over(budget)
+    budget = count_budget(
+        prompt_tokens, max_new, model_context_length(vlm), visuals, vlm.tokens_per_tile
+    )
+    raise_if_over(budget)
 
 
 # ----------------------------------------------------------------------------- the card's calls
@@ -625,10 +648,10 @@ def model_chat(
     card; :class:`Chat` is the cached session. Returns the answer, or ``(answer, history)``.
     """
     _torch()
-    _check_question(question)
+    check_question(question)
     options = check_generation_options(generation_config)  # before any compute
     history = check_history(history) if history is not None else None
-    pixels = _check_pixel_values(vlm, pixel_values)
+    pixels = check_pixel_values(vlm, pixel_values)
     if pixels is None:
         if num_patches_list:
             raise ValueError(
@@ -724,9 +747,9 @@ def model_batch_chat(
     if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
         raise TypeError(f"questions must be a non-empty list of str, got {questions!r}.")
     for i, q in enumerate(questions):
-        _check_question(q, name=f"questions[{i}]")
+        check_question(q, name=f"questions[{i}]")
     check_generation_options(generation_config)  # before any compute
-    pixels = _check_pixel_values(vlm, pixel_values)
+    pixels = check_pixel_values(vlm, pixel_values)
     total = 0 if pixels is None else int(pixels.shape[0])
     per_sample = _batch_patches(num_patches_list, len(questions), total)
     prompts = [p.text for p in batch_prompts(vlm, questions, per_sample)]
@@ -740,5 +763,5 @@ def model_batch_chat(
         _check_context(vlm, int(mask[i].sum()), config.max_new_tokens, patches)
     features = image_features(vlm, pixels) if pixels is not None else None
     embeds = embed(vlm, input_ids, features)
-    new = _generate(vlm, input_ids, embeds, mask, config, extra)
-    return [decode_answer(vlm, _answer_ids(row.tolist(), vlm.im_end_id)) for row in new]
+    new = generate_from_embeds(vlm, input_ids, embeds, mask, config, extra)
+    return [decode_answer(vlm, cut_at_stop(row.tolist(), vlm.im_end_id)) for row in new]

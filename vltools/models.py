@@ -45,10 +45,10 @@ from vltools.checkpoints import (
     TEMPLATES,
     InternVLFacts,
     Template,
-    _check_original_config,
-    _read_config,
-    _resolve_source,
+    check_original_config,
     native_config_from_original,
+    read_config,
+    resolve_source,
 )
 from vltools.constants import (
     CONTEXT_LENGTH,
@@ -62,10 +62,10 @@ from vltools.constants import (
 from vltools.conversion import (
     ConversionPlan,
     KeyMapping,
-    _weight_entries,
     convert_original,
     plan_conversion,
     read_weight_index,
+    read_weights,
 )
 from vltools.dtypes import resolve_dtype
 
@@ -245,9 +245,9 @@ def _load_original(
     folder: Path, config: dict[str, Any], device, dtype, attn_implementation, allow_pickle
 ):
     config_path = folder / "config.json"
-    facts = _check_original_config(config, config_path)
+    facts = check_original_config(config, config_path)
     # weights: headers only, checked before anything large is allocated
-    entries = _weight_entries(folder, allow_pickle)
+    entries = read_weights(folder, allow_pickle=allow_pickle)
     tokenizer = _load_tokenizer(folder)
     vocab_size = int(config["llm_config"]["vocab_size"])
     image_token_id = _token_id(tokenizer, IMG_CONTEXT_TOKEN, folder, vocab_size)
@@ -308,7 +308,7 @@ def _load_native(
             use_safetensors=not allow_pickle,
         )
     except pickle.UnpicklingError as e:
-        # as the original-format path says it (conversion._weight_entries)
+        # as the original-format path says it (conversion.read_weights)
         names = ", ".join(sorted(p.name for p in folder.glob("*.bin"))[:3])
         raise ValueError(f"{folder}/{names} could not be read as pickle weights: {e}") from e
     except (OSError, ValueError, RuntimeError) as e:
@@ -629,8 +629,8 @@ def load_model(
         )
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    folder = _resolve_source(source, revision, allow_pickle)
-    config = _read_config(folder)
+    folder = resolve_source(source, revision=revision, allow_pickle=allow_pickle)
+    config = read_config(folder)
     model_type = config.get("model_type")
     if model_type == "internvl_chat":
         model, tokenizer, facts, template = _load_original(
