@@ -135,9 +135,8 @@ def test_batch_chat_prompts_match_the_card_and_answers_match_single_calls(
 
 
 def test_batch_chat_uses_the_models_system_message(tiny_model):
-    from dataclasses import replace
 
-    custom = replace(tiny_model, system_message="Answer in one word.")
+    custom = tiny_model.with_facts(system_message="Answer in one word.")
     (prompt,) = batch_prompts(custom, ["Q"], [[]])
     assert prompt.text.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>")
 

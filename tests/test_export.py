@@ -10,7 +10,6 @@ processor's own placeholder expansion (``<IMG_CONTEXT>`` -> ``<img>`` + 256 x ti
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -143,7 +142,7 @@ def processors(tiny_model, tmp_path_factory):
     """One stock processor per template, each from an export of the tiny model."""
     out = {}
     for name, layout in CHAT_LAYOUTS.items():
-        vlm = dataclasses.replace(tiny_model, template=name, system_message=layout.system_message)
+        vlm = tiny_model.with_facts(template=name, system_message=layout.system_message)
         folder = tmp_path_factory.mktemp("templates") / name
         export_native(vlm, folder)
         out[name] = transformers.AutoProcessor.from_pretrained(str(folder))

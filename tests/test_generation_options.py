@@ -195,7 +195,7 @@ def test_no_vision_pass_runs_before_a_bad_option_is_refused(
     tiny_model, pixels, monkeypatch, options, error, match
 ):
     calls = []
-    tower = tiny_model.model.model.vision_tower
+    tower = tiny_model.vision_tower
     handle = tower.register_forward_hook(lambda *a: calls.append(1))
     try:
         with pytest.raises(error, match=match):

@@ -71,6 +71,39 @@ def test_the_repr_names_counts_dtype_device_and_attention(tiny_model):
         assert part in text
 
 
+def test_the_facts_are_one_frozen_record_that_the_model_reads_through(tiny_model):
+    import dataclasses
+
+    facts = tiny_model.facts
+    assert isinstance(facts, models.ModelFacts)
+    for name in (f.name for f in dataclasses.fields(models.ModelFacts)):
+        assert getattr(tiny_model, name) == getattr(facts, name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        facts.max_num = 6
+    with pytest.raises(AttributeError):
+        tiny_model.max_num = 6  # a fact is read-only on the model too
+    text = repr(facts)
+    assert "Hermes-2" in text and "256 tokens per 448px tile" in text and len(text) < 200
+
+
+def test_with_facts_changes_a_copy_and_shares_the_weights(tiny_model):
+    other = tiny_model.with_facts(system_message="Answer in one word.")
+    assert other.system_message == "Answer in one word."
+    assert tiny_model.system_message == HERMES2_SYSTEM_MESSAGE
+    assert other.model is tiny_model.model and other.tokenizer is tiny_model.tokenizer
+    with pytest.raises(TypeError, match="max_tiles.*not model facts"):
+        tiny_model.with_facts(max_tiles=3)
+
+
+def test_the_three_parts_are_the_native_models_towers(tiny_model):
+    inner = tiny_model.model.model
+    assert tiny_model.vision_tower is inner.vision_tower
+    assert tiny_model.projector is inner.multi_modal_projector
+    assert tiny_model.language_model is inner.language_model
+    counts = tiny_model.num_parameters()
+    assert counts["projector"] == sum(p.numel() for p in tiny_model.projector.parameters())
+
+
 def test_image_features_are_tiles_by_256_by_hidden_in_the_model_dtype(tiny_model):
     import torch
 

@@ -188,7 +188,7 @@ def test_one_vision_attention_layer_matches_the_fused_qkv_computation(tiny_model
     weights, config = original
     torch.manual_seed(1)
     h = torch.randn(2, 1025, config["vision_config"]["hidden_size"])
-    attention = tiny_model.model.model.vision_tower.encoder.layer[1].attention
+    attention = tiny_model.vision_tower.encoder.layer[1].attention
     with torch.no_grad():
         ours, _ = attention(h)
     torch.testing.assert_close(

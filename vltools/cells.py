@@ -16,7 +16,6 @@ unreadable image, a prompt over the context) gets its error recorded; faults of 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -165,7 +164,7 @@ def answer_batch(vlm: VLModel, batch: Sequence[Prepared]) -> list[dict[str, Any]
             raise ValueError("answer_batch got cells of different settings; group them first.")
         model = vlm
         if options.get("system_message") is not None:
-            model = dataclasses.replace(vlm, system_message=str(options["system_message"]))
+            model = vlm.with_facts(system_message=str(options["system_message"]))
         generation = dict(options.get("generation") or {})
         sampled = bool(generation.get("do_sample"))
         groups = [[p] for p in ready] if sampled else [ready]

@@ -35,7 +35,7 @@ import logging
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "load_model",
     "VLModel",
+    "ModelFacts",
     "ConversionPlan",
     "KeyMapping",
     "TEMPLATES",
@@ -391,14 +392,13 @@ def _read_json(path: Path, *, strict: bool = False) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(repr=False, eq=False)
-class VLModel:
-    """A loaded InternVL model: the native transformers model, its tokenizer, and its facts.
+@dataclass(frozen=True)
+class ModelFacts:
+    """What vltools knows about a loaded model beyond its weights, fixed at load time.
 
     Attributes:
-        model: ``transformers.InternVLForConditionalGeneration`` in eval mode.
-        tokenizer: the checkpoint's tokenizer.
         source: what was asked for ("tiny", a Hub id or a directory); ``path`` is the folder.
+        checkpoint_format: ``"internvl_chat"`` (original, converted) or ``"internvl"`` (native).
         template, system_message: the conversation template name and its system message.
         prompt_template: the :class:`~vltools.prompts.Template` every prompt is rendered with,
             with ``source`` saying where it came from (config.json, the checkpoint's own chat
@@ -406,13 +406,12 @@ class VLModel:
         image_token_id, img_start_id, img_end_id: ``<IMG_CONTEXT>``, ``<img>``, ``</img>``.
         im_end_id: the stop token of the template (``<|im_end|>`` for Hermes-2).
         tokens_per_tile: image tokens per tile (256), ``tile_size``: tile pixels (448).
-        max_num, min_num, use_thumbnail: the checkpoint's tiling defaults.
+        max_num, min_num, use_thumbnail, dynamic_image_size: the checkpoint's tiling defaults.
         context_length: the token budget vltools checks prompts against.
-        downsample_ratio, select_layer (= ``vision_feature_layer``), attn_implementation.
+        downsample_ratio, select_layer (= ``vision_feature_layer``), ps_version,
+        attn_implementation: how the vision features are made and attention is computed.
     """
 
-    model: Any
-    tokenizer: Any
     source: str
     template: str
     system_message: str
@@ -433,12 +432,70 @@ class VLModel:
     checkpoint_format: str = "internvl_chat"
     dynamic_image_size: bool = True
     ps_version: str = "v2"
-    extra: dict[str, Any] = field(default_factory=dict)
     prompt_template: Template | None = None
 
     def __post_init__(self) -> None:
-        if self.prompt_template is None:  # a VLModel built by hand: its template by name
-            self.prompt_template = TEMPLATES[self.template]
+        if self.prompt_template is None:  # facts written by hand: the template by name
+            object.__setattr__(self, "prompt_template", TEMPLATES[self.template])
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelFacts({self.source!r}, {self.checkpoint_format}, template={self.template!r} "
+            f"(from {self.prompt_template.source}), {self.tokens_per_tile} tokens per "
+            f"{self.tile_size}px tile, max_num={self.max_num}, context {self.context_length}, "
+            f"attn={self.attn_implementation})"
+        )
+
+
+# Every fact reads through the model as before (``vlm.tile_size`` is ``vlm.facts.tile_size``),
+# read-only: a changed fact is a new VLModel (:meth:`VLModel.with_facts`).
+_FACT_NAMES = tuple(f.name for f in fields(ModelFacts))
+
+
+@dataclass(repr=False, eq=False)
+class VLModel:
+    """A loaded InternVL model: the native transformers model, its tokenizer, and its facts.
+
+    Attributes:
+        model: ``transformers.InternVLForConditionalGeneration`` in eval mode.
+        tokenizer: the checkpoint's tokenizer.
+        facts: the :class:`ModelFacts` (template, token ids, tile geometry, context, ...); each
+            fact also reads as an attribute of the model (``vlm.tokens_per_tile``).
+
+    Its parts: :attr:`vision_tower` (InternViT), :attr:`projector` (the card's ``mlp1``) and
+    :attr:`language_model` (the decoder; its ``lm_head`` is ``vlm.model.lm_head``).
+    """
+
+    model: Any
+    tokenizer: Any
+    facts: ModelFacts
+
+    def with_facts(self, **changes: Any) -> VLModel:
+        """The same weights and tokenizer with some facts changed, e.g.
+        ``vlm.with_facts(system_message="Answer in one word.")``; ``self`` is untouched."""
+        unknown = sorted(set(changes) - set(_FACT_NAMES))
+        if unknown:
+            raise TypeError(
+                f"with_facts got {unknown}, which are not model facts; expected some of "
+                f"{', '.join(_FACT_NAMES)}."
+            )
+        return VLModel(self.model, self.tokenizer, replace(self.facts, **changes))
+
+    @property
+    def vision_tower(self) -> Any:
+        """The vision encoder (InternViT): ``[tiles, 3, S, S]`` pixels to patch features."""
+        return self.model.model.vision_tower
+
+    @property
+    def projector(self) -> Any:
+        """The projector (the card's ``mlp1``: LayerNorm, Linear, GELU, Linear) that maps the
+        pixel-shuffled vision features into the language model's embedding space."""
+        return self.model.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> Any:
+        """The language model's decoder (Qwen2 for InternVL2-1B), without ``lm_head``."""
+        return self.model.model.language_model
 
     @property
     def stop_token(self) -> str:
@@ -464,9 +521,8 @@ class VLModel:
 
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts: ``vision``, ``projector``, ``language`` (with lm_head), ``total``."""
-        inner = self.model.model
-        vision = sum(p.numel() for p in inner.vision_tower.parameters())
-        projector = sum(p.numel() for p in inner.multi_modal_projector.parameters())
+        vision = sum(p.numel() for p in self.vision_tower.parameters())
+        projector = sum(p.numel() for p in self.projector.parameters())
         total = sum(p.numel() for p in self.model.parameters())
         return {
             "vision": vision,
@@ -583,6 +639,17 @@ class VLModel:
         )
 
 
+def _fact(name: str) -> property:
+    return property(
+        lambda self: getattr(self.facts, name),
+        doc=f"``facts.{name}``, read-only (see :class:`ModelFacts`).",
+    )
+
+
+for _name in _FACT_NAMES:
+    setattr(VLModel, _name, _fact(_name))
+
+
 def _count(n: int) -> str:
     """A parameter count for people: 938.2M, 1.2B, 54.3K."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -633,14 +700,14 @@ def load_model(
     config = read_config(folder)
     model_type = config.get("model_type")
     if model_type == "internvl_chat":
-        model, tokenizer, facts, template = _load_original(
+        model, tokenizer, known, template = _load_original(
             folder, config, dev, dt, attn, allow_pickle
         )
         checkpoint_format = "internvl_chat"
         vocab_size = int(config["llm_config"]["vocab_size"])
         max_positions = int(config["llm_config"].get("max_position_embeddings", CONTEXT_LENGTH))
     elif model_type == "internvl":
-        model, tokenizer, facts, template = _load_native(
+        model, tokenizer, known, template = _load_native(
             folder, config, dev, dt, attn, allow_pickle
         )
         checkpoint_format = "internvl"
@@ -660,31 +727,30 @@ def load_model(
         if isinstance(max_len, int) and 0 < max_len <= max_positions
         else min(CONTEXT_LENGTH, max_positions)
     )
-    vl = VLModel(
-        model=model,
-        tokenizer=tokenizer,
+    facts = ModelFacts(
         source=os.fspath(source),
-        template=facts.template,
-        system_message=facts.system_message,
+        template=known.template,
+        system_message=known.system_message,
         image_token_id=_token_id(tokenizer, IMG_CONTEXT_TOKEN, folder, vocab_size),
         img_start_id=_token_id(tokenizer, IMG_START_TOKEN, folder, vocab_size),
         img_end_id=_token_id(tokenizer, IMG_END_TOKEN, folder, vocab_size),
         im_end_id=_token_id(tokenizer, stop, folder, vocab_size),
-        tokens_per_tile=facts.tokens_per_tile,
-        tile_size=facts.tile_size,
-        max_num=facts.max_num,
-        min_num=facts.min_num,
-        use_thumbnail=facts.use_thumbnail,
+        tokens_per_tile=known.tokens_per_tile,
+        tile_size=known.tile_size,
+        max_num=known.max_num,
+        min_num=known.min_num,
+        use_thumbnail=known.use_thumbnail,
         context_length=context,
-        downsample_ratio=facts.downsample_ratio,
-        select_layer=facts.select_layer,
+        downsample_ratio=known.downsample_ratio,
+        select_layer=known.select_layer,
         attn_implementation=attn,
         path=folder,
         checkpoint_format=checkpoint_format,
-        dynamic_image_size=facts.dynamic_image_size,
-        ps_version=facts.ps_version,
+        dynamic_image_size=known.dynamic_image_size,
+        ps_version=known.ps_version,
         prompt_template=template,
     )
+    vl = VLModel(model=model, tokenizer=tokenizer, facts=facts)
     if str(dt) == "torch.float16":  # float16 overflows silently in Qwen2: warn when it does
         from vltools.precision import install_float16_guard
 
