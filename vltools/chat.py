@@ -9,8 +9,9 @@ in :mod:`vltools.generation` and are re-exported here.
   key/value cache of the conversation so far. Every turn re-renders the whole conversation as
   text and tokenizes it afresh (the card's semantics); the cache is reused for the longest
   common prefix of tokens (image tokens compared by which image they hold) and the rest is
-  cropped, so a follow-up only processes its new tokens. Greedy answers are the same with and
-  without the cache.
+  cropped, so a follow-up only processes its new tokens (:class:`~vltools.prefix_cache.PrefixCache`
+  does the matching, cropping and extending). Greedy answers are the same with and without the
+  cache.
 - Stopping: :meth:`Chat.stop` (or ``break`` out of :meth:`Chat.stream`) ends generation after
   the current token; the partial answer is KEPT in the history and marked
   ``finish_reason="stopped"``. A KeyboardInterrupt ends it the same way, keeps the partial answer
@@ -62,6 +63,7 @@ from vltools.generation import (
     raise_if_over,
     tokenize,
 )
+from vltools.prefix_cache import PrefixCache, match_keys
 from vltools.prompts import (
     Prompt,
     build_prompt,
@@ -248,8 +250,7 @@ class Chat:
         make_generation_config(model, self.generation)
         self.use_cache = cache
         self._turns: list[Turn] = []
-        self._kv = None  # DynamicCache of the conversation so far
-        self._kv_keys: list[int] = []  # per cached position: token id, or -uid for image tokens
+        self._prefix = PrefixCache(model.model.config.get_text_config())  # the key/value cache
         self._stop: threading.Event | None = None
         self._lock = threading.Lock()
         self._version = 0  # bumped whenever the history changes; a stream is tied to one
@@ -269,7 +270,7 @@ class Chat:
     @property
     def cached_tokens(self) -> int:
         """Tokens of the conversation held in the key/value cache."""
-        return len(self._kv_keys)
+        return len(self._prefix)
 
     def as_card_history(self) -> list[tuple[str, str]]:
         """The history in the card's form, ``[(question with <image>, answer), ...]``."""
@@ -290,7 +291,7 @@ class Chat:
         self._version += 1
         turn = self._turns.pop()
         keep = turn.reply.prompt_tokens - _user_turn_tokens(self, turn)
-        self._crop(min(keep, len(self._kv_keys)))
+        self._prefix.crop(min(keep, len(self._prefix)))
         return turn
 
     def reset(self) -> None:
@@ -298,14 +299,13 @@ class Chat:
         self._check_idle("reset()")
         self._version += 1
         self._turns.clear()
-        self._kv, self._kv_keys = None, []
+        self._prefix.clear()
 
     def fork(self) -> Chat:
         """An independent copy at this point: try two follow-ups from the same history."""
         other = copy.copy(self)
         other._turns = list(self._turns)
-        other._kv = copy.deepcopy(self._kv)
-        other._kv_keys = list(self._kv_keys)
+        other._prefix = self._prefix.copy()
         other._stop, other._lock, other._active = None, threading.Lock(), None
         other.generation = dict(self.generation)
         return other
@@ -323,14 +323,6 @@ class Chat:
         active = self._active() if self._active is not None else None
         if active is not None:
             active.close()
-
-    def _crop(self, n: int) -> None:
-        if self._kv is None:
-            return
-        remove = len(self._kv_keys) - n
-        if remove > 0:
-            self._kv.crop(-remove)
-        self._kv_keys = self._kv_keys[:n]
 
     # -- building a turn -----------------------------------------------------------------
     def _visuals_for(self, images: Any, video: Any) -> tuple[list[_Visual], bool]:
@@ -464,22 +456,18 @@ class Chat:
         vlm = self.model
         start = time.perf_counter()
         visuals = [v for t in self._turns for v in t.visuals] + prep.visuals
-        missing = [v for v in visuals if v.features is None]
-        if missing:  # one vision pass for every image not seen before
-            feats = image_features(vlm, torch.cat([v.pixel_values for v in missing]))
-            for v, f in zip(missing, feats.split([v.num_patches for v in missing]), strict=True):
-                v.features = f
-        features = torch.cat([v.features for v in visuals]) if visuals else None
+        features = self._features(visuals)
         ids = prep.input_ids  # [1, L]
-        keys = _match_keys(ids[0].tolist(), visuals, vlm.image_token_id, vlm.tokens_per_tile)
-        if self.use_cache and self._kv is not None:
-            common = _common_prefix(self._kv_keys, keys)
-            self._crop(min(common, len(keys) - 1))  # at least one token is prefilled
-        else:
-            transformers = require("transformers", purpose="The key/value cache")
-            self._kv = transformers.DynamicCache(config=vlm.model.config.get_text_config())
-            self._kv_keys = []
-        cached = len(self._kv_keys)
+        keys = match_keys(
+            ids[0].tolist(),
+            [(v.uid, v.num_patches) for v in visuals],
+            image_token_id=vlm.image_token_id,
+            tokens_per_tile=vlm.tokens_per_tile,
+        )
+        if not self.use_cache:
+            self._prefix.clear()
+        kv = self._prefix.prepare(keys)  # cropped to the prefix it shares with this prompt
+        cached = len(self._prefix)
         embeds = embed(vlm, ids, features)
         streamer = TokenStreamer(vlm, on_text)
         stop = stop or threading.Event()
@@ -493,29 +481,24 @@ class Chat:
                 torch.ones_like(ids),
                 prep.config,
                 prep.extra,
-                cache=self._kv,
+                cache=kv,
                 streamer=streamer,
                 stop_event=stop,
             )[0].tolist()
         except KeyboardInterrupt:
             interrupted = True
             new = list(streamer.ids)
-            self._kv, self._kv_keys = None, []  # half-written: drop it (features are kept)
+            self._prefix.clear()  # half-written: drop it (features are kept)
         except BaseException:
-            self._kv, self._kv_keys = None, []
+            self._prefix.clear()
             raise
         finally:
             self._stop = None
         end = time.perf_counter()
         answer_ids = cut_at_stop(new, vlm.im_end_id)
-        if self._kv is not None:
-            seen = ids[0].tolist() + answer_ids
-            n_cache = self._kv.get_seq_length()
-            self._kv_keys = (keys + answer_ids)[:n_cache] if n_cache <= len(seen) else []
-            if not self._kv_keys:
-                self._kv = None
-            if not self.use_cache:
-                self._kv, self._kv_keys = None, []
+        self._prefix.extend(keys + answer_ids)
+        if not self.use_cache:
+            self._prefix.clear()
         if interrupted:
             reason = "interrupted"
         elif answer_ids and answer_ids[-1] == vlm.im_end_id:
@@ -544,6 +527,17 @@ class Chat:
         if interrupted:
             raise KeyboardInterrupt
         return reply
+
+    def _features(self, visuals: Sequence[_Visual]) -> Any:
+        """The projected features ``[tiles, 256, hidden]`` of ``visuals``, in order, or None;
+        one vision pass for those not seen before (each image's features are kept on it)."""
+        torch = _torch()
+        missing = [v for v in visuals if v.features is None]
+        if missing:
+            feats = image_features(self.model, torch.cat([v.pixel_values for v in missing]))
+            for v, f in zip(missing, feats.split([v.num_patches for v in missing]), strict=True):
+                v.features = f
+        return torch.cat([v.features for v in visuals]) if visuals else None
 
     def _begin(self) -> None:
         if not self._lock.acquire(blocking=False):
@@ -731,33 +725,6 @@ def _user_turn_tokens(chat: Chat, turn: Turn) -> int:
     head = render_template([], system_message="", template=tpl)
     tail = expand_images(tail[len(head) :], patches, tokens_per_tile=vlm.tokens_per_tile)
     return int(tokenize(vlm, tail, special=False).shape[1])
-
-
-def _match_keys(
-    ids: list[int], visuals: Sequence[_Visual], image_token: int, per_tile: int
-) -> list[int]:
-    """Token ids with each image token replaced by ``-uid`` of the image it holds.
-
-    Two prompts can share a cached prefix only where both the ids and the images agree.
-    """
-    owners = [v.uid for v in visuals for _ in range(v.num_patches * per_tile)]
-    out, k = [], 0
-    for t in ids:
-        if t == image_token and k < len(owners):
-            out.append(-owners[k])
-            k += 1
-        else:
-            out.append(t)
-    return out
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _thumbnail_html(visual: _Visual, size: int = 64) -> str:
