@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from vltools import conversion, models, testing
+from vltools import model_building, models, testing
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -159,7 +159,7 @@ def test_the_full_size_conversion_is_complete_on_the_meta_device():
     config = testing.full_size_config()
     shapes = testing.original_key_shapes(config)
     native = models.native_config_from_original(config, image_token_id=151648)
-    model = conversion._empty_model(native, torch.bfloat16, "sdpa")
+    model = model_building.empty_model(native, dtype=torch.bfloat16, attn_implementation="sdpa")
     assert all(p.is_meta for p in model.parameters())
     target = {n: tuple(p.shape) for n, p in model.named_parameters()}
     plan = models.plan_conversion(shapes, target)

@@ -14,7 +14,9 @@ Follows sections 1 and 3 of the format notes (``docs/FORMAT.md``):
   split into ``q/k/v_proj`` by row blocks; Phi-3 (InternVL2-4B) keys are native already;
 - building the native model on the meta device and filling it tensor by tensor, one copy of
   the weights in all (copy-on-write views of the memory-mapped file where the dtype matches on
-  the CPU, otherwise one cast per tensor): :func:`convert_original`.
+  the CPU, otherwise one cast per tensor): :func:`convert_original`. The transformers
+  internals this needs are all in :mod:`vltools.model_building`, which also checks the
+  computed buffers (rotary frequencies) after every load.
 
 The configuration side (finding the checkpoint, ``config.json``, the native config) is in
 :mod:`vltools.checkpoints`.
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from vltools._optional import require
 from vltools.checkpoints import native_config_from_original
+from vltools.model_building import empty_model, finish_model, set_parameter
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -481,29 +484,6 @@ def plan_conversion(
 # ---------------------------------------------------------------------------------------------
 
 
-def _empty_model(config: Any, dtype: torch.dtype, attn_implementation: str):
-    """The native model with every parameter on the meta device (nothing allocated)."""
-    torch = require("torch", purpose="Loading a model")
-    transformers = require("transformers", purpose="Loading a model")
-    with torch.device("meta"):
-        model = transformers.InternVLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation
-        )
-    return model
-
-
-def _set_tensor(model: Any, name: str, tensor: torch.Tensor) -> None:
-    torch = require("torch", purpose="Loading a model")
-    module_name, _, attr = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    old = module._parameters.get(attr)
-    if old is None:
-        raise KeyError(name)
-    param = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
-    param._is_hf_initialized = True
-    module._parameters[attr] = param
-
-
 def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], device, dtype) -> None:
     """Put each planned tensor in its final place, one copy of the weights in all.
 
@@ -529,7 +509,7 @@ def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], dev
         if m.blocks is not None:  # interleaved rows: read the whole tensor, gather the blocks
             full = _read_entry(maps[entry.file], entry)  # [rows, ...]
             rows = torch.cat([full[a:b] for a, b in m.blocks])  # [sum of blocks, ...]
-            _set_tensor(model, m.target, rows.to(device=device, dtype=dtype, copy=True))
+            set_parameter(model, m.target, rows.to(device=device, dtype=dtype, copy=True))
             continue
         shape = tuple(targets[m.target].shape)
         count = _numel(shape)
@@ -552,7 +532,7 @@ def _fill(model: Any, plan: ConversionPlan, entries: dict[str, TensorEntry], dev
                     start = offset - offset % mmap.PAGESIZE
                     end = offset + count * file_dtype.itemsize
                     maps[entry.file].madvise(mmap.MADV_DONTNEED, start, end - start)
-        _set_tensor(model, m.target, tensor)
+        set_parameter(model, m.target, tensor)
 
 
 def _read_entry(buffer: Any, entry: TensorEntry):
@@ -565,23 +545,6 @@ def _read_entry(buffer: Any, entry: TensorEntry):
     return view.view(entry.shape)
 
 
-def _finish(model: Any, device: torch.device) -> None:
-    """Materialise the non-persistent buffers (rotary inv_freq, ...) and check nothing is left."""
-    torch = require("torch", purpose="Loading a model")
-    for name, buf in list(model.named_buffers()):
-        if buf.is_meta:
-            module_name, _, attr = name.rpartition(".")
-            module = model.get_submodule(module_name)
-            module._buffers[attr] = torch.empty_like(buf, device=device)
-    # transformers' own initialisation recomputes the buffers (e.g. the RoPE frequencies from
-    # the config); every parameter is marked as initialised, so none is touched.
-    model.initialize_weights()
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # pragma: no cover - would be a bug in the plan
-        raise RuntimeError(f"these tensors were not loaded: {left[:5]}")
-    model.eval()
-
-
 def _fill_from_tensors(model, plan, tensors, device, dtype) -> None:
     torch = require("torch", purpose="Loading a model")
     for m in plan.mappings:
@@ -590,7 +553,7 @@ def _fill_from_tensors(model, plan, tensors, device, dtype) -> None:
             t = torch.cat([t[a:b] for a, b in m.blocks])
         elif m.rows:
             t = t[m.rows[0] : m.rows[1]]
-        _set_tensor(model, m.target, t.to(device=device, dtype=dtype).contiguous().clone())
+        set_parameter(model, m.target, t.to(device=device, dtype=dtype).contiguous().clone())
 
 
 def convert_original(
@@ -614,7 +577,7 @@ def convert_original(
     native_config = native_config_from_original(
         config, image_token_id=image_token_id, path=config_path
     )
-    model = _empty_model(native_config, dtype, attn_implementation)
+    model = empty_model(native_config, dtype=dtype, attn_implementation=attn_implementation)
     target_shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     names = sorted({e.file.name for e in entries.values() if isinstance(e, TensorEntry)}) or sorted(
         p.name for p in folder.glob("*.bin")
@@ -637,5 +600,5 @@ def convert_original(
         _fill(model, plan, entries, device, dtype)
     else:  # pragma: no cover - pickle opt-in
         _fill_from_tensors(model, plan, entries, device, dtype)
-    _finish(model, device)
+    finish_model(model, device)
     return model

@@ -68,6 +68,7 @@ from vltools.conversion import (
     read_weights,
 )
 from vltools.dtypes import resolve_dtype
+from vltools.model_building import check_computed_buffers, mark_generation_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -277,8 +278,7 @@ def _set_generation_config(model: Any, folder: Path, tokenizer: Any) -> None:
             generation = transformers.GenerationConfig.from_dict(_read_json(path, strict=True))
         except (OSError, ValueError, TypeError) as e:
             raise ValueError(f"{path} is not valid: {e}") from e
-        generation._original_object_hash = hash(generation)  # as from_pretrained marks it
-        model.generation_config = generation
+        model.generation_config = mark_generation_config(generation)
     if model.generation_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
@@ -315,6 +315,7 @@ def _load_native(
     except (OSError, ValueError, RuntimeError) as e:
         raise ValueError(f"Could not load the native checkpoint in {folder}: {e}") from e
     model.eval()
+    check_computed_buffers(model)  # as after a conversion: rotary frequencies as computed
     _set_generation_config(model, folder, tokenizer)
     vcfg = model.config.vision_config
     image = vcfg.image_size[0] if isinstance(vcfg.image_size, (list, tuple)) else vcfg.image_size
