@@ -247,6 +247,7 @@ def cached_chat(vlm: Any, torch: Any, report: Report) -> None:
     )
     report.check("turn 2 reuses the image tokens from the cache", on[1].cached_tokens > 14 * 256)
     # logits: the second turn's prompt, whole against a cached prefix
+    from vltools.model_building import cache_kwargs
     from vltools.prompts import render_prompt
 
     pixels = photo.pixel_values.to(device=vlm.device, dtype=vlm.dtype)
@@ -260,7 +261,9 @@ def cached_chat(vlm: Any, torch: Any, report: Report) -> None:
     with torch.no_grad():
         full = vlm.model(input_ids=ids2, pixel_values=pixels).logits[0, -1].float()
         prefix = vlm.model(input_ids=ids2[:, :n], pixel_values=pixels, use_cache=True)
-        cached = vlm.model(input_ids=ids2[:, n:], cache=prefix.past_key_values).logits[0, -1]
+        cached = vlm.model(input_ids=ids2[:, n:], **cache_kwargs(prefix.past_key_values)).logits[
+            0, -1
+        ]
     diff = float((cached.float() - full).abs().max())
     scale = float(full.abs().max())
     report.check(

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from vltools.chat import Chat, model_batch_chat, model_chat
+from vltools.model_building import cache_kwargs
 from vltools.prompts import render_prompt
 
 LOGIT_TOL = 0.05  # of max |logit|; measured on the tiny model: 0 (cache), 0.006 (padding)
@@ -70,7 +71,9 @@ def test_cached_and_recomputed_turns_agree_within_the_stated_tolerance_in_bf16(b
     with torch.no_grad():
         full = m.model(input_ids=ids2, pixel_values=pixels).logits[0, -1].float()
         prefix = m.model(input_ids=ids2[:, :n], pixel_values=pixels, use_cache=True)
-        cached = m.model(input_ids=ids2[:, n:], cache=prefix.past_key_values).logits[0, -1]
+        cached = m.model(input_ids=ids2[:, n:], **cache_kwargs(prefix.past_key_values)).logits[
+            0, -1
+        ]
     _close(cached.float(), full)
     # the Chat session: three turns with and without the cache
     a, b = _pixels(2, 1), _pixels(1, 2)

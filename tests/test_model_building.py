@@ -54,3 +54,13 @@ def test_a_bfloat16_load_passes_the_check_with_rope_in_float32(tiny_path):
 def test_set_parameter_refuses_a_name_the_model_does_not_have(tiny_model):
     with pytest.raises(KeyError, match="no_such"):
         model_building.set_parameter(tiny_model.model, "lm_head.no_such", torch.zeros(1))
+
+
+def test_the_cache_goes_under_the_name_the_installed_forward_reads():
+    import inspect
+
+    import transformers
+
+    (name,) = model_building.cache_kwargs(None)
+    forward = transformers.InternVLForConditionalGeneration.forward
+    assert name in inspect.signature(forward).parameters

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from vltools._optional import require
 from vltools.constants import CONTEXT_LENGTH, IMAGE_PLACEHOLDER
+from vltools.model_building import cache_kwargs
 from vltools.prompts import (
     Prompt,
     build_prompt,
@@ -471,7 +472,7 @@ def generate_from_embeds(
                 generation_config=config,
                 stopping_criteria=criteria,
                 streamer=streamer,
-                cache=cache,
+                **cache_kwargs(cache),
                 **kwargs,
             )
         except (ValueError, TypeError) as e:

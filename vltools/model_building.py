@@ -15,7 +15,11 @@ So the loader
   ``empty_like`` and lets ``initialize_weights`` compute them from the config:
   :func:`finish_model`;
 - marks a generation config read from JSON as ``from_pretrained`` marks it
-  (``_original_object_hash``): :func:`mark_generation_config`.
+  (``_original_object_hash``): :func:`mark_generation_config`;
+- hands a key/value cache to ``forward``/``generate`` under the name the installed version
+  reads (``cache``; ``past_key_values`` before transformers renamed it, which the newer
+  versions still accept with a deprecation warning, and an older one silently ignores a
+  misnamed cache): :func:`cache_kwargs`.
 
 These names are private to transformers and may change in any release, so every load ends
 with :func:`check_computed_buffers`: each non-persistent buffer must equal the one a fresh
@@ -26,6 +30,8 @@ tests run against the oldest transformers ``pyproject.toml`` allows and the newe
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +46,7 @@ __all__ = [
     "finish_model",
     "check_computed_buffers",
     "mark_generation_config",
+    "cache_kwargs",
 ]
 
 
@@ -137,6 +144,20 @@ def mark_generation_config(generation: Any) -> Any:
     read (so transformers treats it as the checkpoint's own, not as a user's change)."""
     generation._original_object_hash = hash(generation)
     return generation
+
+
+def cache_kwargs(cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` for ``model(...)``/``model.generate(...)``, ``name`` being what the
+    installed transformers calls the key/value cache (``cache``, or ``past_key_values`` in
+    versions before the rename)."""
+    return {_cache_name(): cache}
+
+
+@functools.cache
+def _cache_name() -> str:
+    transformers = require("transformers", purpose="Generation")
+    forward = transformers.InternVLForConditionalGeneration.forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _summary(tensor: Any) -> str:
