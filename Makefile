@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vltools-installed
 
-.PHONY: demo test lab bench lint clean
+.PHONY: demo test test-oldest lab bench lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "vltools needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -21,6 +21,18 @@ demo: $(STAMP)
 ## make test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## make test-oldest: the loader tests (model_building, models, exactness, family, half precision,
+## prefix cache) against the OLDEST transformers pyproject.toml allows, installed once beside the
+## venv in build/ (--no-deps: the venv's newer tokenizers/safetensors/hub serve both versions)
+OLDEST_TRANSFORMERS = $(shell $(BIN)/python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(next(re.search(r'>=([0-9.]+)', d).group(1) for d in deps if d.startswith('transformers')))")
+OLDEST_DIR = build/transformers-$(OLDEST_TRANSFORMERS)
+LOADER_TESTS = tests/test_model_building.py tests/test_models.py tests/test_models_exactness.py \
+	tests/test_family.py tests/test_half_precision.py tests/test_prefix_cache.py
+test-oldest: $(STAMP)
+	@test -d $(OLDEST_DIR) || $(BIN)/python -m pip install --quiet --no-deps --target $(OLDEST_DIR) 'transformers==$(OLDEST_TRANSFORMERS)'
+	PYTHONPATH=$(OLDEST_DIR) $(BIN)/python -c "import transformers as t; v = t.__version__; print('test-oldest: transformers', v); assert v.startswith('$(OLDEST_TRANSFORMERS)'), v"
+	PYTHONPATH=$(OLDEST_DIR) $(BIN)/python -m pytest -q $(LOADER_TESTS)
 
 ## make lab: JupyterLab on the notebooks (the tiny model unless VLTOOLS_MODEL names another, e.g.
 ## toy; toy becomes the default once its retrained weights meet issue 18's targets)
