@@ -84,7 +84,7 @@ def forbid_decoding(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("frames were decoded before the request was refused")
 
-    for name in ("_read_decord", "_decode_pyav"):
+    for name in ("read_decord", "decode_pyav"):
         monkeypatch.setattr(video, name, fail)
 
 
@@ -169,12 +169,12 @@ def test_a_packet_that_fails_to_decode_never_shifts_later_frames(bad):
 
 
 def probe_with(monkeypatch, **changes):
-    real = decoding._probe
+    real = decoding.probe_video
 
     def changed(path):
         return dataclasses.replace(real(path), **changes)
 
-    monkeypatch.setattr(video, "_probe", changed)
+    monkeypatch.setattr(video, "probe_video", changed)
 
 
 @pytest.mark.skipif("decord" not in BACKENDS, reason="decord does not import here")
@@ -182,7 +182,7 @@ def probe_with(monkeypatch, **changes):
     "changes", [{"fps": 23.0}, {"fps": 24.5}, {"num_frames": 29}, {"num_frames": 31}]
 )
 def test_backends_that_would_number_frames_differently_are_not_mixed(clips, monkeypatch, changes):
-    probe = decoding._probe(clips["plain"])
+    probe = decoding.probe_video(clips["plain"])
     if "num_frames" in changes:  # keep the probe's arrays consistent with its count
         n = changes["num_frames"]
         pts = np.arange(n, dtype=np.int64) * int(probe.pts[1] - probe.pts[0])

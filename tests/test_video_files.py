@@ -147,10 +147,10 @@ def test_ten_bit_video_differs_between_decoders_by_a_measured_tolerance(videos):
     # decord's bundled FFmpeg converts 10-bit YUV to RGB with other rounding than PyAV's:
     # measured max 47 levels, mean ~3.8 on this noisy picture. Everything else agrees exactly.
     path = videos["ten_bit"]
-    probe = decoding._probe(path)
+    probe = decoding.probe_video(path)
     pick = functools.partial(sample_frame_indices, num_segments=6, bound=None)
-    a = decoding._read_decord(path, probe, pick=pick)
-    b = decoding._decode_pyav(path, probe, a.indices)
+    a = decoding.read_decord(path, probe, pick=pick)
+    b = decoding.decode_pyav(path, probe, a.indices)
     diff = np.abs(np.stack(a.arrays).astype(int) - np.stack(b).astype(int))
     assert diff.max() <= 64
     assert diff.mean() < 6.0

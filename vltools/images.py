@@ -58,7 +58,7 @@ from vltools.constants import (
     IMAGENET_STD,
     TILE_SIZE,
 )
-from vltools.tiling import TileBox, TileGrid, _check_settings, plan_tiles
+from vltools.tiling import TileBox, TileGrid, check_tile_settings, plan_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -67,7 +67,9 @@ __all__ = [
     "MAX_PIXEL_VALUES_BYTES",
     "TiledImage",
     "check_pixel_values_size",
+    "cut_tiles",
     "load_image",
+    "open_image",
     "open_regular_file",
     "to_8bit",
 ]
@@ -202,7 +204,7 @@ def _from_array(array: np.ndarray) -> Image.Image:
     )
 
 
-def _open(
+def open_image(
     source: Any,
     *,
     exif_transpose: bool,
@@ -599,7 +601,7 @@ def load_image(
     """
     import torch
 
-    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    min_num, max_num, image_size = check_tile_settings(min_num, max_num, image_size)
 
     def check(width: int, height: int) -> None:  # before decoding: refuse what is too large
         planned = plan_tiles(
@@ -624,7 +626,7 @@ def load_image(
                 f"{max(1, max_tiles - 1)}."
             )
 
-    image, name = _open(source, exif_transpose=exif_transpose, check=check)
+    image, name = open_image(source, exif_transpose=exif_transpose, check=check)
     grid = plan_tiles(
         image.width,
         image.height,
@@ -634,7 +636,7 @@ def load_image(
         use_thumbnail=use_thumbnail,
     )
     pixel_values = torch.empty((grid.num_tiles, 3, image_size, image_size), dtype=torch.float32)
-    tiles = _cut(image, grid, pixel_values.numpy(), fast=fast)
+    tiles = cut_tiles(image, grid, pixel_values.numpy(), fast=fast)
     return TiledImage(
         image=image,
         grid=grid,
@@ -645,7 +647,9 @@ def load_image(
     )
 
 
-def _cut(image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool) -> list[Image.Image]:
+def cut_tiles(
+    image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool
+) -> list[Image.Image]:
     """Resize ``image`` to ``grid``'s canvas, cut it, and write the normalised tiles into ``out``.
 
     ``out``: float32 ``[grid.num_tiles, 3, S, S]`` (a view into the caller's tensor; the video

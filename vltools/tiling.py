@@ -41,7 +41,7 @@ from vltools.constants import (
     TILE_SIZE,
 )
 
-__all__ = ["Candidate", "TileBox", "TileGrid", "plan_tiles"]
+__all__ = ["Candidate", "TileBox", "TileGrid", "check_tile_settings", "plan_tiles"]
 
 # Pixel shuffle merges 2 x 2 patches into one token: a tile side must be an even number of
 # 14-pixel patches.
@@ -188,7 +188,13 @@ def _as_int(value: Any, name: str) -> int:
     return operator.index(value)
 
 
-def _check_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, int, int]:
+def check_tile_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, int, int]:
+    """``(min_num, max_num, image_size)`` as ints, checked as :func:`plan_tiles` needs them.
+
+    Raises ``TypeError`` for a non-integer and ``ValueError`` (saying the fix) for
+    ``min_num < 1``, ``max_num`` above :data:`MAX_NUM_LIMIT` or below ``min_num``, and an
+    ``image_size`` that is not a positive multiple of 28.
+    """
     min_num = _as_int(min_num, "min_num")
     max_num = _as_int(max_num, "max_num")
     image_size = _as_int(image_size, "image_size")
@@ -403,7 +409,7 @@ def plan_tiles(
             f"The image is {width}x{height} pixels; width and height must both be at least 1. "
             "Check that the image was decoded (an empty array or a zero-size crop has no tiles)."
         )
-    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    min_num, max_num, image_size = check_tile_settings(min_num, max_num, image_size)
     use_thumbnail = bool(use_thumbnail)
 
     order, complete = _candidate_grids(width, height, min_num, max_num)

@@ -43,15 +43,15 @@ import numpy as np
 from vltools._optional import require
 from vltools.constants import TILE_SIZE
 from vltools.decoding import (
-    _DECORD_MISSEEKS,
+    DECORD_MISSEEKS,
     Backend,
-    _choose_backend,
-    _decode_pyav,
-    _DecordFailed,
-    _Frames,
-    _probe,
-    _read_decord,
+    DecodedFrames,
+    DecordFailed,
     available_backends,
+    choose_backend,
+    decode_pyav,
+    probe_video,
+    read_decord,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -298,8 +298,8 @@ def load_video(
     _check_int("max_num", max_num, minimum=1, fix="Use max_num=1 for one tile per frame.")
     _check_bound(bound)
     path = _check_path(source)
-    chosen = _choose_backend(backend)
-    probe = _probe(path)
+    chosen = choose_backend(backend)
+    probe = probe_video(path)
     if probe.width > 0 and probe.height > 0:  # before decoding: refuse what is too large
         from vltools.images import check_pixel_values_size
         from vltools.tiling import plan_tiles
@@ -313,7 +313,7 @@ def load_video(
             lower=f"num_segments (now {num_segments}) or max_num (now {max_num})",
         )
     frames = None
-    if chosen == "decord" and probe.container_format in _DECORD_MISSEEKS:
+    if chosen == "decord" and probe.container_format in DECORD_MISSEEKS:
         if backend == "auto" and "pyav" in available_backends():
             chosen = "pyav"  # decord returns other frames than asked for in these containers
         else:
@@ -329,8 +329,8 @@ def load_video(
                 pick = functools.partial(
                     sample_frame_indices, num_segments=num_segments, bound=bound
                 )
-                frames = _read_decord(path, probe, pick=pick, on_frame=tiler.add)
-            except _DecordFailed as e:
+                frames = read_decord(path, probe, pick=pick, on_frame=tiler.add)
+            except DecordFailed as e:
                 if backend == "decord":
                     raise ValueError(str(e)) from e
                 warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=2)
@@ -341,8 +341,8 @@ def load_video(
             indices = sample_frame_indices(
                 probe.num_frames, probe.fps, num_segments=num_segments, bound=bound
             )
-            frames = _Frames(
-                arrays=_decode_pyav(path, probe, indices),
+            frames = DecodedFrames(
+                arrays=decode_pyav(path, probe, indices),
                 indices=indices,
                 timestamps=probe.timestamps[indices],
                 num_frames=probe.num_frames,
@@ -424,7 +424,7 @@ class _FrameTiler:
     def _tile(self, k: int, array: np.ndarray) -> TiledImage:
         from PIL import Image
 
-        from vltools.images import TiledImage, _cut
+        from vltools.images import TiledImage, cut_tiles
 
         image = Image.fromarray(array)  # [H, W, 3] uint8: RGB, as the card's convert("RGB")
         if image.mode != "RGB":
@@ -435,7 +435,7 @@ class _FrameTiler:
             return _tile_frame(image, self.max_num)
         n = grid.num_tiles
         pixel_values = self._pixel_values[k * n : (k + 1) * n]  # [n, 3, 448, 448] view
-        tiles = _cut(image, grid, pixel_values.numpy(), fast=False)
+        tiles = cut_tiles(image, grid, pixel_values.numpy(), fast=False)
         return TiledImage(image, grid, tuple(tiles), pixel_values, num_patches=n)
 
     def finish(self) -> tuple[tuple[Image.Image, ...], tuple[TiledImage, ...], torch.Tensor]:
@@ -470,7 +470,7 @@ def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
 
 def _make_clip(
     path: Path,
-    frames: _Frames,
+    frames: DecodedFrames,
     tiler: _FrameTiler,
     *,
     bound: tuple[float, float] | None,
@@ -541,9 +541,9 @@ class VideoFrames:
         _check_int("max_cached", max_cached, minimum=1, fix="Keep at least one frame.")
         self.path = _check_path(source)
         self._asked = backend
-        self.backend = _choose_backend(backend)
-        self._probe = _probe(self.path)
-        if self.backend == "decord" and self._probe.container_format in _DECORD_MISSEEKS:
+        self.backend = choose_backend(backend)
+        self._probe = probe_video(self.path)
+        if self.backend == "decord" and self._probe.container_format in DECORD_MISSEEKS:
             if backend == "auto" and "pyav" in available_backends():
                 self.backend = "pyav"  # decord returns other frames than asked for here
             else:
@@ -589,7 +589,7 @@ class VideoFrames:
         except BaseException:
             tiler.close()
             raise
-        frames = _Frames(
+        frames = DecodedFrames(
             arrays=[array for array, _ in chosen],
             indices=indices,
             timestamps=np.asarray([seconds for _, seconds in chosen], dtype=np.float64),
@@ -609,8 +609,8 @@ class VideoFrames:
         """Decode the frames ``pick(num_frames, fps)`` chooses into the cache; their indices."""
         if self.backend == "decord":
             try:
-                frames = _read_decord(self.path, self._probe, pick=pick)
-            except _DecordFailed as e:
+                frames = read_decord(self.path, self._probe, pick=pick)
+            except DecordFailed as e:
                 if self._asked == "decord":
                     raise ValueError(str(e)) from e
                 warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=3)
@@ -624,7 +624,7 @@ class VideoFrames:
         indices = pick(*self._count)
         wanted = np.asarray(sorted(set(indices.tolist()) - set(self._cache)), dtype=np.int64)
         if len(wanted):
-            arrays = _decode_pyav(self.path, self._probe, wanted)
+            arrays = decode_pyav(self.path, self._probe, wanted)
             self._store(wanted, arrays, self._probe.timestamps[wanted])
         return indices
 
