@@ -83,7 +83,7 @@ def test_batched_answers_equal_one_chat_call_per_cell(charts, tiny_model):
         image = load_image(charts / r.sample, max_num=max_num)
         expected = tiny_model.chat(image.pixel_values, r.question, dict(GREEDY, do_sample=False))
         assert r.answer == expected, (r.sample, r.prompt, r.setting)
-        assert r.tiles == image.num_patches and r.tokens >= 1
+        assert r.tiles == image.num_tiles and r.tokens >= 1
 
 
 def test_a_second_run_computes_only_the_missing_ids_and_stores_each_once(
@@ -250,6 +250,6 @@ def test_samples_with_several_images_or_a_video_are_answered(charts, tiny_model)
         clip.pixel_values,
         clip.prompt_prefix() + "What happens?",
         dict(GREEDY, do_sample=False),
-        num_patches_list=list(clip.num_patches_list),
+        num_patches_list=list(clip.num_tiles),
     )
     assert df["answer"][1] == expected

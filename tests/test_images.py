@@ -84,7 +84,7 @@ def test_pixel_values_follow_the_card_for_another_tile_size_and_without_thumbnai
     assert torch.equal(ours.pixel_values, card_pixel_values(image, max_num=4, image_size=224))
     assert ours.grid.tokens_per_tile == 64
     bare = load_image(image, max_num=4, use_thumbnail=False)
-    assert bare.num_patches == 2 and not bare.grid.has_thumbnail
+    assert bare.num_tiles == 2 and not bare.grid.has_thumbnail
     assert torch.equal(bare.pixel_values, card_pixel_values(image, max_num=4, use_thumbnail=False))
 
 
@@ -197,7 +197,7 @@ def test_a_tiled_image_carries_the_grid_tiles_and_patch_count():
     grid = tiled.grid
     assert isinstance(tiled, TiledImage)
     assert (grid.cols, grid.rows) == (3, 1)
-    assert tiled.num_patches == grid.num_tiles == len(tiled.tiles) == 4
+    assert tiled.num_tiles == grid.num_tiles == len(tiled.tiles) == 4
     assert tiled.pixel_values.shape == (4, 3, 448, 448)
     assert all(t.size == (448, 448) and t.mode == "RGB" for t in tiled.tiles)
     assert tiled.image.size == (900, 300) and tiled.image.mode == "RGB"
@@ -207,14 +207,20 @@ def test_a_tiled_image_carries_the_grid_tiles_and_patch_count():
     for k, tile in enumerate(tiled.tiles):
         back = ((tiled.pixel_values[k] * std + mean) * 255).round().to(torch.uint8)
         assert torch.equal(back.permute(1, 2, 0), torch.from_numpy(np.array(tile)))
-    assert "3x1 grid" in repr(tiled) and "num_patches=4" in repr(tiled)
+    assert "3x1 grid" in repr(tiled) and "num_tiles=4" in repr(tiled)
+
+
+def test_the_old_num_patches_name_still_reads_the_tile_count_with_a_deprecation_warning():
+    tiled = load_image(Image.fromarray(_photo(900, 300)), max_num=6)
+    with pytest.deprecated_call(match="use TiledImage.num_tiles"):
+        assert tiled.num_patches == tiled.num_tiles == 4
 
 
 def test_to_moves_and_casts_without_touching_the_original():
     tiled = load_image(Image.fromarray(_photo(300, 300)), max_num=1)
     half = tiled.to(dtype="bfloat16")
     assert half.pixel_values.dtype == torch.bfloat16 and tiled.pixel_values.dtype == torch.float32
-    assert half.grid is tiled.grid and half.num_patches == 1
+    assert half.grid is tiled.grid and half.num_tiles == 1
     assert tiled.to("cpu", torch.float16).pixel_values.dtype == torch.float16
     with pytest.raises(ValueError, match="not a torch dtype"):
         tiled.to(dtype="float33")

@@ -96,7 +96,8 @@ class TiledImage:
             ``pixel_values`` order (grid tiles row-major, the thumbnail last).
         pixel_values: float32 ``[num_tiles, 3, image_size, image_size]``, ImageNet-normalised
             (``(x / 255 - mean) / std``), on the CPU unless moved with :meth:`to`.
-        num_patches: ``grid.num_tiles``; pass ``[tiled.num_patches]`` as ``num_patches_list``.
+        num_tiles: ``grid.num_tiles``, the thumbnail included; pass ``[tiled.num_tiles]`` as
+            the chat API's ``num_patches_list`` (the card's name for tiles per image).
         source: a name for where the image came from (the path), or ``None``.
     """
 
@@ -104,8 +105,19 @@ class TiledImage:
     grid: TileGrid
     tiles: tuple[Image.Image, ...]
     pixel_values: torch.Tensor
-    num_patches: int
+    num_tiles: int
     source: str | None = None
+
+    @property
+    def num_patches(self) -> int:
+        """Deprecated name of :attr:`num_tiles` (vltools calls tiles tiles; the vision
+        encoder's patches are its 14-pixel squares)."""
+        warnings.warn(
+            "TiledImage.num_patches is deprecated; use TiledImage.num_tiles (the same number).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.num_tiles
 
     def to(self, device: Any = None, dtype: Any = None) -> TiledImage:
         """A copy with ``pixel_values`` moved to ``device`` and/or cast to ``dtype``.
@@ -128,7 +140,7 @@ class TiledImage:
         name = f"{self.source!r}, " if self.source else ""
         return (
             f"TiledImage({name}{self.grid.width}x{self.grid.height} -> "
-            f"{self.grid.cols}x{self.grid.rows} grid, num_patches={self.num_patches}"
+            f"{self.grid.cols}x{self.grid.rows} grid, num_tiles={self.num_tiles}"
             f"{' incl. thumbnail' if self.grid.has_thumbnail else ''}, "
             f"pixel_values={tuple(pv.shape)} {str(pv.dtype).removeprefix('torch.')} on "
             f"{pv.device}, {self.grid.num_image_tokens:,} image tokens)"
@@ -587,7 +599,7 @@ def load_image(
     Returns:
         A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
         ``pixel_values`` float32 ``[num_tiles, 3, image_size, image_size]``. For the chat API
-        pass ``tiled.pixel_values`` (after ``.to(device, dtype)``) and ``tiled.num_patches``.
+        pass ``tiled.pixel_values`` (after ``.to(device, dtype)``) and ``[tiled.num_tiles]``.
 
     Raises:
         FileNotFoundError: no file at the path.
@@ -642,7 +654,7 @@ def load_image(
         grid=grid,
         tiles=tuple(tiles),
         pixel_values=pixel_values,
-        num_patches=grid.num_tiles,
+        num_tiles=grid.num_tiles,
         source=name,
     )
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vltools._optional import require
-from vltools.constants import TILE_SIZE
+from vltools.constants import CONTEXT_LENGTH, TILE_SIZE, TOKENS_PER_TILE
 from vltools.decoding import (
     DECORD_MISSEEKS,
     Backend,
@@ -55,10 +55,21 @@ from vltools.decoding import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import torch
     from PIL import Image
 
     from vltools.images import TiledImage
+
+__all__ = [
+    "MAX_SEGMENTS",
+    "VideoClip",
+    "VideoFrames",
+    "frame_costs",
+    "frame_range",
+    "load_video",
+    "sample_frame_indices",
+]
 
 # The card's get_index stands in +-100000 seconds for "no bound".
 _NO_BOUND: tuple[float, float] = (-100000.0, 100000.0)
@@ -142,6 +153,50 @@ def sample_frame_indices(
     return indices
 
 
+def frame_costs(
+    width: int,
+    height: int,
+    *,
+    tokens_per_tile: int = TOKENS_PER_TILE,
+    context_length: int = CONTEXT_LENGTH,
+    max_nums: Sequence[int] = (1, 6),
+    segments: Sequence[int] = (4, 8, 16, 32),
+    image_size: int = TILE_SIZE,
+) -> pd.DataFrame:
+    """What more frames cost in the context: a table, no decoding.
+
+    For frames of ``width x height`` tiled at each of ``max_nums`` (one tile at the card's 1;
+    above 1 a grid and the thumbnail, :func:`vltools.tiling.plan_tiles`) and each number of
+    ``segments``, the image tokens ``frames * tiles * tokens_per_tile`` and their share of
+    ``context_length``. Pass the model's own facts (``tokens_per_tile=vlm.tokens_per_tile,
+    context_length=vlm.context_length``); the defaults are InternVL2-1B's. Returns a pandas
+    DataFrame with the columns ``max_num``, ``frames``, ``tiles_per_frame``, ``image_tokens``,
+    ``context_share`` (the fraction of the context the frames take before any text).
+    """
+    from vltools.tiling import plan_tiles
+
+    pd = require("pandas", purpose="vltools.video.frame_costs")
+    _check_int("tokens_per_tile", tokens_per_tile, minimum=1, fix="InternVL2 uses 256.")
+    _check_int("context_length", context_length, minimum=1, fix="InternVL2-1B has 8192.")
+    rows = []
+    for max_num in max_nums:
+        _check_int("max_num", max_num, minimum=1, fix="Use max_num=1 for one tile per frame.")
+        tiles = plan_tiles(width, height, max_num=max_num, image_size=image_size).num_tiles
+        for frames in segments:
+            _check_int("segments", frames, minimum=1, fix="Count at least one frame.")
+            tokens = int(frames) * tiles * int(tokens_per_tile)
+            rows.append(
+                {
+                    "max_num": int(max_num),
+                    "frames": int(frames),
+                    "tiles_per_frame": tiles,
+                    "image_tokens": tokens,
+                    "context_share": tokens / int(context_length),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def _check_int(name: str, value: Any, *, minimum: int, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
@@ -178,9 +233,10 @@ class VideoClip:
 
     Attributes:
         source: the file name the frames came from.
-        pixel_values: float32 ``[sum(num_patches_list), 3, 448, 448]``, ImageNet-normalised,
+        pixel_values: float32 ``[sum(num_tiles), 3, 448, 448]``, ImageNet-normalised,
             the tiles of frame 0, then of frame 1, ... (each frame's thumbnail last).
-        num_patches_list: tiles per frame, ``len == num_segments``.
+        num_tiles: tiles per frame, ``len == num_segments`` (pass ``list(clip.num_tiles)`` as
+            the chat API's ``num_patches_list``).
         frame_indices: int64 ``[num_segments]``, the sampled frames, in presentation order.
         timestamps: float64 ``[num_segments]``, presentation time of each sampled frame in
             seconds from the first frame.
@@ -201,7 +257,7 @@ class VideoClip:
 
     source: str
     pixel_values: torch.Tensor
-    num_patches_list: tuple[int, ...]
+    num_tiles: tuple[int, ...]
     frame_indices: np.ndarray
     timestamps: np.ndarray
     fps: float
@@ -217,7 +273,18 @@ class VideoClip:
     @property
     def num_segments(self) -> int:
         """Number of sampled frames."""
-        return len(self.num_patches_list)
+        return len(self.num_tiles)
+
+    @property
+    def num_patches_list(self) -> tuple[int, ...]:
+        """Deprecated name of :attr:`num_tiles` (tiles per frame)."""
+        warnings.warn(
+            "VideoClip.num_patches_list is deprecated; use VideoClip.num_tiles (the same tiles "
+            "per frame; chat(..., num_patches_list=list(clip.num_tiles)) keeps the card's name).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.num_tiles
 
     @property
     def num_image_tokens(self) -> int:
@@ -256,7 +323,7 @@ class VideoClip:
         return (
             f"VideoClip({Path(self.source).name!r}, {self.num_segments} frames "
             f"{self.frame_indices.tolist()} of {self.num_frames} at {self.fps:g} fps{bound}, "
-            f"{int(sum(self.num_patches_list))} tiles, {self.num_image_tokens} image tokens, "
+            f"{int(sum(self.num_tiles))} tiles, {self.num_image_tokens} image tokens, "
             f"backend={self.backend!r})"
         )
 
@@ -265,7 +332,7 @@ def _tiled_views(tiled: Sequence[TiledImage], pixel_values: torch.Tensor) -> tup
     """Each TiledImage with its pixel_values replaced by its slice of ``pixel_values``."""
     out, offset = [], 0
     for t in tiled:
-        n = t.num_patches
+        n = t.num_tiles
         out.append(dataclasses.replace(t, pixel_values=pixel_values[offset : offset + n]))
         offset += n
     return tuple(out)
@@ -436,7 +503,7 @@ class _FrameTiler:
         n = grid.num_tiles
         pixel_values = self._pixel_values[k * n : (k + 1) * n]  # [n, 3, 448, 448] view
         tiles = cut_tiles(image, grid, pixel_values.numpy(), fast=False)
-        return TiledImage(image, grid, tuple(tiles), pixel_values, num_patches=n)
+        return TiledImage(image, grid, tuple(tiles), pixel_values, num_tiles=n)
 
     def finish(self) -> tuple[tuple[Image.Image, ...], tuple[TiledImage, ...], torch.Tensor]:
         try:
@@ -482,7 +549,7 @@ def _make_clip(
     return VideoClip(
         source=str(path),
         pixel_values=pixel_values,
-        num_patches_list=tuple(int(t.num_patches) for t in tiled),
+        num_tiles=tuple(int(t.num_tiles) for t in tiled),
         frame_indices=frames.indices,
         timestamps=np.asarray(frames.timestamps, dtype=np.float64),
         fps=float(frames.fps),

@@ -355,7 +355,7 @@ class FrameStrip(StaticFallback, widgets.VBox):
         self.clip = clip
         tokens = clip.num_image_tokens
         share = tokens / CONTEXT_LENGTH
-        tiles = sum(clip.num_patches_list)
+        tiles = sum(clip.num_tiles)
         over = " <b>exceeds the context</b>" if tokens > CONTEXT_LENGTH else ""
         self.cost = (
             f"{clip.num_segments} frames, {tiles} tiles x 256 = {tokens:,} image tokens "
