@@ -24,10 +24,12 @@ from vltools.images import (
     TiledImage,
     _column_resizer,
     _columns_are_exact,
-    _pool,
+    _cut_threaded,
     _run_shared,
+    cut_tiles,
     load_image,
 )
+from vltools.threads import pool_size, shared_pool
 from vltools.tiling import plan_tiles
 
 
@@ -146,8 +148,38 @@ def test_tiles_are_pils_canvas_cut_and_pixel_values_their_normalisation(
         assert torch.equal(tiled.pixel_values[k], x.sub_(mean).div_(std)), k
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 1400),
+    height=st.integers(1, 1400),
+    max_num=st.integers(1, 12),
+    fast=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_straight_path_and_the_threaded_one_write_the_same_bits(
+    width, height, max_num, fast, seed
+):
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    grid = plan_tiles(width, height, max_num=max_num)
+    straight = np.full((grid.num_tiles, 3, 448, 448), np.nan, np.float32)
+    threaded = straight.copy()
+    a = cut_tiles(image, grid, straight, fast=fast)
+    b = _cut_threaded(image, grid, threaded, fast=fast)
+    assert straight.tobytes() == threaded.tobytes()
+    assert [np.asarray(t).tobytes() for t in a] == [np.asarray(t).tobytes() for t in b]
+
+
+def test_cut_tiles_refuses_an_output_of_the_wrong_shape_or_dtype():
+    grid = plan_tiles(900, 300, max_num=6)
+    with pytest.raises(ValueError, match=r"out must be float32 \(4, 3, 448, 448\)"):
+        cut_tiles(Image.new("RGB", (900, 300)), grid, np.empty((3, 3, 448, 448), np.float32))
+    with pytest.raises(ValueError, match="out must be float32"):
+        cut_tiles(Image.new("RGB", (900, 300)), grid, np.empty((4, 3, 448, 448), np.float64))
+
+
 def test_shared_jobs_all_run_across_threads_and_the_first_error_is_raised():
-    pool, workers = _pool()
+    pool, workers = shared_pool(), pool_size()
     seen: list[tuple[int, str]] = []
     gate = threading.Barrier(2, timeout=10)
 

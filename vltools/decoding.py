@@ -245,8 +245,9 @@ def read_decord(
     ``pick(num_frames, fps)`` chooses the indices from decord's own frame count and rate (as
     the card does). The frames are then read in batches of :data:`_DECORD_BATCH`; on a
     machine with two cores or more the first half of the frames on this thread and the second
-    half on another thread with a second reader (decord decodes with the GIL released, and
-    each reader seeks to its first frame's keyframe, as the card's ``vr[i]`` does).
+    half on a thread of the shared pool (:mod:`vltools.threads`) with a second reader
+    (decord decodes with the GIL released, and each reader seeks to its first frame's
+    keyframe, as the card's ``vr[i]`` does).
     ``on_frame(k, array)`` is called, from either thread, for each frame as soon as its batch
     is read, so the caller can work on it while the rest decodes.
     """
@@ -283,11 +284,12 @@ def read_decord(
                     if on_frame is not None:
                         on_frame(k, array)
 
+        from vltools.threads import on_pool_thread, shared_pool
+
         half = (len(wanted) + 1) // 2
-        if len(wanted) < 2 or (os.cpu_count() or 1) < 2:
-            read(reader, 0, len(wanted))
+        if len(wanted) < 2 or (os.cpu_count() or 1) < 2 or on_pool_thread():
+            read(reader, 0, len(wanted))  # (a pool job never waits for another: no helper)
         else:
-            from concurrent.futures import ThreadPoolExecutor
 
             def second_half() -> None:
                 other = _open_decord(decord, path)
@@ -296,13 +298,12 @@ def read_decord(
                 finally:
                     del other  # decord has no close(); dropping the reader closes the file
 
-            with ThreadPoolExecutor(1, thread_name_prefix="vltools-decord") as pool:
-                future = pool.submit(second_half)
-                try:
-                    read(reader, 0, half)
-                finally:
-                    future.exception()  # always wait for the other reader
-                future.result()
+            future = shared_pool().submit(second_half)
+            try:
+                read(reader, 0, half)
+            finally:
+                future.exception()  # always wait for the other reader
+            future.result()
     finally:
         del reader  # decord has no close(); dropping the reader closes the file
     return DecodedFrames(arrays, indices, timestamps, num_frames, fps)

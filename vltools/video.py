@@ -53,6 +53,7 @@ from vltools.decoding import (
     probe_video,
     read_decord,
 )
+from vltools.threads import cancel_and_wait, shared_pool
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -448,7 +449,8 @@ def load_video(
 
 
 class _FrameTiler:
-    """Tiles a clip's frames on a few threads while they are still being decoded.
+    """Tiles a clip's frames on the shared pool (:mod:`vltools.threads`) while they are still
+    being decoded.
 
     ``add(k, array)`` takes frame ``k`` (``[H, W, 3]`` uint8) as it arrives and tiles it on a
     worker thread; ``finish()`` waits and returns ``(frames, tiled, pixel_values)``. Frames of
@@ -460,11 +462,7 @@ class _FrameTiler:
     """
 
     def __init__(self, count: int, *, max_num: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.count, self.max_num = count, max_num
-        workers = max(1, min(count, os.cpu_count() or 1, 4))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-frames")
         self._futures: list[Any] = [None] * count
         self._grid: Any = None
         self._pixel_values: Any = None
@@ -476,7 +474,7 @@ class _FrameTiler:
         with self._lock:
             if self._grid is None:
                 self._start(array)
-        self._futures[k] = self._pool.submit(self._tile, k, array)
+        self._futures[k] = shared_pool().submit(self._tile, k, array)
 
     def _start(self, array: np.ndarray) -> None:
         """The first frame fixes the grid and allocates the clip's tensor."""
@@ -519,7 +517,7 @@ class _FrameTiler:
 
     def close(self) -> None:
         """Stop: drop frames not started, wait for the running ones (they write our tensor)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        cancel_and_wait(self._futures)
 
 
 def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
