@@ -27,16 +27,9 @@ def exact(prediction: str, references: list[str]) -> float:
 
 
 @pytest.fixture
-def charts(tmp_path):
+def charts(tmp_path, labelled_folder):
     """Six labelled images of different shapes, with a labels.jsonl as data/charts ships."""
-    folder = tmp_path / "charts"
-    folder.mkdir()
-    lines = []
-    for i, (w, h) in enumerate(SIZES):
-        Image.new("RGB", (w, h), (40 * i, 200 - 30 * i, 90)).save(folder / f"c{i}.png")
-        lines.append({"image": f"c{i}.png", "question": f"Value of bar {i}?", "answers": [str(i)]})
-    (folder / "labels.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    return folder
+    return labelled_folder(tmp_path / "charts", SIZES)
 
 
 def make(charts, output=None, **kwargs):

@@ -19,41 +19,16 @@ from vltools.video import load_video
 av = pytest.importorskip("av")
 
 
-def write_video(path: Path, num_frames: int, *, pts_ms: list[int] | None = None) -> Path:
-    """A 64x48 H.264 video at 24 fps whose frame ``i`` is grey level ``(37 * i) % 256``."""
-    from fractions import Fraction
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"g": "12"}
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((48, 64, 3), (37 * i) % 256, np.uint8), format="rgb24"
-            )
-            frame.pts = i if pts_ms is None else pts_ms[i]
-            if pts_ms is not None:
-                frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 BACKENDS = video.available_backends()
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, Path]:
+def clips(tmp_path_factory, video_writer) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("hostile_videos")
+    vfr = [0, 40, 80, 200, 240, 500, 540, 580, 900, 940]
     return {
-        "plain": write_video(d / "plain.mp4", 30),
-        "vfr": write_video(
-            d / "vfr.mp4", 10, pts_ms=[0, 40, 80, 200, 240, 500, 540, 580, 900, 940]
-        ),
+        "plain": video_writer(d / "plain.mp4", 30, noise=False),
+        "vfr": video_writer(d / "vfr.mp4", 10, pts_ms=vfr, noise=False),
     }
 
 
@@ -72,8 +47,8 @@ def test_a_still_image_renamed_as_a_video_is_refused(tmp_path, fmt, suffix, back
         load_video(path, backend=backend)
 
 
-def test_a_one_frame_h264_video_is_still_a_video(tmp_path):
-    clip = load_video(write_video(tmp_path / "one.mp4", 1), num_segments=2)
+def test_a_one_frame_h264_video_is_still_a_video(tmp_path, video_writer):
+    clip = load_video(video_writer(tmp_path / "one.mp4", 1, noise=False), num_segments=2)
     assert clip.num_frames == 1
 
 
