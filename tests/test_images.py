@@ -170,6 +170,32 @@ def test_the_straight_path_and_the_threaded_one_write_the_same_bits(
     assert [np.asarray(t).tobytes() for t in a] == [np.asarray(t).tobytes() for t in b]
 
 
+def test_the_threaded_path_waits_for_a_thumbnail_queued_behind_a_busy_pool():
+    # Every pool worker is busy elsewhere: the thumbnail's job waits in the queue while this
+    # thread cuts all the tiles itself; it must then be waited for, not dropped.
+    pool = shared_pool()
+    release = threading.Event()
+    started = [threading.Event() for _ in range(pool_size())]
+
+    def busy(k: int) -> None:
+        started[k].set()
+        release.wait(timeout=30)
+
+    blockers = [pool.submit(busy, k) for k in range(pool_size())]
+    for event in started:
+        assert event.wait(timeout=30)
+    image = Image.fromarray(_photo(300, 900))  # one column of tiles: no helper job queued
+    grid = plan_tiles(300, 900, max_num=6)
+    assert (grid.cols, grid.has_thumbnail) == (1, True)
+    out = np.empty((grid.num_tiles, 3, 448, 448), np.float32)
+    threading.Timer(0.3, release.set).start()
+    tiles = _cut_threaded(image, grid, out, fast=False)
+    for b in blockers:
+        b.result(timeout=30)
+    assert torch.equal(torch.from_numpy(out), load_image(image, max_num=6).pixel_values)
+    assert len(tiles) == grid.num_tiles
+
+
 def test_cut_tiles_refuses_an_output_of_the_wrong_shape_or_dtype():
     grid = plan_tiles(900, 300, max_num=6)
     with pytest.raises(ValueError, match=r"out must be float32 \(4, 3, 448, 448\)"):

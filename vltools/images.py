@@ -690,8 +690,9 @@ def _cut_threaded(
         jobs = [functools.partial(tile_job, b) for b in grid.boxes if not b.is_thumbnail]
     try:
         _run_shared(pool, workers, jobs)
-    finally:
+    except BaseException:
         cancel_and_wait([thumb_future])  # it writes into out: never leave it running
+        raise
     if thumb_future is not None:
         tiles.append(thumb_future.result())
     return tiles  # type: ignore[return-value]
