@@ -203,3 +203,16 @@ def test_the_clip_carries_the_span_its_segments_cover_computed_once():
     part = load_video(SAMPLE, num_segments=4, bound=(0.5, 1.5))
     assert part.span == frame_range(part.num_frames, part.fps, bound=(0.5, 1.5))
     assert part.span[0] <= part.frame_indices.min() <= part.frame_indices.max() <= part.span[1]
+
+
+def test_clips_loaded_inside_every_shared_pool_job_at_once_neither_hang_nor_change(clip):
+    # Each pool worker loads a clip (a caller's job on the shared pool): the frames are then
+    # tiled inline and decord reads alone, since a pool job never waits for another.
+    from vltools.threads import pool_size, shared_pool
+
+    pool = shared_pool()
+    futures = [pool.submit(load_video, SAMPLE, num_segments=8) for _ in range(pool_size() + 1)]
+    for future in futures:
+        again = future.result(timeout=300)
+        assert again.pixel_values.equal(clip.pixel_values)
+        assert again.frame_indices.tolist() == clip.frame_indices.tolist()

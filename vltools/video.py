@@ -34,6 +34,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ from vltools.decoding import (
     probe_video,
     read_decord,
 )
-from vltools.threads import cancel_and_wait, shared_pool
+from vltools.threads import cancel_and_wait, on_pool_thread, shared_pool
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -470,11 +471,23 @@ class _FrameTiler:
         self._lock = threading.Lock()
 
     def add(self, k: int, array: np.ndarray) -> None:
-        """Tile frame ``k`` on a worker thread; safe to call from several threads."""
+        """Tile frame ``k`` on a worker thread; safe to call from several threads.
+
+        Called on a pool thread itself (a clip loaded inside a pool job), the frame is tiled
+        at once instead, since a pool job never waits for another.
+        """
         with self._lock:
             if self._grid is None:
                 self._start(array)
-        self._futures[k] = shared_pool().submit(self._tile, k, array)
+        if not on_pool_thread():
+            self._futures[k] = shared_pool().submit(self._tile, k, array)
+            return
+        done: Future[TiledImage] = Future()
+        try:
+            done.set_result(self._tile(k, array))
+        except Exception as e:  # raised by finish(), as a pool job's error would be
+            done.set_exception(e)
+        self._futures[k] = done
 
     def _start(self, array: np.ndarray) -> None:
         """The first frame fixes the grid and allocates the clip's tensor."""
