@@ -8,6 +8,7 @@ from pathlib import Path
 
 SCRIPTS = [
     "tiling",
+    "tiling_paths",
     "video",
     "loading",
     "multiturn",

@@ -86,7 +86,7 @@ def child(method: str, model: str, max_num: str, tokens: str, length: str = "0")
     while True:
         prompt = chat_query(
             question,
-            num_patches_list=[tiled.num_patches],
+            num_patches_list=[tiled.num_tiles],
             system_message=vlm.system_message,
             tokens_per_tile=vlm.tokens_per_tile,
         )
@@ -160,7 +160,7 @@ def child(method: str, model: str, max_num: str, tokens: str, length: str = "0")
         "peak_mib": peak,
         "extra_peak_mib": peak - before,
         "prompt_tokens": int(enc["input_ids"].shape[1]),
-        "tiles": int(tiled.num_patches),
+        "tiles": int(tiled.num_tiles),
     }
     if method == "capture":
         info["kept_mib"] = (kept.rows.nbytes + kept.vision.cls.nbytes) / 2**20

@@ -192,7 +192,7 @@ def card_scenarios(vlm: Any, torch: Any, report: Report) -> None:
         (answer, dt) = _sync_time(
             torch,
             lambda: vlm.chat(
-                clip.pixel_values, question, dict(GEN), num_patches_list=clip.num_patches_list
+                clip.pixel_values, question, dict(GEN), num_patches_list=list(clip.num_tiles)
             ),
         )
         want = ref.get(("video_eight_frames", 0, 0))
@@ -313,7 +313,7 @@ def attention(vlm: Any, torch: Any, report: Report) -> None:
         question = "Describe the image in detail."
         while True:
             prompt = chat_query(
-                question, num_patches_list=[tiled.num_patches], system_message=vlm.system_message
+                question, num_patches_list=[tiled.num_tiles], system_message=vlm.system_message
             )
             ids = vlm.tokenizer(prompt.text, return_tensors="pt", add_special_tokens=False)
             missing = target - ids.input_ids.shape[1]

@@ -59,7 +59,7 @@ def _image(max_num: int):
 
         for name in ("photo_cat.jpg", "photo_coffee.jpg", "photo_rocket.jpg"):
             tiled = load_image(sample(name), max_num=max_num)
-            if tiled.num_patches == max_num + 1:
+            if tiled.num_tiles == max_num + 1:
                 return tiled.pixel_values, name
     except (ImportError, FileNotFoundError, ValueError):
         pass

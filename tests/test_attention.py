@@ -16,6 +16,7 @@ from vltools.attention import (
     stitch_tiles,
     token_cell,
 )
+from vltools.attention_maps import head_positions, layer_positions
 from vltools.tiling import plan_tiles
 
 # (width, height, max_num): wide, tall, square, a single tile, a 2 x 1 with thumbnail
@@ -253,6 +254,70 @@ def test_bad_selections_raise_errors_that_list_what_exists():
         maps.image_attention(reduce="median")
     with pytest.raises(ValueError, match="Sink positions"):
         maps.select(sinks=[10**6])
+
+
+def test_the_vision_map_takes_the_maximum_over_heads_only_when_asked():
+    maps = synthetic_maps()
+    peak = maps.vision_map(0, layers=[0, 5], heads=[1, 2], reduce="max")
+    cls = maps.vision.cls[0:3]  # Image-1's three tiles
+    np.testing.assert_allclose(peak.per_tile, cls[:, :, [1, 2]].max(axis=2).mean(axis=1))
+    mean = maps.vision_map(0, reduce="mean")
+    np.testing.assert_allclose(mean.per_tile, cls.mean(axis=2).mean(axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduce", ["median", "min", "MAX", None, 1])
+def test_an_unknown_reduce_is_refused_by_every_method_naming_the_allowed_ones(reduce):
+    maps = synthetic_maps()
+    calls = [
+        lambda: maps.image_attention(reduce=reduce),
+        lambda: maps.map(0, reduce=reduce),
+        lambda: maps.maps(reduce=reduce),
+        lambda: maps.vision_map(0, reduce=reduce),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"reduce must be one of \('mean', 'max'\).*got"):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("map", r"Layer 5 was not captured; captured layers: \[0, 3, 7\]"),
+        ("vision_map", r"Vision layer 5 was not captured; captured vision layers: \[0, 5\]"),
+    ],
+)
+def test_a_layer_that_was_not_captured_is_refused_the_same_way_by_both_towers(method, message):
+    maps = synthetic_maps()
+    layer = 5 if method == "map" else 3
+    message = message.replace("5 was", f"{layer} was")
+    with pytest.raises(ValueError, match=message):
+        getattr(maps, method)(0, layers=[0, layer])
+    with pytest.raises(ValueError, match="Empty"):
+        getattr(maps, method)(0, layers=[])
+
+
+@pytest.mark.parametrize("heads", [3, -1, [0, 3], []])
+def test_a_vision_head_out_of_range_is_refused_naming_the_range(heads):
+    maps = synthetic_maps()  # the vision tower has 3 heads
+    with pytest.raises(ValueError, match=r"vision tower has 3 heads per layer \(0\.\.2\)"):
+        maps.vision_map(0, heads=heads)
+
+
+@pytest.mark.parametrize("bad", [1.5, "0", [0, 1.0], True])
+def test_layers_and_heads_that_are_not_ints_are_a_type_error(bad):
+    maps = synthetic_maps()
+    with pytest.raises(TypeError, match="ints"):
+        maps.map(0, heads=bad)
+    with pytest.raises(TypeError, match="ints"):
+        maps.vision_map(0, layers=bad)
+
+
+def test_selected_layers_and_head_positions_are_the_one_selection_path():
+    maps = synthetic_maps()
+    assert maps.selected_layers([7, 0]) == (7, 0)
+    assert layer_positions((0, 5), 5, tower="vision").tolist() == [1]
+    assert head_positions(4, None).tolist() == [0, 1, 2, 3]
+    assert head_positions(4, np.int64(2)).tolist() == [2]
 
 
 # --- figures and the widget -----------------------------------------------------------------

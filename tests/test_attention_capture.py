@@ -175,14 +175,14 @@ def test_a_chat_inside_the_block_is_recorded_with_its_vision_pass(tiny_model, ph
     maps = cap.maps
     assert maps.num_tokens >= 1 and maps.images[0].grid == photo.grid
     # chat encodes the image before generate; that vision pass is inside the block too
-    assert maps.vision is not None and maps.vision.cls.shape[0] == photo.num_patches
+    assert maps.vision is not None and maps.vision.cls.shape[0] == photo.num_tiles
     np.testing.assert_allclose(maps.rows.sum(-1), 1.0, atol=1e-5)
 
 
 def test_capture_rejects_images_that_do_not_match_the_prompt(tiny_model, photo, chart):
     from vltools.prompts import chat_query
 
-    text = chat_query("Hi", num_patches_list=[photo.num_patches]).text  # one image block
+    text = chat_query("Hi", num_patches_list=[photo.num_tiles]).text  # one image block
     ids = tiny_model.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with pytest.raises(ValueError, match=r"holds 1 image block\(s\) but capture\(\) was given 2"):
         with capture(tiny_model, [photo, chart], layers=[0], vision=False):

@@ -24,11 +24,11 @@ class FakeClip:
 
     def __init__(self, frames: int):
         self.pixel_values = _pixels(frames, seed=3)
-        self.num_patches_list = (1,) * frames
+        self.num_tiles = (1,) * frames
         self.frames = ()
 
     def prompt_prefix(self) -> str:
-        return "".join(f"Frame{i + 1}: <image>\n" for i in range(len(self.num_patches_list)))
+        return "".join(f"Frame{i + 1}: <image>\n" for i in range(len(self.num_tiles)))
 
 
 @pytest.fixture
@@ -343,7 +343,7 @@ def test_a_video_file_is_asked_about_frame_by_frame(tiny_model):
 
     chat = Chat(tiny_model, max_new_tokens=2)
     reply = chat.ask("What is happening?", video=sample("sample_video.mp4"))
-    assert reply.prompt.num_patches_list == (1,) * 8
+    assert reply.prompt.num_tiles == (1,) * 8
     assert chat.history[0].user_text.startswith("Frame1: <image>\nFrame2: <image>\n")
     assert chat.history[0].user_text.endswith("Frame8: <image>\nWhat is happening?")
     assert [v.label for v in chat.history[0].visuals][-1] == "frame 8"

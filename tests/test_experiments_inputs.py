@@ -105,7 +105,7 @@ def test_a_list_of_tiled_images_and_pil_images(folder):
 
     rows = [{"image": load_image(folder / "0.png", max_num=2)}, {"image": Image.new("RGB", (9, 9))}]
     plan = Experiment(rows, prompts=["Describe."]).plan("tiny")
-    assert plan["tiles"][0] == load_image(folder / "0.png", max_num=2).num_patches
+    assert plan["tiles"][0] == load_image(folder / "0.png", max_num=2).num_tiles
     assert plan["tiles"][1] == 1
 
 

@@ -8,7 +8,6 @@ import os
 import signal
 
 import pytest
-from PIL import Image
 
 from vltools.cluster import RayAddressError, block_rows, cell_from_row, plan_rows
 from vltools.experiments import Experiment
@@ -24,15 +23,13 @@ def exact(prediction: str, references: list[str]) -> float:
 
 
 @pytest.fixture
-def charts(tmp_path):
-    folder = tmp_path / "charts"
-    folder.mkdir()
-    lines = []
-    for i, (w, h) in enumerate(SIZES):
-        Image.new("RGB", (w, h), (50 * i, 90, 200 - 40 * i)).save(folder / f"c{i}.png")
-        lines.append({"image": f"c{i}.png", "question": f"Bar {i}?", "answers": [str(i)]})
-    (folder / "labels.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    return folder
+def charts(tmp_path, labelled_folder):
+    return labelled_folder(
+        tmp_path / "charts",
+        SIZES,
+        colour=lambda i: (50 * i, 90, 200 - 40 * i),
+        question="Bar {i}?",
+    )
 
 
 def make(charts, output):

@@ -27,16 +27,9 @@ def exact(prediction: str, references: list[str]) -> float:
 
 
 @pytest.fixture
-def charts(tmp_path):
+def charts(tmp_path, labelled_folder):
     """Six labelled images of different shapes, with a labels.jsonl as data/charts ships."""
-    folder = tmp_path / "charts"
-    folder.mkdir()
-    lines = []
-    for i, (w, h) in enumerate(SIZES):
-        Image.new("RGB", (w, h), (40 * i, 200 - 30 * i, 90)).save(folder / f"c{i}.png")
-        lines.append({"image": f"c{i}.png", "question": f"Value of bar {i}?", "answers": [str(i)]})
-    (folder / "labels.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    return folder
+    return labelled_folder(tmp_path / "charts", SIZES)
 
 
 def make(charts, output=None, **kwargs):
@@ -83,7 +76,7 @@ def test_batched_answers_equal_one_chat_call_per_cell(charts, tiny_model):
         image = load_image(charts / r.sample, max_num=max_num)
         expected = tiny_model.chat(image.pixel_values, r.question, dict(GREEDY, do_sample=False))
         assert r.answer == expected, (r.sample, r.prompt, r.setting)
-        assert r.tiles == image.num_patches and r.tokens >= 1
+        assert r.tiles == image.num_tiles and r.tokens >= 1
 
 
 def test_a_second_run_computes_only_the_missing_ids_and_stores_each_once(
@@ -250,6 +243,6 @@ def test_samples_with_several_images_or_a_video_are_answered(charts, tiny_model)
         clip.pixel_values,
         clip.prompt_prefix() + "What happens?",
         dict(GREEDY, do_sample=False),
-        num_patches_list=list(clip.num_patches_list),
+        num_patches_list=list(clip.num_tiles),
     )
     assert df["answer"][1] == expected

@@ -114,9 +114,7 @@ def test_every_generation_path_applies_the_options_as_the_card(tiny_model, pixel
     gen = {"max_new_tokens": STEPS, **options}
 
     def expected_text(prompt):
-        ids = reference_answer(
-            tiny_model, prompt, pixels if prompt.num_patches_list else None, **rules
-        )
+        ids = reference_answer(tiny_model, prompt, pixels if prompt.num_tiles else None, **rules)
         return tiny_model.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     first = chat_query("Describe the image.", num_patches_list=[2])
@@ -144,7 +142,7 @@ def test_the_attention_capture_generates_like_chat(tiny_model):
     options, rules = OPTIONS["penalty"]
     with capture(tiny_model, [photo]) as cap:
         text = cap.generate("Describe the image.", max_new_tokens=STEPS, **options)
-    prompt = chat_query("Describe the image.", num_patches_list=[photo.num_patches])
+    prompt = chat_query("Describe the image.", num_patches_list=[photo.num_tiles])
     assert cap.prompt("Describe the image.") == prompt.text
     pixels = photo.pixel_values.to(tiny_model.dtype)
     expected = reference_answer(tiny_model, prompt, pixels, **rules)

@@ -124,7 +124,7 @@ def test_an_in_memory_image_above_the_limit_is_refused_before_resizing(monkeypat
 
 def test_the_limit_is_the_stated_constant(monkeypatch):
     monkeypatch.setattr(images, "MAX_PIXEL_VALUES_BYTES", 5 * 3 * 448 * 448 * 4)
-    assert load_image(Image.new("RGB", (448 * 4, 448))).num_patches == 5  # 4 tiles + thumb
+    assert load_image(Image.new("RGB", (448 * 4, 448))).num_tiles == 5  # 4 tiles + thumb
     with pytest.raises(ValueError, match=r"7 tiles"):
         load_image(Image.new("RGB", (448 * 6, 448)))
 

@@ -30,11 +30,11 @@ class FakeClip:
         self.pixel_values = torch.randn(
             frames, 3, 448, 448, generator=torch.Generator().manual_seed(3)
         )
-        self.num_patches_list = (1,) * frames
+        self.num_tiles = (1,) * frames
         self.frames = ()
 
     def prompt_prefix(self) -> str:
-        return "".join(f"Frame{i + 1}: <image>\n" for i in range(len(self.num_patches_list)))
+        return "".join(f"Frame{i + 1}: <image>\n" for i in range(len(self.num_tiles)))
 
 
 # --- stop() after leaving a stream ----------------------------------------------------------

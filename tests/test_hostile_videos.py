@@ -19,41 +19,16 @@ from vltools.video import load_video
 av = pytest.importorskip("av")
 
 
-def write_video(path: Path, num_frames: int, *, pts_ms: list[int] | None = None) -> Path:
-    """A 64x48 H.264 video at 24 fps whose frame ``i`` is grey level ``(37 * i) % 256``."""
-    from fractions import Fraction
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"g": "12"}
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(
-                np.full((48, 64, 3), (37 * i) % 256, np.uint8), format="rgb24"
-            )
-            frame.pts = i if pts_ms is None else pts_ms[i]
-            if pts_ms is not None:
-                frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 BACKENDS = video.available_backends()
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, Path]:
+def clips(tmp_path_factory, video_writer) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("hostile_videos")
+    vfr = [0, 40, 80, 200, 240, 500, 540, 580, 900, 940]
     return {
-        "plain": write_video(d / "plain.mp4", 30),
-        "vfr": write_video(
-            d / "vfr.mp4", 10, pts_ms=[0, 40, 80, 200, 240, 500, 540, 580, 900, 940]
-        ),
+        "plain": video_writer(d / "plain.mp4", 30, noise=False),
+        "vfr": video_writer(d / "vfr.mp4", 10, pts_ms=vfr, noise=False),
     }
 
 
@@ -72,8 +47,8 @@ def test_a_still_image_renamed_as_a_video_is_refused(tmp_path, fmt, suffix, back
         load_video(path, backend=backend)
 
 
-def test_a_one_frame_h264_video_is_still_a_video(tmp_path):
-    clip = load_video(write_video(tmp_path / "one.mp4", 1), num_segments=2)
+def test_a_one_frame_h264_video_is_still_a_video(tmp_path, video_writer):
+    clip = load_video(video_writer(tmp_path / "one.mp4", 1, noise=False), num_segments=2)
     assert clip.num_frames == 1
 
 
@@ -84,7 +59,7 @@ def forbid_decoding(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("frames were decoded before the request was refused")
 
-    for name in ("_read_decord", "_decode_pyav"):
+    for name in ("read_decord", "decode_pyav"):
         monkeypatch.setattr(video, name, fail)
 
 
@@ -169,12 +144,12 @@ def test_a_packet_that_fails_to_decode_never_shifts_later_frames(bad):
 
 
 def probe_with(monkeypatch, **changes):
-    real = decoding._probe
+    real = decoding.probe_video
 
     def changed(path):
         return dataclasses.replace(real(path), **changes)
 
-    monkeypatch.setattr(video, "_probe", changed)
+    monkeypatch.setattr(video, "probe_video", changed)
 
 
 @pytest.mark.skipif("decord" not in BACKENDS, reason="decord does not import here")
@@ -182,7 +157,7 @@ def probe_with(monkeypatch, **changes):
     "changes", [{"fps": 23.0}, {"fps": 24.5}, {"num_frames": 29}, {"num_frames": 31}]
 )
 def test_backends_that_would_number_frames_differently_are_not_mixed(clips, monkeypatch, changes):
-    probe = decoding._probe(clips["plain"])
+    probe = decoding.probe_video(clips["plain"])
     if "num_frames" in changes:  # keep the probe's arrays consistent with its count
         n = changes["num_frames"]
         pts = np.arange(n, dtype=np.int64) * int(probe.pts[1] - probe.pts[0])

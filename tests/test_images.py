@@ -24,10 +24,12 @@ from vltools.images import (
     TiledImage,
     _column_resizer,
     _columns_are_exact,
-    _pool,
+    _cut_threaded,
     _run_shared,
+    cut_tiles,
     load_image,
 )
+from vltools.threads import pool_size, shared_pool
 from vltools.tiling import plan_tiles
 
 
@@ -84,7 +86,7 @@ def test_pixel_values_follow_the_card_for_another_tile_size_and_without_thumbnai
     assert torch.equal(ours.pixel_values, card_pixel_values(image, max_num=4, image_size=224))
     assert ours.grid.tokens_per_tile == 64
     bare = load_image(image, max_num=4, use_thumbnail=False)
-    assert bare.num_patches == 2 and not bare.grid.has_thumbnail
+    assert bare.num_tiles == 2 and not bare.grid.has_thumbnail
     assert torch.equal(bare.pixel_values, card_pixel_values(image, max_num=4, use_thumbnail=False))
 
 
@@ -146,8 +148,64 @@ def test_tiles_are_pils_canvas_cut_and_pixel_values_their_normalisation(
         assert torch.equal(tiled.pixel_values[k], x.sub_(mean).div_(std)), k
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    width=st.integers(1, 1400),
+    height=st.integers(1, 1400),
+    max_num=st.integers(1, 12),
+    fast=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_straight_path_and_the_threaded_one_write_the_same_bits(
+    width, height, max_num, fast, seed
+):
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    grid = plan_tiles(width, height, max_num=max_num)
+    straight = np.full((grid.num_tiles, 3, 448, 448), np.nan, np.float32)
+    threaded = straight.copy()
+    a = cut_tiles(image, grid, straight, fast=fast)
+    b = _cut_threaded(image, grid, threaded, fast=fast)
+    assert straight.tobytes() == threaded.tobytes()
+    assert [np.asarray(t).tobytes() for t in a] == [np.asarray(t).tobytes() for t in b]
+
+
+def test_the_threaded_path_waits_for_a_thumbnail_queued_behind_a_busy_pool():
+    # Every pool worker is busy elsewhere: the thumbnail's job waits in the queue while this
+    # thread cuts all the tiles itself; it must then be waited for, not dropped.
+    pool = shared_pool()
+    release = threading.Event()
+    started = [threading.Event() for _ in range(pool_size())]
+
+    def busy(k: int) -> None:
+        started[k].set()
+        release.wait(timeout=30)
+
+    blockers = [pool.submit(busy, k) for k in range(pool_size())]
+    for event in started:
+        assert event.wait(timeout=30)
+    image = Image.fromarray(_photo(300, 900))  # one column of tiles: no helper job queued
+    grid = plan_tiles(300, 900, max_num=6)
+    assert (grid.cols, grid.has_thumbnail) == (1, True)
+    out = np.empty((grid.num_tiles, 3, 448, 448), np.float32)
+    threading.Timer(0.3, release.set).start()
+    tiles = _cut_threaded(image, grid, out, fast=False)
+    for b in blockers:
+        b.result(timeout=30)
+    assert torch.equal(torch.from_numpy(out), load_image(image, max_num=6).pixel_values)
+    assert len(tiles) == grid.num_tiles
+
+
+def test_cut_tiles_refuses_an_output_of_the_wrong_shape_or_dtype():
+    grid = plan_tiles(900, 300, max_num=6)
+    with pytest.raises(ValueError, match=r"out must be float32 \(4, 3, 448, 448\)"):
+        cut_tiles(Image.new("RGB", (900, 300)), grid, np.empty((3, 3, 448, 448), np.float32))
+    with pytest.raises(ValueError, match="out must be float32"):
+        cut_tiles(Image.new("RGB", (900, 300)), grid, np.empty((4, 3, 448, 448), np.float64))
+
+
 def test_shared_jobs_all_run_across_threads_and_the_first_error_is_raised():
-    pool, workers = _pool()
+    pool, workers = shared_pool(), pool_size()
     seen: list[tuple[int, str]] = []
     gate = threading.Barrier(2, timeout=10)
 
@@ -197,7 +255,7 @@ def test_a_tiled_image_carries_the_grid_tiles_and_patch_count():
     grid = tiled.grid
     assert isinstance(tiled, TiledImage)
     assert (grid.cols, grid.rows) == (3, 1)
-    assert tiled.num_patches == grid.num_tiles == len(tiled.tiles) == 4
+    assert tiled.num_tiles == grid.num_tiles == len(tiled.tiles) == 4
     assert tiled.pixel_values.shape == (4, 3, 448, 448)
     assert all(t.size == (448, 448) and t.mode == "RGB" for t in tiled.tiles)
     assert tiled.image.size == (900, 300) and tiled.image.mode == "RGB"
@@ -207,14 +265,20 @@ def test_a_tiled_image_carries_the_grid_tiles_and_patch_count():
     for k, tile in enumerate(tiled.tiles):
         back = ((tiled.pixel_values[k] * std + mean) * 255).round().to(torch.uint8)
         assert torch.equal(back.permute(1, 2, 0), torch.from_numpy(np.array(tile)))
-    assert "3x1 grid" in repr(tiled) and "num_patches=4" in repr(tiled)
+    assert "3x1 grid" in repr(tiled) and "num_tiles=4" in repr(tiled)
+
+
+def test_the_old_num_patches_name_still_reads_the_tile_count_with_a_deprecation_warning():
+    tiled = load_image(Image.fromarray(_photo(900, 300)), max_num=6)
+    with pytest.deprecated_call(match="use TiledImage.num_tiles"):
+        assert tiled.num_patches == tiled.num_tiles == 4
 
 
 def test_to_moves_and_casts_without_touching_the_original():
     tiled = load_image(Image.fromarray(_photo(300, 300)), max_num=1)
     half = tiled.to(dtype="bfloat16")
     assert half.pixel_values.dtype == torch.bfloat16 and tiled.pixel_values.dtype == torch.float32
-    assert half.grid is tiled.grid and half.num_patches == 1
+    assert half.grid is tiled.grid and half.num_tiles == 1
     assert tiled.to("cpu", torch.float16).pixel_values.dtype == torch.float16
     with pytest.raises(ValueError, match="not a torch dtype"):
         tiled.to(dtype="float33")

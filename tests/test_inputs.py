@@ -30,7 +30,7 @@ def test_stack_gives_a_clip_one_count_per_frame():
     clip = vltools.load_video(vltools.sample("sample_video.mp4"), num_segments=3, max_num=2)
     photo = vltools.load_image(_image(300, 300), max_num=1)
     stacked = stack([photo, clip])
-    assert stacked.num_tiles == (1, *clip.num_patches_list)
+    assert stacked.num_tiles == (1, *clip.num_tiles)
     assert stacked.pixel_values.equal(torch.cat([photo.pixel_values, clip.pixel_values]))
 
 

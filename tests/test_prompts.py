@@ -94,7 +94,9 @@ def test_pixel_values_default_to_one_block_of_all_tiles():
         shape = (14, 3, 448, 448)
 
     prompt = render_prompt("Describe.", pixel_values=FakeTensor())
-    assert prompt.num_patches_list == (14,)
+    assert prompt.num_tiles == (14,)
+    with pytest.deprecated_call(match="use Prompt.num_tiles"):
+        assert prompt.num_patches_list == (14,)  # the old name, for a while
     assert prompt.num_image_tokens == 14 * 256
     assert prompt.text.count(IMG_CONTEXT_TOKEN) == 14 * 256
 

@@ -194,3 +194,31 @@ def test_a_tile_grid_has_a_readable_repr_and_an_html_table():
     html = grid._repr_html_()
     assert "<table>" in html and "7x1" in html and "background" in html
     assert "2,048 image tokens" in grid.summary()
+
+
+# --- the cost table -------------------------------------------------------------------------
+
+
+def test_token_costs_tabulate_plan_tiles_image_tokens_per_image_and_max_num():
+    from vltools.tiling import token_costs
+
+    sizes = {"panorama": (3200, 480), "cat": (451, 300)}
+    table = token_costs(sizes, max_nums=(1, 6, 12))
+    assert list(table.index) == ["panorama", "cat"] and table.index.name == "image"
+    assert list(table.columns) == ["max_num=1", "max_num=6", "max_num=12"]
+    for name, (w, h) in sizes.items():
+        for m in (1, 6, 12):
+            expected = plan_tiles(w, h, max_num=m).num_image_tokens
+            assert table.loc[name, f"max_num={m}"] == expected
+    assert table.loc["panorama", "max_num=12"] == 8 * 256  # 7 x 1 grid + the thumbnail
+
+
+def test_token_costs_refuse_sizes_that_are_not_a_mapping_of_pairs():
+    from vltools.tiling import token_costs
+
+    with pytest.raises(TypeError, match="map a name to"):
+        token_costs([(100, 100)])
+    with pytest.raises(TypeError, match=r"sizes\['a'\] must be \(width, height\)"):
+        token_costs({"a": 100})
+    with pytest.raises(ValueError, match="max_num"):
+        token_costs({"a": (100, 100)}, max_nums=(0,))

@@ -126,3 +126,40 @@ def test_wrong_types_raise_type_errors():
         sample_frame_indices(96, 24.0, num_segments=8.0)
     with pytest.raises(TypeError, match="bound must be None or"):
         sample_frame_indices(96, 24.0, bound=(1.0,))
+
+
+# --- the cost table -------------------------------------------------------------------------
+
+
+def test_frame_costs_multiply_frames_tiles_and_the_models_tokens_per_tile():
+    from vltools.tiling import plan_tiles
+    from vltools.video import frame_costs
+
+    table = frame_costs(448, 336, tokens_per_tile=64, context_length=2048, segments=(4, 32))
+    assert list(table.columns) == [
+        "max_num",
+        "frames",
+        "tiles_per_frame",
+        "image_tokens",
+        "context_share",
+    ]
+    assert table["max_num"].tolist() == [1, 1, 6, 6]
+    assert table["frames"].tolist() == [4, 32, 4, 32]
+    six = plan_tiles(448, 336, max_num=6).num_tiles
+    assert table["tiles_per_frame"].tolist() == [1, 1, six, six]
+    assert table["image_tokens"].tolist() == [4 * 64, 32 * 64, 4 * six * 64, 32 * six * 64]
+    assert table["context_share"].tolist() == pytest.approx(
+        [t / 2048 for t in table["image_tokens"]]
+    )
+    default = frame_costs(448, 336, max_nums=(1,), segments=(32,))
+    assert default["context_share"].tolist() == [1.0]  # 32 frames fill InternVL2-1B's 8192
+
+
+@pytest.mark.parametrize(
+    "bad", [{"tokens_per_tile": 0}, {"context_length": -1}, {"segments": (0,)}, {"max_nums": (0,)}]
+)
+def test_frame_costs_refuse_counts_below_one(bad):
+    from vltools.video import frame_costs
+
+    with pytest.raises(ValueError, match=">= 1"):
+        frame_costs(448, 336, **bad)

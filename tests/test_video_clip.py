@@ -40,7 +40,7 @@ def test_pixel_values_are_bit_identical_to_the_card_on_the_sample_video(
     pytest.importorskip(backend if backend == "decord" else "av")
     expected, expected_patches = card_clip(SAMPLE, num_segments=num_segments, max_num=max_num)
     clip = load_video(SAMPLE, num_segments=num_segments, max_num=max_num, backend=backend)
-    assert list(clip.num_patches_list) == expected_patches
+    assert list(clip.num_tiles) == expected_patches
     assert clip.pixel_values.dtype == expected.dtype
     assert clip.pixel_values.shape == expected.shape
     assert clip.pixel_values.equal(expected)
@@ -48,7 +48,7 @@ def test_pixel_values_are_bit_identical_to_the_card_on_the_sample_video(
 
 def test_max_num_above_one_tiles_each_frame_with_a_thumbnail():
     clip = load_video(SAMPLE, num_segments=2, max_num=6)
-    assert clip.num_patches_list == (7, 7)  # 448x336 -> a 3x2 grid + the thumbnail
+    assert clip.num_tiles == (7, 7)  # 448x336 -> a 3x2 grid + the thumbnail
     assert all(t.grid.num_tiles == 7 for t in clip.tiled)
     assert clip.pixel_values.shape == (14, 3, 448, 448)
     assert clip.num_image_tokens == 14 * 256
@@ -58,8 +58,10 @@ def test_the_clip_carries_the_cards_frames_times_and_geometry(clip):
     assert clip.num_frames == 96 and clip.fps == 24.0 and clip.duration == 4.0
     assert clip.frame_indices.tolist() == sample_frame_indices(96, 24.0).tolist()
     assert np.allclose(clip.timestamps, clip.frame_indices / 24.0, atol=1e-9, rtol=0)
-    assert clip.num_patches_list == (1,) * 8
+    assert clip.num_tiles == (1,) * 8
     assert clip.pixel_values.shape == (8, 3, 448, 448)
+    with pytest.deprecated_call(match="use VideoClip.num_tiles"):
+        assert clip.num_patches_list == clip.num_tiles  # the old name, for a while
     assert len(clip.frames) == 8 and clip.frames[0].size == (448, 336)
     assert clip.frames[0].mode == "RGB"
     assert len(clip.tiled) == 8 and clip.num_segments == 8
@@ -124,11 +126,11 @@ def test_frames_of_another_size_are_tiled_on_their_own_and_concatenated():
     frames, tiled, pixel_values = tiler.finish()
     expected = [load_image(a, max_num=4, exif_transpose=False) for a in arrays]
     assert torch.equal(pixel_values, torch.cat([e.pixel_values for e in expected]))
-    assert [t.num_patches for t in tiled] == [e.num_patches for e in expected]
+    assert [t.num_tiles for t in tiled] == [e.num_tiles for e in expected]
     offset = 0
     for t in tiled:
         assert t.pixel_values.data_ptr() == pixel_values[offset].data_ptr()  # a view
-        offset += t.num_patches
+        offset += t.num_tiles
     assert [f.size for f in frames] == [(640, 360), (480, 480), (640, 360), (900, 200)]
 
 
@@ -201,3 +203,16 @@ def test_the_clip_carries_the_span_its_segments_cover_computed_once():
     part = load_video(SAMPLE, num_segments=4, bound=(0.5, 1.5))
     assert part.span == frame_range(part.num_frames, part.fps, bound=(0.5, 1.5))
     assert part.span[0] <= part.frame_indices.min() <= part.frame_indices.max() <= part.span[1]
+
+
+def test_clips_loaded_inside_every_shared_pool_job_at_once_neither_hang_nor_change(clip):
+    # Each pool worker loads a clip (a caller's job on the shared pool): the frames are then
+    # tiled inline and decord reads alone, since a pool job never waits for another.
+    from vltools.threads import pool_size, shared_pool
+
+    pool = shared_pool()
+    futures = [pool.submit(load_video, SAMPLE, num_segments=8) for _ in range(pool_size() + 1)]
+    for future in futures:
+        again = future.result(timeout=300)
+        assert again.pixel_values.equal(clip.pixel_values)
+        assert again.frame_indices.tolist() == clip.frame_indices.tolist()

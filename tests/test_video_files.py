@@ -1,6 +1,7 @@
 """load_video on awkward files: both backends, bad input, single frames, variable frame rates.
 
-Every video here is written into ``tmp_path`` with PyAV by :func:`write_video`.
+Every video here is written into ``tmp_path`` with PyAV by the ``video_writer`` fixture
+(``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +18,6 @@ from vltools import decoding, video
 from vltools.video import load_video, sample_frame_indices
 
 av = pytest.importorskip("av")
-
-
-def write_video(
-    path: Path,
-    num_frames: int,
-    *,
-    fps: int = 24,
-    size: tuple[int, int] = (64, 48),
-    pix_fmt: str = "yuv420p",
-    pts_ms: list[int] | None = None,
-    faststart: bool = False,
-) -> Path:
-    """A small H.264 video whose frame ``i`` is filled with grey level ``(37 * i) % 256``."""
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = pix_fmt
-        stream.options = {"g": "12"}
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        rng = np.random.default_rng(0)
-        for i in range(num_frames):
-            pixels = np.full((size[1], size[0], 3), (37 * i) % 256, np.uint8)
-            pixels[: size[1] // 4] = rng.integers(0, 256, (size[1] // 4, size[0], 3))
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts = i if pts_ms is None else pts_ms[i]
-            if pts_ms is not None:
-                frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def open_handles(path: Path) -> list[str]:
@@ -74,7 +40,8 @@ needs_decord = pytest.mark.skipif("decord" not in BACKENDS, reason="decord does 
 
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> dict[str, Path]:
+def videos(tmp_path_factory, video_writer) -> dict[str, Path]:
+    write_video = video_writer
     d = tmp_path_factory.mktemp("videos")
     out = {
         "plain": write_video(d / "plain.mp4", 40),
@@ -147,10 +114,10 @@ def test_ten_bit_video_differs_between_decoders_by_a_measured_tolerance(videos):
     # decord's bundled FFmpeg converts 10-bit YUV to RGB with other rounding than PyAV's:
     # measured max 47 levels, mean ~3.8 on this noisy picture. Everything else agrees exactly.
     path = videos["ten_bit"]
-    probe = decoding._probe(path)
+    probe = decoding.probe_video(path)
     pick = functools.partial(sample_frame_indices, num_segments=6, bound=None)
-    a = decoding._read_decord(path, probe, pick=pick)
-    b = decoding._decode_pyav(path, probe, a.indices)
+    a = decoding.read_decord(path, probe, pick=pick)
+    b = decoding.decode_pyav(path, probe, a.indices)
     diff = np.abs(np.stack(a.arrays).astype(int) - np.stack(b).astype(int))
     assert diff.max() <= 64
     assert diff.mean() < 6.0
@@ -260,10 +227,10 @@ def test_a_bound_past_the_end_raises_and_releases_the_file(videos, backend):
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mov", ".avi", ".ts"])
-def test_pyav_finds_the_right_frames_in_other_containers(tmp_path, suffix):
+def test_pyav_finds_the_right_frames_in_other_containers(tmp_path, suffix, video_writer):
     # AVI stores no presentation times (B-frames come out with shuffled ones) and MPEG-TS
     # seeks coarsely: vltools then decodes from the start and counts frames.
-    path = write_video(tmp_path / f"clip{suffix}", 30, size=(64, 48))
+    path = video_writer(tmp_path / f"clip{suffix}", 30, size=(64, 48))
     clip = load_video(path, num_segments=7, backend="pyav")
     assert clip.num_frames == 30
     assert clip.frame_indices.tolist() == sample_frame_indices(30, 24.0, num_segments=7).tolist()
@@ -278,8 +245,8 @@ def test_pyav_finds_the_right_frames_in_other_containers(tmp_path, suffix):
 
 
 @needs_decord
-def test_forcing_decord_on_mpeg_ts_warns_that_it_returns_other_frames(tmp_path):
-    path = write_video(tmp_path / "clip.ts", 30)
+def test_forcing_decord_on_mpeg_ts_warns_that_it_returns_other_frames(tmp_path, video_writer):
+    path = video_writer(tmp_path / "clip.ts", 30)
     with pytest.warns(UserWarning, match="seeks inaccurately"):
         clip = load_video(path, num_segments=3, backend="decord")
     assert clip.backend == "decord"

@@ -95,7 +95,7 @@ def test_a_bound_resamples_inside_it_and_an_impossible_one_shows_an_error(strip)
 def test_max_num_changes_the_token_cost(strip):
     with strip.hold_trait_notifications():
         strip.num_segments, strip.max_num = 5, 6
-    assert strip.clip.num_patches_list == (7,) * 5
+    assert strip.clip.num_tiles == (7,) * 5
     assert "8,960 image tokens" in strip.cost and "exceeds" in strip._cost_label.value
     strip.max_num = 1
     assert "exceeds" not in strip._cost_label.value

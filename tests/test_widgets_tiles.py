@@ -57,7 +57,7 @@ def test_tile_explorer_follows_its_sliders_and_reports_the_cost():
 
     explorer = TileExplorer(_image(1700, 400), max_num=6)
     assert (explorer.grid.cols, explorer.grid.rows) == (4, 1)
-    assert explorer.tiled.num_patches == 5 and explorer.error == ""
+    assert explorer.tiled.num_tiles == 5 and explorer.error == ""
     assert "5 tiles x 256 = 1,280 image tokens" in explorer.cost
     assert "15.6%" in explorer.cost
     assert explorer._picture.value[:4] == b"\x89PNG"
@@ -126,7 +126,7 @@ def test_a_tile_explorer_draws_the_same_tiles_load_image_cuts():
     explorer = TileExplorer(image, max_num=8)
     exact = load_image(image, max_num=8)
     shown = explorer._shown.tiles
-    assert len(shown) == exact.num_patches == 9  # a 4x2 grid and the thumbnail
+    assert len(shown) == exact.num_tiles == 9  # a 4x2 grid and the thumbnail
     for ours, theirs in zip(shown, exact.tiles, strict=True):
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
     from vltools.viz import figure_to_png, show_tiles

@@ -67,7 +67,7 @@ _SUBMODULES = (
     "viz",
     "widgets",
 )
-_SUBMODULES += ("inputs",)
+_SUBMODULES += ("inputs", "timing")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 

@@ -40,14 +40,21 @@ __all__ = [
     "AttentionMaps",
     "ImageMap",
     "ImageSlot",
+    "REDUCES",
     "VisionAttention",
+    "check_reduce",
+    "head_positions",
+    "layer_positions",
     "pixel_map",
+    "reduce_heads",
     "stitch_tiles",
     "token_cell",
 ]
 
 Reduce = Literal["mean", "max"]
 Source = Literal["tiles", "thumbnail"]
+# How heads can be reduced, for every method that takes ``reduce``.
+REDUCES: tuple[str, ...] = ("mean", "max")
 
 
 # --- geometry: token index -> tile -> cell -> original-image pixels (pure) ------------------
@@ -288,6 +295,85 @@ def _density(values: np.ndarray) -> np.ndarray:
     return values / total if total > 0 else np.zeros_like(values)
 
 
+# --- selecting layers and heads (one path for the language model and the vision tower) -----
+
+
+def _as_indices(selection: Any, name: str) -> list[int]:
+    """An int or a sequence of ints as a list; anything else is a ``TypeError``."""
+    if isinstance(selection, (int, np.integer)) and not isinstance(selection, bool):
+        return [int(selection)]
+    if isinstance(selection, (str, bytes, bool)) or not hasattr(selection, "__iter__"):
+        raise TypeError(
+            f"{name} must be None (all), an int or a sequence of ints, got {selection!r}."
+        )
+    items = list(selection)
+    bad = [x for x in items if isinstance(x, bool) or not isinstance(x, (int, np.integer))]
+    if bad:
+        raise TypeError(f"{name} must hold ints, got {bad[0]!r} in {selection!r}.")
+    return [int(x) for x in items]
+
+
+def layer_positions(captured: Sequence[int], layers: Any, *, tower: str = "") -> np.ndarray:
+    """Positions in ``captured`` (the recorded layer indices) of the ``layers`` selected.
+
+    ``layers``: None (all captured), a layer index, or several. ``tower`` is ``""`` for the
+    language model, ``"vision"`` for the vision tower (it names the layers in errors and the
+    ``capture`` argument that records them). Raises ``ValueError`` naming the bad layer and the
+    captured ones, ``TypeError`` for a selection that is not ints.
+    """
+    if layers is None:
+        return np.arange(len(captured))
+    label = f"{tower} layer" if tower else "layer"
+    argument = f"{tower}_layers" if tower else "layers"
+    captured = list(captured)
+    wanted = _as_indices(layers, argument)
+    if not wanted:
+        raise ValueError(
+            f"Empty {label} selection; captured {label}s: {captured}. Pass None for all of them."
+        )
+    for layer in wanted:
+        if layer not in captured:
+            raise ValueError(
+                f"{label.capitalize()} {layer} was not captured; captured {label}s: {captured}. "
+                f"Pick one of them, or capture it with capture(..., {argument}=[...])."
+            )
+    return np.array([captured.index(layer) for layer in wanted])
+
+
+def head_positions(num_heads: int, heads: Any, *, tower: str = "") -> np.ndarray:
+    """The head indices ``heads`` selects among ``num_heads`` (None: all), validated.
+
+    Raises ``ValueError`` naming the bad head and the range ``0..num_heads - 1``, ``TypeError``
+    for a selection that is not ints. Negative heads are refused (not counted from the end).
+    """
+    if heads is None:
+        return np.arange(num_heads)
+    owner = "the vision tower" if tower == "vision" else "the language model"
+    wanted = _as_indices(heads, "heads")
+    bad = [x for x in wanted if not 0 <= x < num_heads]
+    if bad or not wanted:
+        raise ValueError(
+            f"Head {bad[0] if bad else wanted} does not exist: {owner} has {num_heads} heads "
+            f"per layer (0..{num_heads - 1})."
+        )
+    return np.array(wanted)
+
+
+def reduce_heads(values: np.ndarray, reduce: str, *, axis: int) -> np.ndarray:
+    """``values`` with the heads axis reduced by ``reduce`` (one of :data:`REDUCES`)."""
+    check_reduce(reduce)
+    return values.mean(axis=axis) if reduce == "mean" else values.max(axis=axis)
+
+
+def check_reduce(reduce: Any) -> None:
+    """Raise ``ValueError`` unless ``reduce`` is one of :data:`REDUCES`."""
+    if not isinstance(reduce, str) or reduce not in REDUCES:
+        raise ValueError(
+            f"reduce must be one of {REDUCES} (how the selected heads are combined), got "
+            f"{reduce!r}. Pick one head with heads=k instead of reducing."
+        )
+
+
 # --- the captured result --------------------------------------------------------------------
 
 
@@ -416,36 +502,7 @@ class AttentionMaps:
 
     def selected_layers(self, layers: Any = None) -> tuple[int, ...]:
         """The captured layer indices a ``layers`` selection names (validated)."""
-        return tuple(self.layers[i] for i in self._layer_index(layers))
-
-    def _layer_index(self, layers: Any) -> np.ndarray:
-        if layers is None:
-            return np.arange(len(self.layers))
-        wanted = [int(layers)] if isinstance(layers, (int, np.integer)) else list(layers)
-        out = []
-        for layer in wanted:
-            if layer not in self.layers:
-                raise ValueError(
-                    f"Layer {layer} was not captured; captured layers: {list(self.layers)}. "
-                    "Pick one of them, or capture it with capture(..., layers=[...])."
-                )
-            out.append(self.layers.index(layer))
-        if not out:
-            raise ValueError(f"Empty layer selection; captured layers: {list(self.layers)}.")
-        return np.array(out)
-
-    def _head_index(self, heads: Any) -> np.ndarray:
-        h = self.num_heads
-        if heads is None:
-            return np.arange(h)
-        wanted = [int(heads)] if isinstance(heads, (int, np.integer)) else list(heads)
-        bad = [x for x in wanted if not 0 <= x < h]
-        if bad or not wanted:
-            raise ValueError(
-                f"Head {bad[0] if bad else wanted} does not exist: the language model has "
-                f"{h} heads per layer (0..{h - 1})."
-            )
-        return np.array(wanted)
+        return tuple(self.layers[i] for i in layer_positions(self.layers, layers))
 
     def _image_slot(self, image: int | str) -> ImageSlot:
         for slot in self.images:
@@ -505,8 +562,8 @@ class AttentionMaps:
         each row is renormalised over the remaining positions (``row / (1 - sink share)``).
         """
         t = self._token_index(tokens)
-        ly = self._layer_index(layers)
-        h = self._head_index(heads)
+        ly = layer_positions(self.layers, layers)
+        h = head_positions(self.num_heads, heads)
         rows = self.rows[np.ix_(t, ly, h)]  # [t, l, h, keys]
         drop = self._sink_positions(sinks)
         if drop.size:
@@ -533,15 +590,10 @@ class AttentionMaps:
         Heads are reduced with ``reduce`` (``"mean"`` or ``"max"``; pick one head with
         ``heads=k``), then layers and tokens are averaged. Selection as in :meth:`select`.
         """
+        check_reduce(reduce)
         rows = self.select(tokens=tokens, layers=layers, heads=heads, sinks=sinks)
         img = rows[..., self.image_positions]  # [t, l, h, image tokens]
-        if reduce == "mean":
-            per_head = img.mean(axis=2)
-        elif reduce == "max":
-            per_head = img.max(axis=2)
-        else:
-            raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}.")
-        return per_head.mean(axis=(0, 1))
+        return reduce_heads(img, reduce, axis=2).mean(axis=(0, 1))  # [image tokens]
 
     def image_share(
         self,
@@ -593,7 +645,10 @@ class AttentionMaps:
         """The vision tower's CLS attention over one image's tiles (32 x 32 per tile).
 
         ``layers`` are vision-tower layer indices (averaged); heads reduced by ``reduce``.
+        Selection and its errors as in :meth:`select` (:func:`layer_positions`,
+        :func:`head_positions`, :func:`reduce_heads`).
         """
+        check_reduce(reduce)
         if self.vision is None:
             raise ValueError(
                 "The vision tower's attention was not captured: use capture(..., vision=True) "
@@ -601,25 +656,11 @@ class AttentionMaps:
             )
         slot = self._image_slot(image)
         v = self.vision
-        if layers is None:
-            ly = np.arange(len(v.layers))
-        else:
-            wanted = [int(layers)] if isinstance(layers, (int, np.integer)) else list(layers)
-            missing = [x for x in wanted if x not in v.layers]
-            if missing or not wanted:
-                raise ValueError(
-                    f"Vision layer {missing[0] if missing else wanted} was not captured; "
-                    f"captured vision layers: {list(v.layers)}."
-                )
-            ly = np.array([v.layers.index(x) for x in wanted])
-        nh = v.cls.shape[2]
-        h = np.arange(nh) if heads is None else np.atleast_1d(np.asarray(heads))
-        if h.size == 0 or h.min() < 0 or h.max() >= nh:
-            raise ValueError(
-                f"Head {heads} does not exist: the vision tower has heads 0..{nh - 1}."
-            )
-        tiles = v.cls[slot.first_tile : slot.first_tile + slot.num_tiles][:, ly][:, :, h]
-        per_head = tiles.mean(axis=2) if reduce == "mean" else tiles.max(axis=2)
+        ly = layer_positions(v.layers, layers, tower="vision")
+        h = head_positions(v.cls.shape[2], heads, tower="vision")
+        mine = v.cls[slot.first_tile : slot.first_tile + slot.num_tiles]  # [tiles, L, H, 32, 32]
+        tiles = mine[np.ix_(np.arange(slot.num_tiles), ly, h)]  # [tiles, l, h, 32, 32]
+        per_head = reduce_heads(tiles, reduce, axis=2)  # [tiles, l, 32, 32]
         what = f"vision CLS, layers {_span(layers)}, heads {_span(heads)} ({reduce})"
         return ImageMap(per_head.mean(axis=1), slot.grid, slot.label, slot.image, what)
 

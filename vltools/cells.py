@@ -113,7 +113,7 @@ def prepare(cell: Cell) -> Prepared:
 
             clip = load_video(cell.video, num_segments=cell.num_segments, max_num=FRAME_MAX_NUM)
             pixels.append(clip.pixel_values)
-            patches += list(clip.num_patches_list)
+            patches += list(clip.num_tiles)
             if IMAGE_PLACEHOLDER not in text:
                 text = clip.prompt_prefix() + text
         for item in cell.images:

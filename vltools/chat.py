@@ -335,12 +335,12 @@ class Chat:
                 from vltools.video import load_video
 
                 clip = load_video(video)
-            if not hasattr(clip, "num_patches_list"):
+            if not hasattr(clip, "num_tiles"):
                 raise TypeError(f"video must be a path or a vltools VideoClip, got {video!r}.")
             pixels = check_pixel_values(self.model, clip.pixel_values)
             out, start = [], 0
             frames = list(getattr(clip, "frames", []) or [])
-            for i, n in enumerate(clip.num_patches_list):
+            for i, n in enumerate(clip.num_tiles):
                 thumb = frames[i] if i < len(frames) else None
                 out.append(_Visual(f"frame {i + 1}", pixels[start : start + n], thumb))
                 start += n

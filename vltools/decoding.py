@@ -2,13 +2,16 @@
 
 The decoding half of :func:`vltools.video.load_video`, which decides which frames to take.
 
-- :func:`_probe` demuxes the file with PyAV (no decoding): clear errors for missing, empty and
-  non-video files before a decoder sees them, and the presentation time of every frame, so
-  both backends report the same timestamps. Frames are numbered in presentation order, as
-  decord does.
-- :func:`_read_decord` reads the frames with decord (the card's decoder) in one batched call;
-  :func:`_decode_pyav` decodes them with PyAV, seeking by timestamp where the container allows
-  it and counting frames from the start where it does not.
+- :func:`choose_backend` resolves ``"auto"`` to the decoder that imports here.
+- :func:`probe_video` demuxes the file with PyAV (no decoding) into a :class:`VideoProbe`:
+  clear errors for missing, empty and non-video files before a decoder sees them, and the
+  presentation time of every frame, so both backends report the same timestamps. Frames are
+  numbered in presentation order, as decord does.
+- :func:`read_decord` reads the frames with decord (the card's decoder) in one batched call;
+  :func:`decode_pyav` decodes them with PyAV, seeking by timestamp where the container allows
+  it and counting frames from the start where it does not. Both give :class:`DecodedFrames`
+  (decord) or arrays (PyAV); decord's failures are :class:`DecordFailed`, so that the caller
+  can fall back to PyAV.
 
 Every file handle is closed on every path, and every loop is bounded by the file's packets,
 so a damaged file ends in an error, never a hang.
@@ -29,7 +32,20 @@ import numpy as np
 
 from vltools._optional import require
 
-__all__ = ["BACKENDS", "Backend", "available_backends"]
+__all__ = [
+    "BACKENDS",
+    "DECORD_MISSEEKS",
+    "Backend",
+    "DecodedFrames",
+    "DecordFailed",
+    "VideoProbe",
+    "available_backends",
+    "choose_backend",
+    "decode_pyav",
+    "is_still_image",
+    "probe_video",
+    "read_decord",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +65,13 @@ def available_backends() -> tuple[str, ...]:
     return tuple(out)
 
 
-def _choose_backend(backend: str) -> str:
+def choose_backend(backend: str) -> str:
+    """The decoder to use for ``backend``: ``"decord"`` or ``"pyav"``.
+
+    ``"auto"`` is the first of :func:`available_backends`; a named backend must import here.
+    Raises ``ValueError`` for a name not in :data:`BACKENDS` and ``ImportError`` (saying what
+    to install) where the decoder is missing.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if backend == "auto":
@@ -63,13 +85,19 @@ def _choose_backend(backend: str) -> str:
 
 # --- probing (PyAV, no decoding) ------------------------------------------------------------
 
-# Containers where decord 0.6 returned other frames than the ones asked for (tests/
+# DECORD_MISSEEKS: containers where decord 0.6 returned other frames than the ones asked for (tests/
 # test_video_files.py): sparse reads from AVI with B-frames, any read from MPEG-TS.
-_DECORD_MISSEEKS: frozenset[str] = frozenset({"avi", "mpegts"})
+DECORD_MISSEEKS: frozenset[str] = frozenset({"avi", "mpegts"})
 
 
 @dataclass(frozen=True)
-class _Probe:
+class VideoProbe:
+    """What :func:`probe_video` learnt from demuxing a video file (no frame decoded).
+
+    ``pts``, ``timestamps``: one entry per frame in presentation order; ``keyframe_pts``:
+    sorted; ``fps``: the stream's average rate (or one derived from the timestamps).
+    """
+
     container_format: str
     num_frames: int
     fps: float
@@ -83,7 +111,12 @@ class _Probe:
     duration: float = 0.0  # real seconds: first frame's start to last frame's end
 
 
-def _probe(path: Path) -> _Probe:
+def probe_video(path: Path) -> VideoProbe:
+    """Demux ``path`` with PyAV (no decoding) into a :class:`VideoProbe`.
+
+    Raises ``ValueError`` for a file FFmpeg cannot read, without a video stream, without
+    frames or timestamps, damaged while demuxing, or a still image under a video's name.
+    """
     av = require("av", purpose="Reading video files")
     try:
         container = av.open(str(path), metadata_errors="ignore")
@@ -135,7 +168,7 @@ def _probe(path: Path) -> _Probe:
     vfr = bool(len(steps) > 1 and steps.max() - steps.min() > 1)
     # the last frame lasts as long as the typical frame before it (one frame period if alone)
     last = float(np.median(steps)) * float(time_base) if len(steps) else 1.0 / float(rate)
-    return _Probe(
+    return VideoProbe(
         container_format=container_format,
         num_frames=len(pts),
         fps=float(rate),
@@ -169,7 +202,10 @@ def is_still_image(container_format: str, codec: str, num_frames: int) -> bool:
 
 
 @dataclass(frozen=True)
-class _Frames:
+class DecodedFrames:
+    """Frames decoded for a clip: ``arrays[k]`` is frame ``indices[k]``, shown at
+    ``timestamps[k]`` seconds; ``num_frames`` and ``fps`` are the decoder's own counts."""
+
     arrays: list[np.ndarray]  # [H, W, 3] uint8 each, one per index
     indices: np.ndarray  # int64 [num_segments]
     timestamps: np.ndarray  # float64 [num_segments]
@@ -184,8 +220,9 @@ class _Frames:
 _DECORD_BATCH = 8
 
 
-class _DecordFailed(Exception):
-    pass
+class DecordFailed(Exception):
+    """decord could not open or decode a file (or numbers its frames unlike the container);
+    the message says which. :func:`vltools.video.load_video` falls back to PyAV on it."""
 
 
 def _open_decord(decord: Any, path: Path) -> Any:
@@ -193,23 +230,24 @@ def _open_decord(decord: Any, path: Path) -> Any:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as e:  # decord raises RuntimeError/DECORDError
         first = str(e).strip().splitlines()[-1][:200]
-        raise _DecordFailed(f"decord cannot open {path.name} ({first})") from e
+        raise DecordFailed(f"decord cannot open {path.name} ({first})") from e
 
 
-def _read_decord(
+def read_decord(
     path: Path,
-    probe: _Probe,
+    probe: VideoProbe,
     *,
     pick: Callable[[int, float], np.ndarray],
     on_frame: Callable[[int, np.ndarray], None] | None = None,
-) -> _Frames:
+) -> DecodedFrames:
     """Sample and read the frames with decord.
 
     ``pick(num_frames, fps)`` chooses the indices from decord's own frame count and rate (as
     the card does). The frames are then read in batches of :data:`_DECORD_BATCH`; on a
     machine with two cores or more the first half of the frames on this thread and the second
-    half on another thread with a second reader (decord decodes with the GIL released, and
-    each reader seeks to its first frame's keyframe, as the card's ``vr[i]`` does).
+    half on a thread of the shared pool (:mod:`vltools.threads`) with a second reader
+    (decord decodes with the GIL released, and each reader seeks to its first frame's
+    keyframe, as the card's ``vr[i]`` does).
     ``on_frame(k, array)`` is called, from either thread, for each frame as soon as its batch
     is read, so the caller can work on it while the rest decodes.
     """
@@ -220,7 +258,7 @@ def _read_decord(
         fps = float(reader.get_avg_fps())
         if num_frames != probe.num_frames or not math.isclose(fps, probe.fps, rel_tol=1e-6):
             # sampling from other numbers would make frame n another frame than PyAV's n
-            raise _DecordFailed(
+            raise DecordFailed(
                 f"decord reads {num_frames} frames at {fps:.6g} fps in {path.name}, the "
                 f"container holds {probe.num_frames} at {probe.fps:.6g} fps, so the two "
                 "backends would number (and sample) its frames differently"
@@ -237,7 +275,7 @@ def _read_decord(
                     batch = source.get_batch(chunk).asnumpy()  # [len(chunk), H, W, 3] uint8
                 except Exception as e:
                     first_line = str(e).strip().splitlines()[-1][:200]
-                    raise _DecordFailed(
+                    raise DecordFailed(
                         f"decord could not decode frames {chunk} of {path.name} ({first_line}); "
                         "the file may be damaged. backend='pyav' conceals damaged frames instead"
                     ) from e
@@ -246,11 +284,12 @@ def _read_decord(
                     if on_frame is not None:
                         on_frame(k, array)
 
+        from vltools.threads import on_pool_thread, shared_pool
+
         half = (len(wanted) + 1) // 2
-        if len(wanted) < 2 or (os.cpu_count() or 1) < 2:
-            read(reader, 0, len(wanted))
+        if len(wanted) < 2 or (os.cpu_count() or 1) < 2 or on_pool_thread():
+            read(reader, 0, len(wanted))  # (a pool job never waits for another: no helper)
         else:
-            from concurrent.futures import ThreadPoolExecutor
 
             def second_half() -> None:
                 other = _open_decord(decord, path)
@@ -259,19 +298,18 @@ def _read_decord(
                 finally:
                     del other  # decord has no close(); dropping the reader closes the file
 
-            with ThreadPoolExecutor(1, thread_name_prefix="vltools-decord") as pool:
-                future = pool.submit(second_half)
-                try:
-                    read(reader, 0, half)
-                finally:
-                    future.exception()  # always wait for the other reader
-                future.result()
+            future = shared_pool().submit(second_half)
+            try:
+                read(reader, 0, half)
+            finally:
+                future.exception()  # always wait for the other reader
+            future.result()
     finally:
         del reader  # decord has no close(); dropping the reader closes the file
-    return _Frames(arrays, indices, timestamps, num_frames, fps)
+    return DecodedFrames(arrays, indices, timestamps, num_frames, fps)
 
 
-def _decode_pyav(path: Path, probe: _Probe, indices: np.ndarray) -> list[np.ndarray]:
+def decode_pyav(path: Path, probe: VideoProbe, indices: np.ndarray) -> list[np.ndarray]:
     """The frames at ``indices`` (presentation order) as ``[H, W, 3]`` uint8 arrays, via PyAV.
 
     First by timestamps with seeking (:func:`_decode_seeking`); where that misses frames (a
@@ -305,7 +343,7 @@ def _decode_pyav(path: Path, probe: _Probe, indices: np.ndarray) -> list[np.ndar
     return arrays
 
 
-def _decode_seeking(container, probe: _Probe, wanted: set[int]) -> dict[int, np.ndarray]:
+def _decode_seeking(container, probe: VideoProbe, wanted: set[int]) -> dict[int, np.ndarray]:
     """Frames by pts: seek to the keyframe before each wanted frame unless decoding is there.
 
     Frames no other frame refers to are skipped unless wanted (FFmpeg's

@@ -524,8 +524,8 @@ def _size(item: Any) -> tuple[int, int] | int | None:
     shape = getattr(item, "shape", None)
     if shape is not None and len(shape) == 4:
         return int(shape[0])  # a tensor of tiles
-    if getattr(item, "num_patches", None) is not None:
-        return int(item.num_patches)
+    if isinstance(getattr(item, "num_tiles", None), int):  # a TiledImage
+        return int(item.num_tiles)
     pixels = getattr(item, "pixel_values", None)
     if pixels is not None:
         return int(pixels.shape[0])

@@ -499,7 +499,7 @@ def generate_ids(
     config, extra = make_generation_config(vlm, options)
     pixels = check_pixel_values(vlm, pixel_values)
     input_ids = tokenize(vlm, str(prompt))
-    patches = prompt.num_patches_list if isinstance(prompt, Prompt) else ()
+    patches = prompt.num_tiles if isinstance(prompt, Prompt) else ()
     _check_context(vlm, input_ids.shape[1], config.max_new_tokens, patches)
     features = image_features(vlm, pixels) if pixels is not None else None
     embeds = embed(vlm, input_ids, features)

@@ -11,12 +11,14 @@ Exactness. The pixel values are bit-identical to the card's pipeline (max abs di
 operations as torchvision's ``ToTensor`` + ``Normalize`` (``(x / 255 - mean) / std``,
 checked value for value against torch for all 256 inputs, see :func:`_normaliser`).
 
-Speed. Instead of tile by tile through PIL and torchvision, the tiles are written straight
-into one preallocated tensor by a few threads (PIL's resize and numpy's arithmetic release
-the GIL), with the thumbnail's resize running beside the canvas's, and, where the height
-does not shrink, the canvas itself made one tile column per thread in exactly PIL's
-arithmetic (:func:`_column_resizer`). This makes it about 1.5 times faster than the card and
-about as fast as PIL's resize of the canvas alone (``benchmarks/tiling.py``).
+Two paths, the same bits. :func:`cut_tiles` is the card's steps one after the other (the
+canvas resize, the crops, the thumbnail, each tile normalised into one preallocated tensor):
+the reference, and what the video loader runs for each frame. :func:`load_image` runs the
+threaded variant at the end of this module, on the process's one pool
+(:mod:`vltools.threads`): the thumbnail's resize beside the canvas's and, where the height
+does not shrink, the canvas one tile column per thread, which rests on a probe of Pillow's
+pass order (:func:`_columns_are_exact`). ``benchmarks/tiling_paths.py`` measures what that
+buys on the 4032 x 3024 photo (``benchmarks/README.md``).
 
 Deep colour. 16-bit images and float ``F`` images in ``[0, 1]`` are scaled to 8 bits
 (:func:`to_8bit`) where the card clips them to a white or black square; other ``I``/``F``
@@ -58,7 +60,8 @@ from vltools.constants import (
     IMAGENET_STD,
     TILE_SIZE,
 )
-from vltools.tiling import TileBox, TileGrid, _check_settings, plan_tiles
+from vltools.threads import cancel_and_wait, on_pool_thread, pool_size, shared_pool
+from vltools.tiling import TileBox, TileGrid, check_tile_settings, plan_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -67,7 +70,9 @@ __all__ = [
     "MAX_PIXEL_VALUES_BYTES",
     "TiledImage",
     "check_pixel_values_size",
+    "cut_tiles",
     "load_image",
+    "open_image",
     "open_regular_file",
     "to_8bit",
 ]
@@ -94,7 +99,8 @@ class TiledImage:
             ``pixel_values`` order (grid tiles row-major, the thumbnail last).
         pixel_values: float32 ``[num_tiles, 3, image_size, image_size]``, ImageNet-normalised
             (``(x / 255 - mean) / std``), on the CPU unless moved with :meth:`to`.
-        num_patches: ``grid.num_tiles``; pass ``[tiled.num_patches]`` as ``num_patches_list``.
+        num_tiles: ``grid.num_tiles``, the thumbnail included; pass ``[tiled.num_tiles]`` as
+            the chat API's ``num_patches_list`` (the card's name for tiles per image).
         source: a name for where the image came from (the path), or ``None``.
     """
 
@@ -102,8 +108,19 @@ class TiledImage:
     grid: TileGrid
     tiles: tuple[Image.Image, ...]
     pixel_values: torch.Tensor
-    num_patches: int
+    num_tiles: int
     source: str | None = None
+
+    @property
+    def num_patches(self) -> int:
+        """Deprecated name of :attr:`num_tiles` (vltools calls tiles tiles; the vision
+        encoder's patches are its 14-pixel squares)."""
+        warnings.warn(
+            "TiledImage.num_patches is deprecated; use TiledImage.num_tiles (the same number).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.num_tiles
 
     def to(self, device: Any = None, dtype: Any = None) -> TiledImage:
         """A copy with ``pixel_values`` moved to ``device`` and/or cast to ``dtype``.
@@ -126,7 +143,7 @@ class TiledImage:
         name = f"{self.source!r}, " if self.source else ""
         return (
             f"TiledImage({name}{self.grid.width}x{self.grid.height} -> "
-            f"{self.grid.cols}x{self.grid.rows} grid, num_patches={self.num_patches}"
+            f"{self.grid.cols}x{self.grid.rows} grid, num_tiles={self.num_tiles}"
             f"{' incl. thumbnail' if self.grid.has_thumbnail else ''}, "
             f"pixel_values={tuple(pv.shape)} {str(pv.dtype).removeprefix('torch.')} on "
             f"{pv.device}, {self.grid.num_image_tokens:,} image tokens)"
@@ -202,7 +219,7 @@ def _from_array(array: np.ndarray) -> Image.Image:
     )
 
 
-def _open(
+def open_image(
     source: Any,
     *,
     exif_transpose: bool,
@@ -335,102 +352,6 @@ def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[...
         return arithmetic
     logger.info("numpy and torch float32 arithmetic differ; using a table")
     return lookup
-
-
-_POOL: tuple[int, ThreadPoolExecutor, int] | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> tuple[ThreadPoolExecutor, int]:
-    """A small shared thread pool and its size: PIL's resize and numpy's arithmetic release
-    the GIL.
-
-    One per process: a forked child (a DataLoader worker) gets its own, since the parent's
-    worker threads do not exist there.
-    """
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            workers = max(2, min(4, os.cpu_count() or 2))
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-tiling")
-            _POOL = (os.getpid(), pool, workers)
-        return _POOL[1], _POOL[2]
-
-
-def _column_resizer(image: Image.Image, size: tuple[int, int]) -> Callable[[int, int], Image.Image]:
-    """``columns(x0, x1)``: columns ``x0:x1`` of ``image.resize(size)`` (bicubic), made alone.
-
-    Only for a height that does not shrink (``size[1] >= image.height``). PIL resizes in two
-    passes with an 8-bit image between them: horizontal, then vertical. Newer Pillows may run
-    the vertical pass first when the height shrinks, never when it does not. The vertical pass
-    computes each column on its own, from the same coefficients whatever the image's width.
-    So the horizontal pass alone (done here, once), then the vertical pass of any strip of
-    its columns, gives the same bytes as one resize, and the strips can be made in parallel.
-    ``tests/test_images.py`` checks this against PIL's resize on many sizes, and
-    :func:`_columns_are_exact` on the installed Pillow before it is used.
-    """
-    width, height = size
-    if height < image.height:
-        raise ValueError(f"the height shrinks ({image.height} -> {height}): resize in one call")
-    wide = image if image.width == width else image.resize((width, image.height), _RESAMPLE)
-
-    def columns(x0: int, x1: int) -> Image.Image:  # always a new image, never ``image``
-        if height == image.height:
-            return wide.crop((x0, 0, x1, image.height))
-        whole = (x0, x1) == (0, wide.width)  # one column: no copy before the resize
-        strip = wide if whole else wide.crop((x0, 0, x1, image.height))
-        return strip.resize((x1 - x0, height), _RESAMPLE)
-
-    return columns
-
-
-@functools.lru_cache(maxsize=1)
-def _columns_are_exact() -> bool:
-    """Whether the installed Pillow resizes as :func:`_column_resizer` assumes, on a few
-    small probes (up, down, one axis, and over 100 times taller than wide); otherwise (a fork
-    that resizes another way) :func:`load_image` resizes the canvas in one call."""
-    rng = np.random.default_rng(0)
-    probes = [
-        ((37, 23), (96, 64)),
-        ((50, 20), (28, 41)),
-        ((20, 31), (20, 77)),
-        ((3, 301), (32, 320)),
-    ]
-    for (w, h), (width, height) in probes:
-        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        columns = _column_resizer(image, (width, height))
-        cuts = [0, width // 3, width // 3 + 1, width]
-        strips = [np.asarray(columns(x0, x1)) for x0, x1 in itertools.pairwise(cuts)]
-        one = np.asarray(image.resize((width, height), _RESAMPLE))
-        if not np.array_equal(np.concatenate(strips, axis=1), one):
-            logger.info("Pillow resizes differently; one resize per canvas")
-            return False
-    return True
-
-
-def _run_shared(pool: ThreadPoolExecutor, workers: int, jobs: list[Callable[[], None]]) -> None:
-    """Run ``jobs`` on this thread and up to ``workers`` pool threads, each taking the next
-    job until none is left (so a pool thread busy elsewhere simply joins later), and return
-    once all have finished; the first exception is raised."""
-    lock = threading.Lock()
-    pending = iter(jobs)
-
-    def drain() -> None:
-        while True:
-            with lock:
-                job = next(pending, None)
-            if job is None:
-                return
-            job()
-
-    helpers = [pool.submit(drain) for _ in range(min(workers, len(jobs) - 1))]
-    try:
-        drain()
-    finally:
-        for helper in helpers:  # always wait: they write into the caller's buffers
-            helper.exception()
-    for helper in helpers:
-        helper.result()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +506,7 @@ def load_image(
     Returns:
         A :class:`TiledImage`: the image, its :class:`TileGrid`, the PIL tiles and
         ``pixel_values`` float32 ``[num_tiles, 3, image_size, image_size]``. For the chat API
-        pass ``tiled.pixel_values`` (after ``.to(device, dtype)``) and ``tiled.num_patches``.
+        pass ``tiled.pixel_values`` (after ``.to(device, dtype)``) and ``[tiled.num_tiles]``.
 
     Raises:
         FileNotFoundError: no file at the path.
@@ -599,7 +520,7 @@ def load_image(
     """
     import torch
 
-    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    min_num, max_num, image_size = check_tile_settings(min_num, max_num, image_size)
 
     def check(width: int, height: int) -> None:  # before decoding: refuse what is too large
         planned = plan_tiles(
@@ -624,7 +545,7 @@ def load_image(
                 f"{max(1, max_tiles - 1)}."
             )
 
-    image, name = _open(source, exif_transpose=exif_transpose, check=check)
+    image, name = open_image(source, exif_transpose=exif_transpose, check=check)
     grid = plan_tiles(
         image.width,
         image.height,
@@ -634,23 +555,74 @@ def load_image(
         use_thumbnail=use_thumbnail,
     )
     pixel_values = torch.empty((grid.num_tiles, 3, image_size, image_size), dtype=torch.float32)
-    tiles = _cut(image, grid, pixel_values.numpy(), fast=fast)
+    tiles = _cut_threaded(image, grid, pixel_values.numpy(), fast=fast)
     return TiledImage(
         image=image,
         grid=grid,
         tiles=tuple(tiles),
         pixel_values=pixel_values,
-        num_patches=grid.num_tiles,
+        num_tiles=grid.num_tiles,
         source=name,
     )
 
 
-def _cut(image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool) -> list[Image.Image]:
+def cut_tiles(
+    image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool = False
+) -> list[Image.Image]:
     """Resize ``image`` to ``grid``'s canvas, cut it, and write the normalised tiles into ``out``.
+
+    The card's steps, in its order: the canvas resize (bicubic), one crop per tile row by row,
+    the thumbnail (a resize of the whole image; with ``fast``, of the canvas where that is
+    smaller than the image), and each tile normalised into its slice of ``out``.
 
     ``out``: float32 ``[grid.num_tiles, 3, S, S]`` (a view into the caller's tensor; the video
     loader passes one frame's slice of the clip's). Returns the PIL tiles in ``out``'s order.
     """
+    S = grid.image_size
+    if out.shape != (grid.num_tiles, 3, S, S) or out.dtype != np.float32:
+        raise ValueError(
+            f"out must be float32 {(grid.num_tiles, 3, S, S)}, got {out.dtype} {out.shape}"
+        )
+    gap = _FAST_REDUCING_GAP if fast else None
+    normalise = _normaliser(IMAGENET_MEAN, IMAGENET_STD)
+    canvas = _resize(image, grid.canvas_size, gap)
+    tiles: list[Image.Image] = [canvas] * grid.num_tiles
+    for box in grid.boxes:  # pixel_values order: the grid row by row, the thumbnail last
+        if box.is_thumbnail:
+            smaller = canvas.width * canvas.height < image.width * image.height
+            tiles[box.index] = _resize(canvas if fast and smaller else image, (S, S), gap)
+        else:
+            tiles[box.index] = canvas.crop(box.canvas)
+        normalise(out[box.index], np.asarray(tiles[box.index]))  # [3, S, S] <- [S, S, 3]
+    return tiles
+
+
+def _resize(source: Image.Image, size: tuple[int, int], gap: float | None) -> Image.Image:
+    """``source`` resized to ``size`` (bicubic); ``source`` itself where it has that size
+    (PIL would return a copy: the same pixels)."""
+    if source.size == size:
+        return source
+    return source.resize(size, _RESAMPLE, reducing_gap=gap)
+
+
+# ---------------------------------------------------------------------------------------------
+# The threaded path: the same bits as cut_tiles, faster on large photos
+# ---------------------------------------------------------------------------------------------
+# Everything threaded in this module is below. cut_tiles above is the reference: the tests
+# check both against the card's pipeline. benchmarks/tiling_paths.py measures the one against
+# the other (benchmarks/README.md says what it buys and on which machine).
+
+
+def _cut_threaded(
+    image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool
+) -> list[Image.Image]:
+    """:func:`cut_tiles` on the shared pool, the same bits: the thumbnail's resize beside the
+    canvas's, the tiles normalised in parallel, and the canvas one tile column per thread
+    where the height does not shrink (:func:`_column_resizer`, behind its probe
+    :func:`_columns_are_exact`). On a pool thread (a video frame being tiled) it is
+    :func:`cut_tiles` itself, since a pool job never waits for another."""
+    if on_pool_thread():
+        return cut_tiles(image, grid, out, fast=fast)
     gap = _FAST_REDUCING_GAP if fast else None
     normalise = _normaliser(IMAGENET_MEAN, IMAGENET_STD)
     S = grid.image_size
@@ -659,7 +631,7 @@ def _cut(image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool) -> 
         raise ValueError(
             f"out must be float32 {(grid.num_tiles, 3, S, S)}, got {out.dtype} {out.shape}"
         )
-    pool, workers = _pool()
+    pool, workers = shared_pool(), pool_size()
 
     def resize(source: Image.Image, size: tuple[int, int]) -> Image.Image:
         if source.size == size:
@@ -716,7 +688,87 @@ def _cut(image: Image.Image, grid: TileGrid, out: np.ndarray, *, fast: bool) -> 
             finish(box.index, canvas.crop(box.canvas))
 
         jobs = [functools.partial(tile_job, b) for b in grid.boxes if not b.is_thumbnail]
-    _run_shared(pool, workers, jobs)
+    try:
+        _run_shared(pool, workers, jobs)
+    except BaseException:
+        cancel_and_wait([thumb_future])  # it writes into out: never leave it running
+        raise
     if thumb_future is not None:
         tiles.append(thumb_future.result())
     return tiles  # type: ignore[return-value]
+
+
+def _column_resizer(image: Image.Image, size: tuple[int, int]) -> Callable[[int, int], Image.Image]:
+    """``columns(x0, x1)``: columns ``x0:x1`` of ``image.resize(size)`` (bicubic), made alone.
+
+    Only for a height that does not shrink (``size[1] >= image.height``). PIL resizes in two
+    passes with an 8-bit image between them: horizontal, then vertical. Newer Pillows may run
+    the vertical pass first when the height shrinks, never when it does not. The vertical pass
+    computes each column on its own, from the same coefficients whatever the image's width.
+    So the horizontal pass alone (done here, once), then the vertical pass of any strip of
+    its columns, gives the same bytes as one resize, and the strips can be made in parallel.
+    ``tests/test_images.py`` checks this against PIL's resize on many sizes, and
+    :func:`_columns_are_exact` on the installed Pillow before it is used.
+    """
+    width, height = size
+    if height < image.height:
+        raise ValueError(f"the height shrinks ({image.height} -> {height}): resize in one call")
+    wide = image if image.width == width else image.resize((width, image.height), _RESAMPLE)
+
+    def columns(x0: int, x1: int) -> Image.Image:  # always a new image, never ``image``
+        if height == image.height:
+            return wide.crop((x0, 0, x1, image.height))
+        whole = (x0, x1) == (0, wide.width)  # one column: no copy before the resize
+        strip = wide if whole else wide.crop((x0, 0, x1, image.height))
+        return strip.resize((x1 - x0, height), _RESAMPLE)
+
+    return columns
+
+
+@functools.lru_cache(maxsize=1)
+def _columns_are_exact() -> bool:
+    """Whether the installed Pillow resizes as :func:`_column_resizer` assumes, on a few
+    small probes (up, down, one axis, and over 100 times taller than wide); otherwise (a fork
+    that resizes another way) :func:`load_image` resizes the canvas in one call."""
+    rng = np.random.default_rng(0)
+    probes = [
+        ((37, 23), (96, 64)),
+        ((50, 20), (28, 41)),
+        ((20, 31), (20, 77)),
+        ((3, 301), (32, 320)),
+    ]
+    for (w, h), (width, height) in probes:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        columns = _column_resizer(image, (width, height))
+        cuts = [0, width // 3, width // 3 + 1, width]
+        strips = [np.asarray(columns(x0, x1)) for x0, x1 in itertools.pairwise(cuts)]
+        one = np.asarray(image.resize((width, height), _RESAMPLE))
+        if not np.array_equal(np.concatenate(strips, axis=1), one):
+            logger.info("Pillow resizes differently; one resize per canvas")
+            return False
+    return True
+
+
+def _run_shared(pool: ThreadPoolExecutor, workers: int, jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` on this thread and up to ``workers`` pool threads, each taking the next
+    job until none is left (so a pool thread busy elsewhere simply joins later), and return
+    once all have finished; the first exception is raised."""
+    lock = threading.Lock()
+    pending = iter(jobs)
+
+    def drain() -> None:
+        while True:
+            with lock:
+                job = next(pending, None)
+            if job is None:
+                return
+            job()
+
+    helpers = [pool.submit(drain) for _ in range(min(workers, len(jobs) - 1))]
+    try:
+        drain()
+    finally:
+        for helper in helpers:  # always wait: they write into the caller's buffers
+            helper.exception()
+    for helper in helpers:
+        helper.result()

@@ -18,8 +18,10 @@ Follows section 2 of the format notes (``docs/FORMAT.md``), the original
   attention capture) goes through these two.
 - ``chat()`` prepends ``<image>\\n`` to the question only on the first turn (``history is
   None``), when there are pixels, and when the question holds no ``<image>`` of its own.
-- Each entry of ``num_patches_list`` replaces the next ``<image>`` of the whole rendered
-  conversation with ``<img>`` + ``<IMG_CONTEXT>`` x (256 * tiles) + ``</img>``.
+- Each entry of ``num_patches_list`` (the card's name; :class:`Prompt` calls it ``num_tiles``)
+  replaces the next ``<image>`` of the whole rendered conversation with ``<img>`` +
+  ``<IMG_CONTEXT>`` x (256 * tiles) + ``</img>``. :func:`chat_query` and :func:`render_prompt`
+  take the card's ``chat()`` arguments, so they keep its ``num_patches_list``.
 
 Everything here is pure string work; :func:`render_prompt` returns a :class:`Prompt` whose
 ``compact`` form writes each run of ``<IMG_CONTEXT>`` as ``<IMG_CONTEXT>×N`` (the notation of
@@ -31,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -196,13 +199,25 @@ class Prompt:
 
     Attributes:
         text: the exact string that is tokenized (``len(text)`` characters).
-        num_patches_list: tiles per image block, in the order the blocks appear in ``text``.
+        num_tiles: tiles per image block, in the order the blocks appear in ``text`` (what the
+            card's ``chat`` takes as ``num_patches_list``).
         tokens_per_tile: ``<IMG_CONTEXT>`` tokens per tile (256 for InternVL2).
     """
 
     text: str
-    num_patches_list: tuple[int, ...] = ()
+    num_tiles: tuple[int, ...] = ()
     tokens_per_tile: int = TOKENS_PER_TILE
+
+    @property
+    def num_patches_list(self) -> tuple[int, ...]:
+        """Deprecated name of :attr:`num_tiles` (tiles per image block)."""
+        warnings.warn(
+            "Prompt.num_patches_list is deprecated; use Prompt.num_tiles (the same tiles per "
+            "image block).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.num_tiles
 
     @property
     def compact(self) -> str:
@@ -221,14 +236,14 @@ class Prompt:
 
     @property
     def num_image_tokens(self) -> int:
-        """Number of ``<IMG_CONTEXT>`` tokens (``tokens_per_tile * sum(num_patches_list)``)."""
-        return self.tokens_per_tile * sum(self.num_patches_list)
+        """Number of ``<IMG_CONTEXT>`` tokens (``tokens_per_tile * sum(num_tiles)``)."""
+        return self.tokens_per_tile * sum(self.num_tiles)
 
     def __str__(self) -> str:
         return self.text
 
     def __repr__(self) -> str:
-        return f"Prompt({self.chars} chars, images={list(self.num_patches_list)}):\n{self.compact}"
+        return f"Prompt({self.chars} chars, images={list(self.num_tiles)}):\n{self.compact}"
 
     def _repr_html_(self) -> str:
         return prompt_html(self.text)
@@ -411,7 +426,7 @@ def check_history(history: Any) -> list[tuple[str, str]]:
 def build_prompt(
     history: Sequence[tuple[str, str]],
     question: str,
-    num_patches_list: Sequence[int] = (),
+    num_tiles: Sequence[int] = (),
     *,
     template: str | Template | None = None,
     system_message: str | None = None,
@@ -420,14 +435,14 @@ def build_prompt(
     """The prompt of a conversation: ``history`` pairs, then ``question`` and an open answer.
 
     The questions already hold their ``<image>`` placeholders (:func:`place_images`); the
-    ``num_patches_list`` entries fill them in order across the whole conversation.
+    ``num_tiles`` entries (tiles per image) fill them in order across the whole conversation.
     """
     messages: list[tuple[str, str | None]] = []
     for old_q, old_a in history:
         messages += [("user", old_q), ("assistant", old_a)]
     messages += [("user", question), ("assistant", None)]
     text = render_template(messages, system_message=system_message, template=template)
-    patches = [int(n) for n in num_patches_list]
+    patches = [int(n) for n in num_tiles]
     text = expand_images(text, patches, tokens_per_tile=tokens_per_tile)
     return Prompt(text, tuple(patches), tokens_per_tile)
 

@@ -29,9 +29,11 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vltools._optional import require
 from vltools.constants import (
     CONTEXT_LENGTH,
     DEFAULT_MAX_NUM,
@@ -41,7 +43,17 @@ from vltools.constants import (
     TILE_SIZE,
 )
 
-__all__ = ["Candidate", "TileBox", "TileGrid", "plan_tiles"]
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = [
+    "Candidate",
+    "TileBox",
+    "TileGrid",
+    "check_tile_settings",
+    "plan_tiles",
+    "token_costs",
+]
 
 # Pixel shuffle merges 2 x 2 patches into one token: a tile side must be an even number of
 # 14-pixel patches.
@@ -110,7 +122,7 @@ class TileGrid:
         has_thumbnail: a thumbnail is added when ``use_thumbnail`` and the grid has more than
             one tile (the card's rule).
         num_tiles: ``cols * rows`` plus one for the thumbnail: the first dimension of
-            ``pixel_values`` and the ``num_patches`` the chat API wants.
+            ``pixel_values`` and the tile count the chat API wants (its ``num_patches_list`` entry).
         boxes: ``num_tiles`` :class:`TileBox`, in ``pixel_values`` order.
         candidates: every grid considered, in the card's visiting order (:class:`Candidate`);
             see ``all_candidates``.
@@ -188,7 +200,13 @@ def _as_int(value: Any, name: str) -> int:
     return operator.index(value)
 
 
-def _check_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, int, int]:
+def check_tile_settings(min_num: Any, max_num: Any, image_size: Any) -> tuple[int, int, int]:
+    """``(min_num, max_num, image_size)`` as ints, checked as :func:`plan_tiles` needs them.
+
+    Raises ``TypeError`` for a non-integer and ``ValueError`` (saying the fix) for
+    ``min_num < 1``, ``max_num`` above :data:`MAX_NUM_LIMIT` or below ``min_num``, and an
+    ``image_size`` that is not a positive multiple of 28.
+    """
     min_num = _as_int(min_num, "min_num")
     max_num = _as_int(max_num, "max_num")
     image_size = _as_int(image_size, "image_size")
@@ -387,7 +405,7 @@ def plan_tiles(
             tiles when the grid has more than one tile (InternVL2's config: True).
 
     Returns:
-        A :class:`TileGrid`; ``grid.num_tiles`` is the ``num_patches`` for the chat API and
+        A :class:`TileGrid`; ``grid.num_tiles`` is the chat API's ``num_patches_list`` entry and
         ``grid.candidates`` shows the choice.
 
     Raises:
@@ -403,7 +421,7 @@ def plan_tiles(
             f"The image is {width}x{height} pixels; width and height must both be at least 1. "
             "Check that the image was decoded (an empty array or a zero-size crop has no tiles)."
         )
-    min_num, max_num, image_size = _check_settings(min_num, max_num, image_size)
+    min_num, max_num, image_size = check_tile_settings(min_num, max_num, image_size)
     use_thumbnail = bool(use_thumbnail)
 
     order, complete = _candidate_grids(width, height, min_num, max_num)
@@ -517,6 +535,52 @@ def _explain(grid: TileGrid) -> str:
     elif grid.use_thumbnail:
         text += " One tile: no thumbnail (it would repeat the tile)."
     return text
+
+
+def token_costs(
+    sizes: Mapping[str, tuple[int, int]],
+    *,
+    max_nums: Sequence[int] = (1, 6, 12, 40),
+    min_num: int = DEFAULT_MIN_NUM,
+    image_size: int = TILE_SIZE,
+    use_thumbnail: bool = True,
+) -> pd.DataFrame:
+    """What each image costs in image tokens at several ``max_num``: a table, no pixels.
+
+    ``sizes`` maps a name to ``(width, height)`` (``{name: Image.open(path).size}``). Returns a
+    pandas DataFrame with one row per image (index ``image``) and one column per ``max_num``
+    (``"max_num=6"``), holding :attr:`TileGrid.num_image_tokens` of :func:`plan_tiles` for it
+    (thumbnail included). Settings are checked as :func:`plan_tiles` checks them.
+    """
+    pd = require("pandas", purpose="vltools.tiling.token_costs")
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Mapping):
+        raise TypeError(
+            f"sizes must map a name to (width, height), got {type(sizes).__name__}; for "
+            "example {'cat': (451, 300)}."
+        )
+    max_nums = [max_nums] if isinstance(max_nums, int) else list(max_nums)
+    if not max_nums:
+        raise ValueError("max_nums is empty; pass the max_num values to compare, e.g. (1, 6, 12).")
+    rows = {}
+    for name, size in sizes.items():
+        try:
+            width, height = size
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"sizes[{name!r}] must be (width, height), got {size!r}.") from e
+        rows[name] = [
+            plan_tiles(
+                width,
+                height,
+                min_num=min_num,
+                max_num=m,
+                image_size=image_size,
+                use_thumbnail=use_thumbnail,
+            ).num_image_tokens
+            for m in max_nums
+        ]
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[f"max_num={m}" for m in max_nums])
+    table.index.name = "image"
+    return table
 
 
 def _grid_html(grid: TileGrid, *, max_rows: int = 12) -> str:

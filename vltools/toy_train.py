@@ -97,7 +97,7 @@ def encode_example(
     tiled = load_image(scene["image"], max_num=max_num)
     prompt = chat_query(
         scene["question"],
-        num_patches_list=[tiled.num_patches],
+        num_patches_list=[tiled.num_tiles],
         system_message=vlm.system_message,
         tokens_per_tile=vlm.tokens_per_tile,
     ).text

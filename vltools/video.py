@@ -34,6 +34,7 @@ import os
 import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,24 +42,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vltools._optional import require
-from vltools.constants import TILE_SIZE
+from vltools.constants import CONTEXT_LENGTH, TILE_SIZE, TOKENS_PER_TILE
 from vltools.decoding import (
-    _DECORD_MISSEEKS,
+    DECORD_MISSEEKS,
     Backend,
-    _choose_backend,
-    _decode_pyav,
-    _DecordFailed,
-    _Frames,
-    _probe,
-    _read_decord,
+    DecodedFrames,
+    DecordFailed,
     available_backends,
+    choose_backend,
+    decode_pyav,
+    probe_video,
+    read_decord,
 )
+from vltools.threads import cancel_and_wait, on_pool_thread, shared_pool
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     import torch
     from PIL import Image
 
     from vltools.images import TiledImage
+
+__all__ = [
+    "MAX_SEGMENTS",
+    "VideoClip",
+    "VideoFrames",
+    "frame_costs",
+    "frame_range",
+    "load_video",
+    "sample_frame_indices",
+]
 
 # The card's get_index stands in +-100000 seconds for "no bound".
 _NO_BOUND: tuple[float, float] = (-100000.0, 100000.0)
@@ -142,6 +155,50 @@ def sample_frame_indices(
     return indices
 
 
+def frame_costs(
+    width: int,
+    height: int,
+    *,
+    tokens_per_tile: int = TOKENS_PER_TILE,
+    context_length: int = CONTEXT_LENGTH,
+    max_nums: Sequence[int] = (1, 6),
+    segments: Sequence[int] = (4, 8, 16, 32),
+    image_size: int = TILE_SIZE,
+) -> pd.DataFrame:
+    """What more frames cost in the context: a table, no decoding.
+
+    For frames of ``width x height`` tiled at each of ``max_nums`` (one tile at the card's 1;
+    above 1 a grid and the thumbnail, :func:`vltools.tiling.plan_tiles`) and each number of
+    ``segments``, the image tokens ``frames * tiles * tokens_per_tile`` and their share of
+    ``context_length``. Pass the model's own facts (``tokens_per_tile=vlm.tokens_per_tile,
+    context_length=vlm.context_length``); the defaults are InternVL2-1B's. Returns a pandas
+    DataFrame with the columns ``max_num``, ``frames``, ``tiles_per_frame``, ``image_tokens``,
+    ``context_share`` (the fraction of the context the frames take before any text).
+    """
+    from vltools.tiling import plan_tiles
+
+    pd = require("pandas", purpose="vltools.video.frame_costs")
+    _check_int("tokens_per_tile", tokens_per_tile, minimum=1, fix="InternVL2 uses 256.")
+    _check_int("context_length", context_length, minimum=1, fix="InternVL2-1B has 8192.")
+    rows = []
+    for max_num in max_nums:
+        _check_int("max_num", max_num, minimum=1, fix="Use max_num=1 for one tile per frame.")
+        tiles = plan_tiles(width, height, max_num=max_num, image_size=image_size).num_tiles
+        for frames in segments:
+            _check_int("segments", frames, minimum=1, fix="Count at least one frame.")
+            tokens = int(frames) * tiles * int(tokens_per_tile)
+            rows.append(
+                {
+                    "max_num": int(max_num),
+                    "frames": int(frames),
+                    "tiles_per_frame": tiles,
+                    "image_tokens": tokens,
+                    "context_share": tokens / int(context_length),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def _check_int(name: str, value: Any, *, minimum: int, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
@@ -178,9 +235,10 @@ class VideoClip:
 
     Attributes:
         source: the file name the frames came from.
-        pixel_values: float32 ``[sum(num_patches_list), 3, 448, 448]``, ImageNet-normalised,
+        pixel_values: float32 ``[sum(num_tiles), 3, 448, 448]``, ImageNet-normalised,
             the tiles of frame 0, then of frame 1, ... (each frame's thumbnail last).
-        num_patches_list: tiles per frame, ``len == num_segments``.
+        num_tiles: tiles per frame, ``len == num_segments`` (pass ``list(clip.num_tiles)`` as
+            the chat API's ``num_patches_list``).
         frame_indices: int64 ``[num_segments]``, the sampled frames, in presentation order.
         timestamps: float64 ``[num_segments]``, presentation time of each sampled frame in
             seconds from the first frame.
@@ -201,7 +259,7 @@ class VideoClip:
 
     source: str
     pixel_values: torch.Tensor
-    num_patches_list: tuple[int, ...]
+    num_tiles: tuple[int, ...]
     frame_indices: np.ndarray
     timestamps: np.ndarray
     fps: float
@@ -217,7 +275,18 @@ class VideoClip:
     @property
     def num_segments(self) -> int:
         """Number of sampled frames."""
-        return len(self.num_patches_list)
+        return len(self.num_tiles)
+
+    @property
+    def num_patches_list(self) -> tuple[int, ...]:
+        """Deprecated name of :attr:`num_tiles` (tiles per frame)."""
+        warnings.warn(
+            "VideoClip.num_patches_list is deprecated; use VideoClip.num_tiles (the same tiles "
+            "per frame; chat(..., num_patches_list=list(clip.num_tiles)) keeps the card's name).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.num_tiles
 
     @property
     def num_image_tokens(self) -> int:
@@ -256,7 +325,7 @@ class VideoClip:
         return (
             f"VideoClip({Path(self.source).name!r}, {self.num_segments} frames "
             f"{self.frame_indices.tolist()} of {self.num_frames} at {self.fps:g} fps{bound}, "
-            f"{int(sum(self.num_patches_list))} tiles, {self.num_image_tokens} image tokens, "
+            f"{int(sum(self.num_tiles))} tiles, {self.num_image_tokens} image tokens, "
             f"backend={self.backend!r})"
         )
 
@@ -265,7 +334,7 @@ def _tiled_views(tiled: Sequence[TiledImage], pixel_values: torch.Tensor) -> tup
     """Each TiledImage with its pixel_values replaced by its slice of ``pixel_values``."""
     out, offset = [], 0
     for t in tiled:
-        n = t.num_patches
+        n = t.num_tiles
         out.append(dataclasses.replace(t, pixel_values=pixel_values[offset : offset + n]))
         offset += n
     return tuple(out)
@@ -298,8 +367,8 @@ def load_video(
     _check_int("max_num", max_num, minimum=1, fix="Use max_num=1 for one tile per frame.")
     _check_bound(bound)
     path = _check_path(source)
-    chosen = _choose_backend(backend)
-    probe = _probe(path)
+    chosen = choose_backend(backend)
+    probe = probe_video(path)
     if probe.width > 0 and probe.height > 0:  # before decoding: refuse what is too large
         from vltools.images import check_pixel_values_size
         from vltools.tiling import plan_tiles
@@ -313,7 +382,7 @@ def load_video(
             lower=f"num_segments (now {num_segments}) or max_num (now {max_num})",
         )
     frames = None
-    if chosen == "decord" and probe.container_format in _DECORD_MISSEEKS:
+    if chosen == "decord" and probe.container_format in DECORD_MISSEEKS:
         if backend == "auto" and "pyav" in available_backends():
             chosen = "pyav"  # decord returns other frames than asked for in these containers
         else:
@@ -329,8 +398,8 @@ def load_video(
                 pick = functools.partial(
                     sample_frame_indices, num_segments=num_segments, bound=bound
                 )
-                frames = _read_decord(path, probe, pick=pick, on_frame=tiler.add)
-            except _DecordFailed as e:
+                frames = read_decord(path, probe, pick=pick, on_frame=tiler.add)
+            except DecordFailed as e:
                 if backend == "decord":
                     raise ValueError(str(e)) from e
                 warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=2)
@@ -341,8 +410,8 @@ def load_video(
             indices = sample_frame_indices(
                 probe.num_frames, probe.fps, num_segments=num_segments, bound=bound
             )
-            frames = _Frames(
-                arrays=_decode_pyav(path, probe, indices),
+            frames = DecodedFrames(
+                arrays=decode_pyav(path, probe, indices),
                 indices=indices,
                 timestamps=probe.timestamps[indices],
                 num_frames=probe.num_frames,
@@ -381,7 +450,8 @@ def load_video(
 
 
 class _FrameTiler:
-    """Tiles a clip's frames on a few threads while they are still being decoded.
+    """Tiles a clip's frames on the shared pool (:mod:`vltools.threads`) while they are still
+    being decoded.
 
     ``add(k, array)`` takes frame ``k`` (``[H, W, 3]`` uint8) as it arrives and tiles it on a
     worker thread; ``finish()`` waits and returns ``(frames, tiled, pixel_values)``. Frames of
@@ -393,11 +463,7 @@ class _FrameTiler:
     """
 
     def __init__(self, count: int, *, max_num: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.count, self.max_num = count, max_num
-        workers = max(1, min(count, os.cpu_count() or 1, 4))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vltools-frames")
         self._futures: list[Any] = [None] * count
         self._grid: Any = None
         self._pixel_values: Any = None
@@ -405,11 +471,23 @@ class _FrameTiler:
         self._lock = threading.Lock()
 
     def add(self, k: int, array: np.ndarray) -> None:
-        """Tile frame ``k`` on a worker thread; safe to call from several threads."""
+        """Tile frame ``k`` on a worker thread; safe to call from several threads.
+
+        Called on a pool thread itself (a clip loaded inside a pool job), the frame is tiled
+        at once instead, since a pool job never waits for another.
+        """
         with self._lock:
             if self._grid is None:
                 self._start(array)
-        self._futures[k] = self._pool.submit(self._tile, k, array)
+        if not on_pool_thread():
+            self._futures[k] = shared_pool().submit(self._tile, k, array)
+            return
+        done: Future[TiledImage] = Future()
+        try:
+            done.set_result(self._tile(k, array))
+        except Exception as e:  # raised by finish(), as a pool job's error would be
+            done.set_exception(e)
+        self._futures[k] = done
 
     def _start(self, array: np.ndarray) -> None:
         """The first frame fixes the grid and allocates the clip's tensor."""
@@ -424,7 +502,7 @@ class _FrameTiler:
     def _tile(self, k: int, array: np.ndarray) -> TiledImage:
         from PIL import Image
 
-        from vltools.images import TiledImage, _cut
+        from vltools.images import TiledImage, cut_tiles
 
         image = Image.fromarray(array)  # [H, W, 3] uint8: RGB, as the card's convert("RGB")
         if image.mode != "RGB":
@@ -435,8 +513,8 @@ class _FrameTiler:
             return _tile_frame(image, self.max_num)
         n = grid.num_tiles
         pixel_values = self._pixel_values[k * n : (k + 1) * n]  # [n, 3, 448, 448] view
-        tiles = _cut(image, grid, pixel_values.numpy(), fast=False)
-        return TiledImage(image, grid, tuple(tiles), pixel_values, num_patches=n)
+        tiles = cut_tiles(image, grid, pixel_values.numpy(), fast=False)
+        return TiledImage(image, grid, tuple(tiles), pixel_values, num_tiles=n)
 
     def finish(self) -> tuple[tuple[Image.Image, ...], tuple[TiledImage, ...], torch.Tensor]:
         try:
@@ -452,7 +530,7 @@ class _FrameTiler:
 
     def close(self) -> None:
         """Stop: drop frames not started, wait for the running ones (they write our tensor)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        cancel_and_wait(self._futures)
 
 
 def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
@@ -470,7 +548,7 @@ def _tile_frame(frame: Image.Image, max_num: int) -> TiledImage:
 
 def _make_clip(
     path: Path,
-    frames: _Frames,
+    frames: DecodedFrames,
     tiler: _FrameTiler,
     *,
     bound: tuple[float, float] | None,
@@ -482,7 +560,7 @@ def _make_clip(
     return VideoClip(
         source=str(path),
         pixel_values=pixel_values,
-        num_patches_list=tuple(int(t.num_patches) for t in tiled),
+        num_tiles=tuple(int(t.num_tiles) for t in tiled),
         frame_indices=frames.indices,
         timestamps=np.asarray(frames.timestamps, dtype=np.float64),
         fps=float(frames.fps),
@@ -541,9 +619,9 @@ class VideoFrames:
         _check_int("max_cached", max_cached, minimum=1, fix="Keep at least one frame.")
         self.path = _check_path(source)
         self._asked = backend
-        self.backend = _choose_backend(backend)
-        self._probe = _probe(self.path)
-        if self.backend == "decord" and self._probe.container_format in _DECORD_MISSEEKS:
+        self.backend = choose_backend(backend)
+        self._probe = probe_video(self.path)
+        if self.backend == "decord" and self._probe.container_format in DECORD_MISSEEKS:
             if backend == "auto" and "pyav" in available_backends():
                 self.backend = "pyav"  # decord returns other frames than asked for here
             else:
@@ -589,7 +667,7 @@ class VideoFrames:
         except BaseException:
             tiler.close()
             raise
-        frames = _Frames(
+        frames = DecodedFrames(
             arrays=[array for array, _ in chosen],
             indices=indices,
             timestamps=np.asarray([seconds for _, seconds in chosen], dtype=np.float64),
@@ -609,8 +687,8 @@ class VideoFrames:
         """Decode the frames ``pick(num_frames, fps)`` chooses into the cache; their indices."""
         if self.backend == "decord":
             try:
-                frames = _read_decord(self.path, self._probe, pick=pick)
-            except _DecordFailed as e:
+                frames = read_decord(self.path, self._probe, pick=pick)
+            except DecordFailed as e:
                 if self._asked == "decord":
                     raise ValueError(str(e)) from e
                 warnings.warn(f"{e}; decoding with PyAV instead.", stacklevel=3)
@@ -624,7 +702,7 @@ class VideoFrames:
         indices = pick(*self._count)
         wanted = np.asarray(sorted(set(indices.tolist()) - set(self._cache)), dtype=np.int64)
         if len(wanted):
-            arrays = _decode_pyav(self.path, self._probe, wanted)
+            arrays = decode_pyav(self.path, self._probe, wanted)
             self._store(wanted, arrays, self._probe.timestamps[wanted])
         return indices
 

@@ -218,7 +218,7 @@ def show_frames(clip: VideoClip, *, columns: int | None = None, thumb_width: flo
     seconds.set_xlabel("seconds", fontsize=8)
     seconds.tick_params(labelsize=7)
 
-    tiles = sum(clip.num_patches_list)
+    tiles = sum(clip.num_tiles)
     tokens = clip.num_image_tokens
     bound = "whole video" if clip.bound is None else f"bound {clip.bound[0]:g}-{clip.bound[1]:g} s"
     _suptitle(

@@ -80,9 +80,9 @@ class TileExplorer(StaticFallback, widgets.VBox):
         slider_max: int = 40,
         table_rows: int = 8,
     ) -> None:
-        from vltools.images import _open
+        from vltools.images import open_image
 
-        self.image, self.source = _open(image, exif_transpose=exif_transpose)
+        self.image, self.source = open_image(image, exif_transpose=exif_transpose)
         self._table_rows = table_rows
         self._shown: _TilePicture | None = None  # what the picture shows (the last good view)
         self._tiled: tuple[Any, Any] | None = None  # (grid, TiledImage) once ``tiled`` is read
@@ -355,7 +355,7 @@ class FrameStrip(StaticFallback, widgets.VBox):
         self.clip = clip
         tokens = clip.num_image_tokens
         share = tokens / CONTEXT_LENGTH
-        tiles = sum(clip.num_patches_list)
+        tiles = sum(clip.num_tiles)
         over = " <b>exceeds the context</b>" if tokens > CONTEXT_LENGTH else ""
         self.cost = (
             f"{clip.num_segments} frames, {tiles} tiles x 256 = {tokens:,} image tokens "
