@@ -505,7 +505,7 @@ class AttentionMaps:
         """
         if self.num_image_tokens == 0:
             return ()
-        mean = self.image_weights.astype(np.float32).mean(axis=(0, 1, 2))  # [image tokens]
+        mean = self.image_weights.mean(axis=(0, 1, 2), dtype=np.float64)  # [image tokens]
         median = float(np.median(mean))
         hit = np.flatnonzero(mean > factor * max(median, 1e-12))
         return tuple(int(p) for p in self.image_positions[hit])
