@@ -17,8 +17,11 @@ process then times plain generation once more, so every method's time is compare
 plain run under the same machine load ("x plain"); the time line uses the capture process's.
 
 ``--long`` measures only the capture over a prompt padded with text to 4,000 tokens (one image,
-8 generated tokens) against plain generation: extra peak memory, target at most 1.5 x plain's.
-To keep it to one 4,000-token prefill per method its warm-up is a short text-only generation
+8 generated tokens) against plain generation: extra peak memory, target at most 1.5 x plain's,
+counted two ways side by side (see :func:`long_context`): allocations (live torch tensors from
+the profiler's memory events plus numpy/Python via ``tracemalloc``, plain then capture in one
+process) and peak RSS in a fresh process per method with glibc's mmap threshold fixed. To keep
+it to one 4,000-token prefill per measured run, its warm-up is a short text-only generation
 (through the capture for the capture) and it skips the second timing.
 
 ``--quick`` runs the same on the tiny checkpoint with 4 tokens: it checks the script, its
