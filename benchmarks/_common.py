@@ -38,13 +38,20 @@ def median_time(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def run_child(code: str, *args: str) -> dict[str, Any]:
+def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``code`` in a fresh Python process; it must print one JSON object as its last line.
 
-    Used for peak-RSS measurements, which need a process of their own.
+    Used for peak-RSS measurements, which need a process of their own. ``env``: variables
+    added to this process's environment for the child (e.g. malloc settings).
     """
+    import os
+
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -347,7 +347,7 @@ def attention(vlm: Any, torch: Any, report: Report) -> None:
             CUDA.synchronize()
             peaks[method] = (CUDA.max_memory_allocated() - base, time.perf_counter() - start)
         maps = cap.maps
-        sums = maps.rows.sum(-1)
+        sums = maps.weights.sum(-1)
         ratio = peaks["capture"][0] / max(peaks["plain"][0], 1)
         report.section(
             f"attention_{label}",
@@ -356,11 +356,11 @@ def attention(vlm: Any, torch: Any, report: Report) -> None:
             capture_extra_peak_mib=_mib(peaks["capture"][0]),
             plain_s=round(peaks["plain"][1], 3),
             capture_s=round(peaks["capture"][1], 3),
-            kept_mib=_mib(maps.rows.nbytes + (maps.vision.cls.nbytes if maps.vision else 0)),
+            kept_mib=_mib(maps.weights.nbytes + (maps.vision.cls.nbytes if maps.vision else 0)),
         )
         report.check(
             f"attention rows ({label}) are float32 and sum to 1 within 1e-4",
-            str(maps.rows.dtype) == "float32" and float(abs(sums - 1).max()) <= 1e-4,
+            str(maps.weights.dtype) == "float32" and float(abs(sums - 1).max()) <= 1e-4,
             max_deviation=float(abs(sums - 1).max()),
         )
         report.check(

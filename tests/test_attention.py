@@ -127,10 +127,22 @@ def test_blending_tiles_and_thumbnail_gives_a_density_over_the_image():
 # --- AttentionMaps on synthetic rows --------------------------------------------------------
 
 
-def synthetic_maps(
-    *, tokens: int = 5, layers=(0, 3, 7), heads: int = 4, seed: int = 0, sink: bool = False
-) -> AttentionMaps:
+def compact(rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Full rows ``[..., keys]`` as the capture keeps them: the image columns, then the rest."""
+    others = np.ones(rows.shape[-1], dtype=bool)
+    others[positions] = False
+    return np.concatenate([rows[..., positions], rows[..., others].sum(-1, keepdims=True)], -1)
+
+
+def synthetic_maps(**kwargs) -> AttentionMaps:
     """Two images (a 2 x 1 grid with thumbnail, then one tile) inside a short text prompt."""
+    return synthetic(**kwargs)[0]
+
+
+def synthetic(
+    *, tokens: int = 5, layers=(0, 3, 7), heads: int = 4, seed: int = 0, sink: bool = False
+) -> tuple[AttentionMaps, np.ndarray]:
+    """``synthetic_maps`` and the full rows ``[tokens, layers, heads, keys]`` it was made from."""
     grids = [plan_tiles(900, 450, max_num=2), plan_tiles(300, 300, max_num=1)]
     pre, mid, post = 7, 3, 6
     slots, pos = [], pre
@@ -153,8 +165,9 @@ def synthetic_maps(
     words = ["The", " cat", "er", "pillar", "."][:tokens] + ["x"] * max(0, tokens - 5)
     offsets = np.cumsum([0] + [len(w) for w in words]).tolist()
     vision = VisionAttention(rng.random((4, 2, 3, 32, 32)).astype(np.float32), (0, 5))
-    return AttentionMaps(
-        rows=rows,
+    positions = np.concatenate([s.positions for s in slots])
+    maps = AttentionMaps(
+        weights=compact(rows, positions),
         layers=tuple(layers),
         token_ids=np.arange(tokens),
         tokens=tuple(words),
@@ -164,18 +177,48 @@ def synthetic_maps(
         images=tuple(slots),
         vision=vision,
     )
+    return maps, rows
 
 
 def test_image_attention_matches_the_raw_rows_for_a_token_a_layer_and_a_head():
-    maps = synthetic_maps()
+    maps, full = synthetic()
     pos = maps.image_positions
     got = maps.image_attention(tokens=2, layers=3, heads=1)
-    np.testing.assert_allclose(got, maps.rows[2, 1, 1, pos], rtol=1e-6)
+    np.testing.assert_allclose(got, full[2, 1, 1, pos], rtol=1e-6)
     mean = maps.image_attention(tokens=2, layers=3)
-    np.testing.assert_allclose(mean, maps.rows[2, 1, :, pos].T.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(mean, full[2, 1, :, pos].T.mean(0), rtol=1e-6)
     peak = maps.image_attention(tokens=2, layers=3, reduce="max")
     assert np.all(peak >= mean - 1e-9)
-    np.testing.assert_allclose(peak, maps.rows[2, 1][:, pos].max(0), rtol=1e-6)
+    np.testing.assert_allclose(peak, full[2, 1][:, pos].max(0), rtol=1e-6)
+
+
+def test_the_stored_weights_are_the_image_columns_and_the_rest_and_sum_to_one():
+    maps, full = synthetic()
+    image_tokens = sum(s.grid.num_image_tokens for s in maps.images)
+    assert maps.weights.shape == (5, 3, 4, image_tokens + 1) and full.shape[3] > image_tokens + 1
+    assert maps.num_image_tokens == image_tokens == len(maps.image_positions)
+    np.testing.assert_allclose(maps.weights.sum(-1), 1.0, rtol=1e-5)
+    text = np.setdiff1d(np.arange(full.shape[3]), maps.image_positions)
+    np.testing.assert_allclose(maps.rest, full[..., text].sum(-1), rtol=1e-5)
+    np.testing.assert_array_equal(maps.image_weights, full[..., maps.image_positions])
+    text_repr = repr(maps)
+    assert f"{image_tokens} image tokens + rest" in text_repr and "float32" in text_repr
+    assert len(text_repr) < 300
+    with pytest.raises(ValueError, match=r"image tokens \+ 1 = 1025.*got shape \(5, 3, 4, 9\)"):
+        AttentionMaps(**{**maps.__dict__, "weights": maps.weights[..., :9]})
+
+
+def test_image_columns_keep_each_image_token_and_sum_the_rest_like_numpy():
+    import torch
+
+    from vltools.attention import image_columns
+
+    rows = torch.softmax(torch.randn(2, 3, 40, generator=torch.Generator().manual_seed(1)), -1)
+    positions = torch.tensor([5, 6, 7, 20, 21])
+    kept = image_columns(rows, positions)
+    assert kept.shape == (2, 3, 6) and kept.dtype == torch.float32
+    np.testing.assert_allclose(kept.numpy(), compact(rows.numpy(), positions.numpy()), rtol=1e-6)
+    torch.testing.assert_close(kept.sum(-1), torch.ones(2, 3))
 
 
 def test_a_span_of_tokens_and_a_range_of_layers_average_their_maps():
@@ -188,11 +231,11 @@ def test_a_span_of_tokens_and_a_range_of_layers_average_their_maps():
 
 
 def test_image_share_is_the_mass_on_image_tokens_and_lies_in_zero_one():
-    maps = synthetic_maps()
+    maps, full = synthetic()
     share = maps.image_share()
     assert share.shape == (maps.num_tokens, 3)
     assert np.all((share >= 0) & (share <= 1 + 1e-6))
-    manual = maps.rows[..., maps.image_positions].sum(-1).mean(-1)
+    manual = full[..., maps.image_positions].sum(-1).mean(-1)
     np.testing.assert_allclose(share, manual, rtol=1e-6)
     # the whole image map of a token/layer sums to its share
     total = maps.image_attention(tokens=0, layers=0).sum()
@@ -200,31 +243,32 @@ def test_image_share_is_the_mass_on_image_tokens_and_lies_in_zero_one():
 
 
 def test_maps_give_one_map_per_image_with_its_own_tokens():
-    maps = synthetic_maps()
+    maps, full = synthetic()
     first, second = maps.maps(tokens=1, layers=0, heads=2)
     assert (first.label, second.label) == ("Image-1", "Image-2")
     assert first.per_tile.shape == (3, 16, 16) and second.per_tile.shape == (1, 16, 16)
     s = maps.images[1]
-    np.testing.assert_allclose(
-        second.per_tile.reshape(-1), maps.rows[1, 0, 2, s.positions], rtol=1e-6
-    )
+    np.testing.assert_allclose(second.per_tile.reshape(-1), full[1, 0, 2, s.positions], rtol=1e-6)
     assert maps.map("Image-2", tokens=1, layers=0, heads=2).label == "Image-2"
 
 
 def test_removing_sinks_renormalises_every_row_over_the_other_positions():
-    maps = synthetic_maps(sink=True)
-    found = maps.sinks()
-    assert 0 in found and int(maps.images[0].positions[37]) in found
+    maps, full = synthetic(sink=True)
+    pos = maps.image_positions
+    visual = int(maps.images[0].positions[37])
+    assert maps.sinks() == (visual,)  # the text sink at position 0 lies in the rest
     rows = maps.select(sinks=True)
-    assert np.all(rows[..., list(found)] == 0)
+    assert np.all(rows[..., 37] == 0)
     np.testing.assert_allclose(rows.sum(-1), 1.0, rtol=1e-5)
-    # explicit positions, checked by hand on one row
-    raw = maps.rows[0, 0, 0]
-    kept = raw.copy()
-    kept[[0, 5]] = 0
-    np.testing.assert_allclose(maps.select(sinks=[0, 5])[0, 0, 0], kept / kept.sum(), rtol=1e-5)
-    # without the text sink the image gets a bigger share
-    assert np.all(maps.image_share(sinks=[0]) > maps.image_share())
+    # explicit image positions, checked by hand on one full row
+    kept = full[0, 0, 0].copy()
+    kept[[visual, int(pos[5])]] = 0
+    got = maps.select(sinks=[visual, int(pos[5])])[0, 0, 0]
+    np.testing.assert_allclose(got[:-1], kept[pos] / kept.sum(), rtol=1e-5)
+    # without the visual sink the image gets a smaller share of the rest
+    assert np.all(maps.image_share(sinks=True) < maps.image_share())
+    with pytest.raises(ValueError, match=r"Sink position 0 is not an image token \(image tokens"):
+        maps.select(sinks=[0])
     assert synthetic_maps(sink=False).sinks() == ()
 
 
@@ -252,7 +296,7 @@ def test_bad_selections_raise_errors_that_list_what_exists():
         maps.find("dog")
     with pytest.raises(ValueError, match="reduce"):
         maps.image_attention(reduce="median")
-    with pytest.raises(ValueError, match="Sink positions"):
+    with pytest.raises(ValueError, match="not an image token"):
         maps.select(sinks=[10**6])
 
 
@@ -332,7 +376,10 @@ def test_overlay_draws_the_original_image_with_one_rectangle_per_grid_tile():
     slot = maps.images[0]
     picture = Image.new("RGB", (900, 450), "white")
     with_image = AttentionMaps(
-        **{**maps.__dict__, "images": (ImageSlot(**{**slot.__dict__, "image": picture}),)}
+        **{
+            **maps.__dict__,
+            "images": (ImageSlot(**{**slot.__dict__, "image": picture}), maps.images[1]),
+        }
     )
     fig = viz.overlay(with_image, tokens=0, layers=[0, 3])
     ax = fig.axes[0]

@@ -38,6 +38,13 @@ def _state(model):
     )
 
 
+def _compact(rows, positions):
+    """Full attention rows ``[..., keys]`` as the capture keeps them: image columns, then rest."""
+    others = np.ones(rows.shape[-1], dtype=bool)
+    others[positions] = False
+    return np.concatenate([rows[..., positions], rows[..., others].sum(-1, keepdims=True)], -1)
+
+
 def _reference_generate(model, cap, question, tokens):
     """Native generate(output_attentions=True) on the same prompt: the naive method."""
     ids, mask = cap._encode(cap.prompt(question))
@@ -68,14 +75,18 @@ def test_captured_generation_equals_output_attentions_for_every_layer_and_head(t
     assert maps.prompt_length == prompt_len
     np.testing.assert_array_equal(maps.token_ids, ref.sequences[0, prompt_len:].numpy())
     n_layers = tiny_model.model.config.text_config.num_hidden_layers
-    assert maps.rows.shape[:3] == (5, n_layers, 4)
+    assert maps.weights.shape == (5, n_layers, 4, photo.grid.num_image_tokens + 1)
     for step, per_layer in enumerate(ref.attentions):  # one tuple of layers per new token
         assert len(per_layer) == n_layers
         for layer, weights in enumerate(per_layer):
             row = weights[0, :, -1, :].numpy()  # [heads, keys]: the query producing the token
-            got = maps.rows[step, layer, :, : row.shape[1]]
-            np.testing.assert_allclose(got, row, atol=1e-5, rtol=0)
-            assert np.all(maps.rows[step, layer, :, row.shape[1] :] == 0)
+            want = _compact(row, maps.image_positions)  # [heads, image tokens + 1]
+            np.testing.assert_allclose(maps.weights[step, layer], want, atol=1e-5, rtol=0)
+    # so the maps are those of the full rows: the last token's mean over the last layer's heads
+    full = ref.attentions[-1][-1][0, :, -1, :].numpy()  # [heads, keys]
+    want = full[:, maps.image_positions].mean(0)
+    got = maps.image_attention(tokens=-1, layers=n_layers - 1)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     # image tokens are where the prompt has <IMG_CONTEXT>, tiles in pixel_values order
     ids = cap._encode(cap.prompt("Describe the picture."))[0][0].numpy()
     np.testing.assert_array_equal(
@@ -118,7 +129,8 @@ def test_a_teacher_forced_answer_equals_one_forward_with_output_attentions(tiny_
     L, T = prompt.shape[1], len(answer)
     for layer, weights in enumerate(out.attentions):
         ref = weights[0, :, L - 1 : L - 1 + T, : L + T - 1].numpy().transpose(1, 0, 2)
-        np.testing.assert_allclose(maps.rows[:, layer], ref, atol=1e-5, rtol=0)
+        want = _compact(ref, maps.image_positions)  # [T, heads, image tokens + 1]
+        np.testing.assert_allclose(maps.weights[:, layer], want, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(maps.token_ids, answer)
 
 
@@ -176,7 +188,7 @@ def test_a_chat_inside_the_block_is_recorded_with_its_vision_pass(tiny_model, ph
     assert maps.num_tokens >= 1 and maps.images[0].grid == photo.grid
     # chat encodes the image before generate; that vision pass is inside the block too
     assert maps.vision is not None and maps.vision.cls.shape[0] == photo.num_tiles
-    np.testing.assert_allclose(maps.rows.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(maps.weights.sum(-1), 1.0, atol=1e-5)
 
 
 def test_capture_rejects_images_that_do_not_match_the_prompt(tiny_model, photo, chart):
@@ -194,4 +206,40 @@ def test_capture_rejects_images_that_do_not_match_the_prompt(tiny_model, photo, 
             pass
     with pytest.raises(TypeError, match="TiledImage"):
         with capture(tiny_model, ["not an image"]):
+            pass
+
+
+def test_the_stored_width_follows_the_image_tokens_not_the_prompt_length(tiny_model, photo):
+    widths, lengths = [], []
+    for question in ("Describe.", "Describe. " + "Look at the table by the window. " * 40):
+        with capture(tiny_model, photo, layers=[0], vision=False) as cap:
+            cap.generate(question, max_new_tokens=2, min_new_tokens=2)
+        widths.append(cap.maps.weights.shape[3])
+        lengths.append(cap.maps.prompt_length)
+        np.testing.assert_allclose(cap.maps.weights.sum(-1), 1.0, atol=1e-5)
+    assert lengths[1] > lengths[0] + 200  # the second prompt is far longer ...
+    assert widths == [photo.grid.num_image_tokens + 1] * 2  # ... and stores the same width
+
+
+def test_a_text_only_capture_keeps_just_the_rest(tiny_model):
+    with capture(tiny_model, None, vision=False) as cap:
+        cap.generate("Hello?", max_new_tokens=2, min_new_tokens=2)
+    maps = cap.maps
+    assert maps.weights.shape[3] == 1 and maps.sinks() == ()
+    np.testing.assert_allclose(maps.rest, 1.0, atol=1e-5)
+
+
+def test_float16_storage_halves_the_weights_and_keeps_them_within_1e_3(tiny_model, photo):
+    kept = {}
+    for dtype in ("float32", "float16"):
+        with capture(tiny_model, photo, store_dtype=dtype) as cap:
+            kept[dtype] = cap.teacher_force("Describe.", [11, 12, 13])
+    half, full = kept["float16"], kept["float32"]
+    assert half.weights.dtype == np.float16 and half.vision.cls.dtype == np.float16
+    assert half.weights.nbytes * 2 == full.weights.nbytes and "float16" in repr(half)
+    np.testing.assert_allclose(half.weights, full.weights, atol=1e-3, rtol=0)
+    assert half.image_attention().dtype == np.float32  # aggregates are computed in float32
+    np.testing.assert_allclose(half.image_attention(), full.image_attention(), atol=1e-4)
+    with pytest.raises(ValueError, match=r"store_dtype='bfloat16'.*\['float32', 'float16'\]"):
+        with capture(tiny_model, photo, store_dtype="bfloat16"):
             pass

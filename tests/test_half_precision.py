@@ -131,18 +131,18 @@ def test_attention_capture_scores_in_float32_in_a_bf16_model(bf16_model, tiny_mo
         with capture(model, tiled) as cap:
             maps[name] = cap.teacher_force("Describe.", answer)
     half, full = maps["bf16"], maps["fp32"]
-    assert half.rows.dtype == np.float32 and half.vision.cls.dtype == np.float32
+    assert half.weights.dtype == np.float32 and half.vision.cls.dtype == np.float32
     # a bfloat16 softmax would miss 1 by ~1e-3; float32 scores and softmax keep 1e-5
-    np.testing.assert_allclose(half.rows.sum(-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(half.rows, full.rows, atol=ROW_TOL, rtol=0)
+    np.testing.assert_allclose(half.weights.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(half.weights, full.weights, atol=ROW_TOL, rtol=0)
     np.testing.assert_allclose(half.vision.cls, full.vision.cls, atol=ROW_TOL, rtol=0)
     peak = full.image_attention().max()
     assert np.abs(half.image_attention() - full.image_attention()).max() <= MAP_TOL * peak
     # a generation captured in bf16: the same float32 rows, one per generated token
     with capture(bf16_model, tiled, vision=False) as cap:
         cap.generate("Describe.", max_new_tokens=3, min_new_tokens=3)
-    assert cap.maps.rows.shape[0] == 3 and cap.maps.rows.dtype == np.float32
-    np.testing.assert_allclose(cap.maps.rows.sum(-1), 1.0, atol=1e-5)
+    assert cap.maps.weights.shape[0] == 3 and cap.maps.weights.dtype == np.float32
+    np.testing.assert_allclose(cap.maps.weights.sum(-1), 1.0, atol=1e-5)
 
 
 def test_float16_overflow_is_reported_not_silent(tiny_path):

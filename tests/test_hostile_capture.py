@@ -170,5 +170,5 @@ def test_a_text_only_capture_records_without_images_or_warnings(tiny_model, mode
                 Chat(tiny_model, max_new_tokens=2).ask("Hello")
     maps = cap.maps
     assert maps.images == () and maps.vision is None
-    assert maps.rows.shape[0] >= 1
+    assert maps.weights.shape[0] >= 1
     assert model_state(tiny_model) == before

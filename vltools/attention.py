@@ -2,8 +2,8 @@
 
 Covers the "Attention maps" issue. :func:`capture` is a context manager around a generation or
 a teacher-forced pass over a given answer; it records, for each generated token and each
-selected language-model layer, the attention row of the query that *produced* that token
-(per head, over every earlier sequence position, image tokens included), and optionally the
+selected language-model layer, the attention of the query that *produced* that token, per
+head, on each image token plus the total on every other position, and optionally the
 vision tower's CLS attention over the 32 x 32 patches of every tile. The result is an
 :class:`AttentionMaps`, which aggregates (tokens, word spans, layers, heads, sinks) and lays
 the image tokens back onto the ORIGINAL image through the :class:`~vltools.tiling.TileGrid`.
@@ -16,12 +16,17 @@ come in ``pixel_values`` order (grid tiles row-major, then the thumbnail), and t
 prompt take their ``<IMG_CONTEXT>`` runs in prompt order.
 
 How the capture stays small: the language model normally runs SDPA, which returns no weights.
-Only inside the context its text config is switched to eager attention (restored afterwards,
-also on error), and a forward hook on each selected ``self_attn`` keeps just the query rows it
-needs (the last row of each decoding step; the answer rows of a teacher-forced pass) as
-float32 numpy, so at most one layer's ``[heads, q, k]`` tensor exists at a time. The vision
-tower keeps SDPA: hooks on its ``q_proj``/``k_proj`` reuse the projections the layer computes
-anyway and form the CLS row's softmax themselves (one ``[tiles, heads, 1, 1025]`` product).
+Only inside the context its text config is switched to a registered implementation
+(:data:`CAPTURE_ATTENTION`; restored afterwards, also on error): SDPA computes the layer's
+output as usual, and :func:`scored_rows` computes scores and softmax in float32 for just the
+query rows the capture keeps (the last row of each decoding step; the answer rows of a
+teacher-forced pass), so no ``[heads, q, keys]`` matrix of the prompt is formed. A forward
+hook on each selected ``self_attn`` then keeps of each row only what :class:`AttentionMaps`
+needs, :func:`image_columns`: the image-token columns and the total on everything else,
+``[heads, image tokens + 1]`` per layer and token whatever the prompt's length, stored as
+float32 numpy (or float16, ``store_dtype``). The vision tower keeps SDPA: hooks on its
+``q_proj``/``k_proj`` reuse the projections the layer computes anyway and form the CLS row's
+softmax themselves (one ``[tiles, heads, 1, 1025]`` product).
 
 .. warning:: **Attention is not an explanation.** An attention weight says how much one
    position's value vector was mixed into one query at one layer and head; it does not say the
@@ -65,8 +70,10 @@ __all__ = [
     "ImageSlot",
     "VisionAttention",
     "CAPTURE_ATTENTION",
+    "STORE_DTYPES",
     "capture",
     "eager_language_model",
+    "image_columns",
     "scored_rows",
     "scoring_language_model",
     "pixel_map",
@@ -97,6 +104,7 @@ def eager_language_model(model: Any) -> Iterator[None]:
             cfg._attn_implementation_internal = value
 
 
+STORE_DTYPES = ("float32", "float16")  # how capture() may store the kept weights
 CAPTURE_ATTENTION = "vltools_capture"  # the attention implementation used inside capture()
 
 # Which query rows the running pass wants scored: a function of (query length) -> slice, set by
@@ -117,18 +125,20 @@ def scored_rows(
     ``query`` ``[b, heads, q, d]`` and ``key`` ``[b, kv_heads, keys, d]`` as the attention
     layer holds them (after the rotary embedding, the cache already appended); scores and
     softmax are computed in float32 whatever the model's dtype, for the selected rows only, so
-    no ``[heads, q, keys]`` matrix of the whole prompt is ever formed. Causal: query ``i`` of
-    ``q`` sees keys ``0 .. keys - q + i``; a boolean or additive ``attention_mask`` is applied
-    on top.
+    no ``[heads, q, keys]`` matrix of the whole prompt is ever formed, and the keys are not
+    repeated per head (each group of query heads meets its shared key head in one product).
+    Causal: query ``i`` of ``q`` sees keys ``0 .. keys - q + i``; a boolean or additive
+    ``attention_mask`` is applied on top.
     """
     torch = _torch()
-    groups = query.shape[1] // key.shape[1]
-    q_len, k_len = query.shape[2], key.shape[2]
+    b, heads, q_len, d = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
     q = query[:, :, rows].float()  # [b, heads, n, d]
-    k = key.float()
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)  # [b, heads, keys, d]
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # [b, heads, n, keys], float32
+    n = q.shape[2]
+    q = q.reshape(b, kv_heads, groups * n, d)  # head kv * groups + g shares key head kv
+    scores = torch.matmul(q, key.float().transpose(2, 3)) * scaling  # [b, kv, groups * n, keys]
+    scores = scores.reshape(b, heads, n, k_len)  # [b, heads, n, keys], float32
     index = torch.arange(q_len, device=query.device)[rows]  # the rows' query indices
     visible = torch.arange(k_len, device=query.device)[None, :] <= (k_len - q_len + index)[:, None]
     scores = scores.masked_fill(~visible, float("-inf"))  # [n, keys] broadcast
@@ -139,6 +149,21 @@ def scored_rows(
         else:
             scores = scores + mask.float()
     return torch.softmax(scores, dim=-1)
+
+
+def image_columns(rows: Any, positions: Any) -> Any:
+    """``[..., image tokens + 1]``: attention ``rows`` ``[..., keys]`` reduced to what maps need.
+
+    The columns of the image-token ``positions`` (a ``[image tokens]`` index tensor, in prompt
+    order), then the total on every other position. Sums are kept: each output row sums to
+    what its input row did (1 for a softmax row).
+    """
+    torch = _torch()
+    image = rows.index_select(-1, positions)  # [..., image tokens]
+    others = torch.ones(rows.shape[-1], dtype=torch.bool, device=rows.device)
+    others[positions] = False
+    rest = (rows * others).sum(dim=-1, keepdim=True)  # [..., 1]
+    return torch.cat([image, rest], dim=-1)
 
 
 def _capture_attention_forward(
@@ -257,8 +282,18 @@ class _Pass:
         self.mode = mode
         self.prompt_ids: np.ndarray | None = None
         self.answer_length = 0  # teacher mode: number of answer tokens appended to the prompt
-        self.steps = [[] for _ in range(num_layers)]  # per layer: [heads, n, keys] arrays
+        # per layer: [heads, n, image tokens + 1] arrays, one per forward
+        self.steps: list[list[np.ndarray]] = [[] for _ in range(num_layers)]
         self.generated: np.ndarray | None = None
+        self._columns: Any = None  # image-token positions of the prompt, a torch index
+
+    def columns(self, image_token_id: int, device: Any) -> Any:
+        """The prompt's image-token positions as a ``[image tokens]`` index on ``device``."""
+        if self._columns is None or self._columns.device != device:
+            torch = _torch()
+            pos = np.flatnonzero(np.asarray(self.prompt_ids).reshape(-1) == image_token_id)
+            self._columns = torch.as_tensor(pos, dtype=torch.long, device=device)
+        return self._columns
 
 
 class AttentionCapture:
@@ -276,8 +311,10 @@ class AttentionCapture:
         *,
         layers: Sequence[int],
         vision_layers: Sequence[int],
+        store_dtype: str = "float32",
     ) -> None:
         self.model = model
+        self.store_dtype = np.dtype(store_dtype)
         self.entries = _image_entries(images)
         self._images = images
         self.layers = tuple(layers)
@@ -473,8 +510,11 @@ class AttentionCapture:
                 )
             if weights.dtype != _torch().float32:  # eager weights: select the rows here
                 weights = weights[:, :, self._rows_now(weights.shape[2]), :].float()
-            rows = weights[0]  # [heads, n, keys] float32, the rows _rows_now selected
-            p.steps[slot].append(rows.detach().cpu().numpy().copy())
+            if p.prompt_ids is None:
+                return
+            columns = p.columns(self.model.image_token_id, weights.device)
+            kept = image_columns(weights[0], columns)  # [heads, n, image tokens + 1] float32
+            p.steps[slot].append(kept.detach().cpu().numpy().astype(self.store_dtype))
 
         return hook
 
@@ -506,7 +546,7 @@ class AttentionCapture:
             probs = probs.reshape(n, module.num_heads, side, side)  # row-major patch grid
             if layer == self.vision_layers[0]:
                 self._vision = {}  # a new vision-tower pass starts
-            self._vision[layer] = probs.detach().float().cpu().numpy().copy()
+            self._vision[layer] = probs.detach().cpu().numpy().astype(self.store_dtype)
 
         return [
             attention.q_proj.register_forward_hook(keep_q),
@@ -527,22 +567,23 @@ class AttentionCapture:
         t = len(gen)
         L = len(p.prompt_ids)
         heads = int(self.model.model.config.text_config.num_attention_heads)
-        rows = np.zeros((t, len(self.layers), heads, L + t - 1), dtype=np.float32)
+        width = int(np.count_nonzero(np.asarray(p.prompt_ids) == self.model.image_token_id)) + 1
+        # filled layer by layer, each layer's steps freed once copied (not held twice)
+        weights = np.empty((t, len(self.layers), heads, width), dtype=self.store_dtype)
         for j, steps in enumerate(p.steps):
             if p.mode == "teacher":
                 if len(steps) != 1:
                     raise RuntimeError(f"Expected one forward pass, recorded {len(steps)}.")
-                rows[:, j] = steps[0].transpose(1, 0, 2)[:, :, : L + t - 1]  # [t, heads, keys]
-                p.steps[j] = []
-                continue
-            if len(steps) != t:
+                weights[:, j] = steps[0].transpose(1, 0, 2)  # [t, heads, image tokens + 1]
+            elif len(steps) != t:
                 raise RuntimeError(
                     f"Recorded {len(steps)} decoding steps for {t} generated tokens; capture "
                     "supports plain greedy or sampled decoding (no beams, no assistants)."
                 )
-            for s, step in enumerate(steps):
-                rows[s, j, :, : step.shape[2]] = step[:, 0, :]
-            p.steps[j] = []  # copied: free the layer's steps so they are not held twice
+            else:
+                for s, step in enumerate(steps):
+                    weights[s, j] = step[:, 0, :]
+            p.steps[j] = []
         tok = self.model.tokenizer
         pieces = tuple(tok.decode([int(i)]) for i in gen)
         text = tok.decode(gen.tolist())
@@ -551,7 +592,7 @@ class AttentionCapture:
         vision = self._vision_result(sum(s.num_tiles for s in slots))
         self._results.append(
             AttentionMaps(
-                rows=rows,
+                weights=weights,
                 layers=self.layers,
                 token_ids=gen,
                 tokens=pieces,
@@ -616,16 +657,20 @@ def capture(
     layers: Sequence[int] | int | None = None,
     vision: bool = True,
     vision_layers: Sequence[int] | int | None = None,
+    store_dtype: str = "float32",
 ) -> Iterator[AttentionCapture]:
     """Record each generated token's attention to the image, per layer and head.
 
     ``model``: a :class:`~vltools.models.VLModel`. ``images``: what the prompt shows, in
     prompt order: a ``TiledImage``, a sequence of them, or a ``VideoClip`` (one map per
     frame). ``layers``: language-model layers to record (default all); ``vision``: also record
-    the vision tower's CLS attention (``vision_layers``, default all).
+    the vision tower's CLS attention (``vision_layers``, default all). ``store_dtype``: how the
+    kept weights are stored, ``"float32"`` (default) or ``"float16"`` (half the memory, about
+    3 significant digits); scores and softmax are computed in float32 either way.
 
-    Inside the block the language model runs eager attention; hooks keep only the rows each
-    generated token needs. Everything (attention implementation, hooks, ``generate``) is
+    Inside the block the language model runs SDPA plus float32 scoring of the query rows
+    each generated token needs, and hooks keep of each row only the image-token columns and
+    the total on everything else (``[image tokens + 1]`` values, whatever the prompt's length). Everything (attention implementation, hooks, ``generate``) is
     restored on exit, exactly as it was, also on error. Only calls made by the thread that
     opened the block are recorded (another thread's ``Chat`` on the same model runs
     unrecorded, though with eager attention while the block is open). Blocks do not nest on
@@ -645,7 +690,14 @@ def capture(
     vt_layers = native.model.vision_tower.encoder.layer
     chosen = _check_indices("layer", layers, int(text_cfg.num_hidden_layers))
     chosen_vision = _check_indices("vision layer", vision_layers, len(vt_layers)) if vision else ()
-    cap = AttentionCapture(model, images, layers=chosen, vision_layers=chosen_vision)
+    if store_dtype not in STORE_DTYPES:
+        raise ValueError(
+            f"store_dtype={store_dtype!r} is not supported; use one of {list(STORE_DTYPES)} "
+            "(numpy has no bfloat16; the weights are computed in float32 either way)."
+        )
+    cap = AttentionCapture(
+        model, images, layers=chosen, vision_layers=chosen_vision, store_dtype=store_dtype
+    )
     with _ACTIVE_LOCK:
         if id(native) in _ACTIVE:
             raise RuntimeError(

@@ -396,11 +396,18 @@ class VisionAttention:
 class AttentionMaps:
     """What :func:`capture` recorded: each generated token's attention, per layer and head.
 
+    Only what the maps need is kept: per generated token, layer and head, the attention on
+    each image token and the total on every other position (text, special tokens, earlier
+    generated tokens), so the size grows with the image tokens, not with the prompt's length.
+
     Attributes:
-        rows: ``[tokens, layers, heads, keys]`` float32. ``rows[t]`` is the attention of the
-            query that produced generated token ``t`` (the position just before it) over
-            sequence positions ``0 .. keys-1``; ``keys = prompt_length + tokens - 1``. Positions
-            a query could not see (later than itself) hold 0. Each row sums to 1.
+        weights: ``[tokens, layers, heads, image tokens + 1]``. ``weights[t]`` is the attention
+            of the query that produced generated token ``t`` (the position just before it):
+            columns ``0 .. image tokens - 1`` on the image tokens (:attr:`image_positions`, all
+            images in prompt order), the last column the total on all other positions ("rest").
+            Each row sums to 1. Stored in float32 by default (``capture(..., store_dtype=)``
+            may choose float16); scores and softmax were computed in float32 either way, and
+            every aggregate is computed in float32.
         layers: language-model layer index of each entry on axis 1.
         token_ids: ``[tokens]`` the generated (or teacher-forced) token ids.
         tokens: the text of each token, decoded alone.
@@ -411,10 +418,13 @@ class AttentionMaps:
         vision: the vision tower's CLS attention, or ``None`` if not captured.
         mode: ``"generate"`` or ``"teacher"``.
 
+    Attention on a single text position is not kept (only the rest's total): sinks are found
+    and removed among the image tokens, see :meth:`sinks`.
+
     Attention is not an explanation: see the module docstring.
     """
 
-    rows: np.ndarray
+    weights: np.ndarray
     layers: tuple[int, ...]
     token_ids: np.ndarray
     tokens: tuple[str, ...]
@@ -425,15 +435,38 @@ class AttentionMaps:
     vision: VisionAttention | None = None
     mode: str = "generate"
 
+    def __post_init__(self) -> None:
+        shape = getattr(self.weights, "shape", ())
+        columns = len(self.image_positions) + 1
+        if len(shape) != 4 or shape[3] != columns or shape[1] != len(self.layers):
+            raise ValueError(
+                f"weights must be [tokens, layers={len(self.layers)}, heads, image tokens + 1 = "
+                f"{columns}] (the image columns, then the rest's total); got shape {shape}."
+            )
+
     # sizes and positions
 
     @property
     def num_tokens(self) -> int:
-        return int(self.rows.shape[0])
+        return int(self.weights.shape[0])
 
     @property
     def num_heads(self) -> int:
-        return int(self.rows.shape[2])
+        return int(self.weights.shape[2])
+
+    @property
+    def num_image_tokens(self) -> int:
+        return int(self.weights.shape[3]) - 1
+
+    @property
+    def image_weights(self) -> np.ndarray:
+        """``[tokens, layers, heads, image tokens]``: the attention on each image token."""
+        return self.weights[..., :-1]
+
+    @property
+    def rest(self) -> np.ndarray:
+        """``[tokens, layers, heads]``: the attention on every position that is not an image token."""
+        return self.weights[..., -1]
 
     @property
     def image_positions(self) -> np.ndarray:
@@ -446,7 +479,9 @@ class AttentionMaps:
         imgs = ", ".join(f"{s.label} {s.grid.cols}x{s.grid.rows}" for s in self.images)
         return (
             f"AttentionMaps({self.num_tokens} tokens x {len(self.layers)} layers x "
-            f"{self.num_heads} heads, {self.rows.shape[3]} positions, images=[{imgs}], "
+            f"{self.num_heads} heads, {self.num_image_tokens} image tokens + rest of "
+            f"{self.prompt_length} prompt positions, {self.weights.dtype} "
+            f"{self.weights.nbytes / 2**20:.1f} MiB, images=[{imgs}], "
             f"vision={'yes' if self.vision is not None else 'no'}, mode={self.mode!r}, "
             f"text={self.text!r})"
         )
@@ -517,33 +552,41 @@ class AttentionMaps:
     # sinks
 
     def sinks(self, *, factor: float = 20.0) -> tuple[int, ...]:
-        """Sequence positions that act as attention sinks.
+        """Image-token sequence positions that act as attention sinks.
 
-        A position is a sink when, averaged over the captured tokens (that can see it),
-        layers and heads, it receives more than ``factor`` times the attention of the median
-        position. Typical sinks: the first token of the prompt, a few high-norm image tokens.
+        An image token is a sink when, averaged over the captured tokens, layers and heads, it
+        receives more than ``factor`` times the attention of the median image token (a few
+        high-norm image tokens typically do). Text positions are kept only as the rest's
+        total, so a text sink (often the prompt's first token) is never listed: it lies in
+        the rest, outside every image map.
         """
-        mean = self._position_means()
+        if self.num_image_tokens == 0:
+            return ()
+        mean = self.image_weights.mean(axis=(0, 1, 2), dtype=np.float64)  # [image tokens]
         median = float(np.median(mean))
-        return tuple(int(p) for p in np.flatnonzero(mean > factor * max(median, 1e-12)))
+        hit = np.flatnonzero(mean > factor * max(median, 1e-12))
+        return tuple(int(p) for p in self.image_positions[hit])
 
-    def _position_means(self) -> np.ndarray:
-        seen = self.rows.sum(axis=(1, 2))  # [tokens, keys]
-        horizon = self.prompt_length + np.arange(self.num_tokens)  # keys each token sees
-        visible = np.arange(self.rows.shape[3])[None, :] < horizon[:, None]  # [tokens, keys]
-        counts = visible.sum(axis=0) * self.rows.shape[1] * self.rows.shape[2]
-        return seen.sum(axis=0) / np.maximum(counts, 1)
-
-    def _sink_positions(self, sinks: bool | Sequence[int]) -> np.ndarray:
+    def _sink_columns(self, sinks: bool | Sequence[int] | None) -> np.ndarray:
+        """Column indices (into the image columns) of the sink positions to remove."""
         if sinks is False or sinks is None:
             return np.zeros(0, dtype=np.int64)
-        if sinks is True:
-            return np.array(self.sinks(), dtype=np.int64)
-        pos = np.asarray(list(sinks), dtype=np.int64)
-        keys = self.rows.shape[3]
-        if pos.size and (pos.min() < 0 or pos.max() >= keys):
-            raise ValueError(f"Sink positions must be in 0..{keys - 1}, got {list(pos)}.")
-        return pos
+        wanted = self.sinks() if sinks is True else [int(p) for p in sinks]
+        positions = self.image_positions
+        column = {int(p): i for i, p in enumerate(positions)}
+        missing = [p for p in wanted if p not in column]
+        if missing:
+            span = (
+                f"image tokens lie at {int(positions.min())}..{int(positions.max())}"
+                if positions.size
+                else "this prompt has no image tokens"
+            )
+            raise ValueError(
+                f"Sink position {missing[0]} is not an image token ({span}); the capture keeps "
+                "text positions only as one total (the rest), so only image tokens can be "
+                "removed as sinks. Pass image-token positions, or sinks=True."
+            )
+        return np.array([column[p] for p in wanted], dtype=np.int64)
 
     def select(
         self,
@@ -553,19 +596,20 @@ class AttentionMaps:
         heads: Any = None,
         sinks: bool | Sequence[int] = False,
     ) -> np.ndarray:
-        """``[tokens, layers, heads, keys]`` rows for the selection.
+        """``[tokens, layers, heads, image tokens + 1]`` float32 weights for the selection.
 
-        ``tokens``: None (all), an int, a range/slice, a sequence of ints, or a word of the
-        answer (its tokens). ``layers``: None (all captured), a layer index, or several.
-        ``heads``: None (all), an int or several. ``sinks``: ``True`` removes the detected
-        :meth:`sinks`, a sequence removes those positions; removed positions are set to 0 and
-        each row is renormalised over the remaining positions (``row / (1 - sink share)``).
+        Columns as in :attr:`weights` (the image tokens, then the rest). ``tokens``: None
+        (all), an int, a range/slice, a sequence of ints, or a word of the answer (its
+        tokens). ``layers``: None (all captured), a layer index, or several. ``heads``: None
+        (all), an int or several. ``sinks``: ``True`` removes the detected :meth:`sinks`, a
+        sequence removes those image-token positions; removed columns are set to 0 and each
+        row is renormalised over the remaining positions (``row / (1 - sink share)``).
         """
         t = self._token_index(tokens)
         ly = layer_positions(self.layers, layers)
         h = head_positions(self.num_heads, heads)
-        rows = self.rows[np.ix_(t, ly, h)]  # [t, l, h, keys]
-        drop = self._sink_positions(sinks)
+        rows = self.weights[np.ix_(t, ly, h)].astype(np.float32, copy=False)  # [t, l, h, cols]
+        drop = self._sink_columns(sinks)
         if drop.size:
             rows = rows.copy()
             share = rows[..., drop].sum(axis=-1, keepdims=True)
@@ -592,7 +636,7 @@ class AttentionMaps:
         """
         check_reduce(reduce)
         rows = self.select(tokens=tokens, layers=layers, heads=heads, sinks=sinks)
-        img = rows[..., self.image_positions]  # [t, l, h, image tokens]
+        img = rows[..., :-1]  # [t, l, h, image tokens]
         return reduce_heads(img, reduce, axis=2).mean(axis=(0, 1))  # [image tokens]
 
     def image_share(
@@ -608,7 +652,7 @@ class AttentionMaps:
         both the image and the total first (so the share is among non-sink positions).
         """
         rows = self.select(layers=layers, heads=heads, sinks=sinks)
-        return rows[..., self.image_positions].sum(axis=-1).mean(axis=2)
+        return rows[..., :-1].sum(axis=-1).mean(axis=2)
 
     def map(
         self,
