@@ -175,8 +175,15 @@ def main() -> None:
     args.add_argument("--repeats", type=int, default=None)
     args.add_argument("--batch-size", type=int, default=8)
     args.add_argument("--no-ray", action="store_true", help="skip part (2)")
-    args.add_argument("--long", type=int, default=0, metavar="N",
-                      help="also measure one batch of cells at N new tokens against chat per cell")  # fmt: skip
+    args.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure one batch of cells at N new tokens against chat per cell",
+    )
+    args.add_argument("--split-only", action="store_true",
+                      help="only part (3), the split and its bound (a loaded machine)")  # fmt: skip
     opts = args.parse_args()
 
     from vltools.experiments import Experiment
@@ -203,20 +210,22 @@ def main() -> None:
         exp.run(model, batch_size=opts.batch_size, progress=False)
 
     base, ours = [], []
-    for _ in range(repeats):  # interleaved
+    for _ in range(0 if opts.split_only else repeats):  # interleaved
         for fn, out in ((per_cell, base), (experiment, ours)):
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
             print(f"{fn.__name__}: {out[-1]:.1f} s", file=sys.stderr, flush=True)
-    base_s, ours_s = statistics.median(base), statistics.median(ours)
-    table_rows = [
-        {"way": "load_image + chat per cell (card)", "seconds": base_s, "rows/s": SAMPLES / base_s},
-        {"way": f"Experiment.run (batch {opts.batch_size})", "seconds": ours_s, "rows/s": SAMPLES / ours_s},
-    ]  # fmt: skip
-    lines = [result_line("experiment_rows_per_s", baseline=base_s, ours=ours_s, unit="s", target=TARGET_BATCHED)]  # fmt: skip
+    table_rows, lines = [], []
+    if not opts.split_only:
+        base_s, ours_s = statistics.median(base), statistics.median(ours)
+        table_rows = [
+            {"way": "load_image + chat per cell (card)", "seconds": base_s, "rows/s": SAMPLES / base_s},
+            {"way": f"Experiment.run (batch {opts.batch_size})", "seconds": ours_s, "rows/s": SAMPLES / ours_s},
+        ]  # fmt: skip
+        lines = [result_line("experiment_rows_per_s", baseline=base_s, ours=ours_s, unit="s", target=TARGET_BATCHED)]  # fmt: skip
 
-    if not opts.no_ray:
+    if not opts.no_ray and not opts.split_only:
         import ray
 
         from vltools.cluster import run_on_ray, start_local
@@ -256,7 +265,7 @@ def main() -> None:
         bound_rows.append({"new tokens": n, "projected gain": gain, "bound (free decode)": bound})
     lines.insert(0, json.dumps({"name": "experiment_amdahl_bound", "new_tokens": NEW_TOKENS, "bound": round(amdahl(single, batched, new_tokens=NEW_TOKENS)[1], 3), "target": TARGET_BATCHED}))  # fmt: skip
 
-    if opts.long:
+    if opts.long and not opts.split_only:
         long_gen = {**gen, "max_new_tokens": opts.long, "min_new_tokens": opts.long}
         few = rows[: opts.batch_size]
 
@@ -284,7 +293,8 @@ def main() -> None:
           f"{SAMPLES} samples x 1 tile, {NEW_TOKENS} new tokens each, median of {repeats}; "
           f"load_model {load_s:.1f} s")  # fmt: skip
     print(machine())
-    print(table(table_rows, list(table_rows[0])))
+    if table_rows:
+        print(table(table_rows, list(table_rows[0])))
     print(
         "\nwhere the time goes (seconds per cell; decode per row-step = one row's share of a step)"
     )
