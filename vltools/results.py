@@ -287,7 +287,8 @@ class ExperimentResult:
             xs = [j + (i - (len(prompts) - 1) / 2) * width for j in range(len(settings))]
             means = rows["mean"].to_numpy(dtype=float)
             err = [means - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - means]
-            ax.bar(xs, means, width, yerr=err, capsize=3, label=prompt)
+            bars = ax.bar(xs, means, width, yerr=err, capsize=3, label=prompt)
+            ax.bar_label(bars, fmt="%.2f", fontsize="small", padding=2)  # zero bars show too
         ax.set_xticks(range(len(settings)), settings)
         ax.set_xlabel("setting")
         ax.set_ylabel(f"mean {self.metric_name or 'score'} (95% CI)")
