@@ -294,3 +294,17 @@ def test_a_metric_failing_on_an_answer_names_the_cell_and_how_to_rescore():
     row = {"id": "abc", "sample": "s", "prompt": "p", "setting": "t", "references": '["a"]'}
     with pytest.raises(ValueError, match=r"picky fails on the answer 'boom' of cell abc.*load"):
         ExperimentResult.from_rows([{**row, "answer": "boom", "error": ""}], metric=picky)
+
+
+def test_the_plot_labels_every_bar_with_its_mean_even_at_zero():
+    from vltools.results import ExperimentResult
+
+    rows = [
+        {"id": f"{i}{p}", "sample": f"s{i}", "prompt": p, "setting": "t", "answer": "x",
+         "references": '["a"]', "error": ""}
+        for i in range(3)
+        for p in ("short", "plain")
+    ]  # fmt: skip
+    figure = ExperimentResult.from_rows(rows, metric=exact, metric_name="exact").plot()
+    labels = [t.get_text() for t in figure.axes[0].texts]
+    assert labels == ["0.00", "0.00"]
