@@ -146,6 +146,49 @@ def test_a_list_of_tiled_images_and_pil_images(folder):
         ),
         ("records", {"settings": {"s": {"max_num": 0}}}, ValueError, r"max_num=0"),
         ("records", {"prompts": {"p": "{question"}}, ValueError, r"not a valid format string"),
+        ("records", {"prompts": {"p": "{question.upper}"}}, ValueError, r"plain column names"),
+        ("records", {"prompts": {"p": "{}"}}, ValueError, r"plain column names"),
+        ("records", {"prompts": {"p": "{unit:d}"}}, ValueError, r"prompt 'p' cannot be filled"),
+        ("records", {"prompts": {}}, ValueError, r"prompts is empty"),
+        ("records", {"settings": {}}, ValueError, r"settings is empty"),
+        (
+            "records",
+            {"settings": {"s": {"max_new_tokens": 0}}},
+            ValueError,
+            r"'s'.*max_new_tokens=0",
+        ),  # fmt: skip
+        (
+            "records",
+            {"settings": {"s": {"temperature": "hot"}}},
+            TypeError,
+            r"temperature='hot'",
+        ),  # fmt: skip
+        ("records", {"settings": {"s": {"seed": "1"}}}, TypeError, r"seed='1'.*an int"),
+        ("records", {"settings": {"s": {"system_message": 5}}}, TypeError, r"system_message=5"),
+        (
+            "records",
+            {"columns": {**COLUMNS, "name": "q"}},
+            ValueError,
+            r"onto the same column 'q'",
+        ),  # fmt: skip
+        (
+            "records",
+            {"metric": lambda p, r: 1 / 0},
+            ValueError,
+            r"fails on sample.*ZeroDivision",
+        ),  # fmt: skip
+        (
+            "records",
+            {"metric": lambda p: 1.0},
+            ValueError,
+            r"metric\(prediction: str, references",
+        ),  # fmt: skip
+        ("nan refs", {}, ValueError, r"references in column 'gt' are \['0', nan\]"),
+        ("empty", {}, ValueError, r"samples is empty"),
+        ("same content", {}, ValueError, r"Samples 0.*and 1.*same image.*Drop the duplicate"),
+        ("no image", {}, ValueError, r"Sample 1 has no image.*image=\[\]"),
+        ("bad segments", {}, ValueError, r"num_segments is 0; expected a whole number"),
+        ("int image", {}, TypeError, r"Sample 0: Cannot hash an image of type int"),
     ],
 )
 def test_bad_input_is_refused_naming_the_value_and_the_fix(folder, samples, kwargs, error, match):
@@ -156,8 +199,28 @@ def test_bad_input_is_refused_naming_the_value_and_the_fix(folder, samples, kwar
         samples = [{**rows[0], "gt": {"answer": 1}}]
     elif samples == "no refs":
         samples = [{k: v for k, v in rows[0].items() if k != "gt"}]
+    elif samples == "nan refs":
+        samples = [{**rows[0], "gt": ["0", float("nan")]}]
+    elif samples == "empty":
+        samples = pd.DataFrame(columns=["img", "q", "gt"])
+    elif samples == "same content":
+        samples = [rows[0], {**rows[0], "name": "copy"}]
+    elif samples == "no image":
+        samples = [rows[0], {**rows[1], "img": None}]
+    elif samples == "bad segments":
+        video = folder / "clip.mp4"
+        video.write_bytes(b"")
+        samples = [{"video": str(video), "q": "Q", "gt": ["a"], "num_segments": 0}]
+        kwargs = {"columns": {"question": "q", "answers": "gt"}}
+    elif samples == "int image":
+        samples = [{"img": 7, "q": "Q", "gt": ["a"]}]
     args = {"prompts": {"p": "{question}"}, "metric": exact, "columns": COLUMNS, **kwargs}
-    if samples is not rows and "columns" not in kwargs and samples[0].get("image"):
+    if (
+        isinstance(samples, list)
+        and samples is not rows
+        and "columns" not in kwargs
+        and samples[0].get("image")
+    ):
         args["columns"] = None
     with pytest.raises(error, match=match):
         Experiment(samples, **args)
@@ -174,3 +237,74 @@ def test_a_folder_with_result_files_but_no_manifest_is_refused(folder, tmp_path)
 def test_loading_a_folder_without_an_experiment_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         Experiment.load(tmp_path)
+
+
+def test_an_output_that_is_a_file_is_refused(folder, tmp_path):
+    (tmp_path / "out").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        Experiment(folder, prompts=["Describe."], output=tmp_path / "out")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(folder, monkeypatch):
+    import vltools.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(vltools.models, "load_model", no_loading)
+    exp = Experiment(folder, prompts=["Describe."], output="/proc/vltools-no-such/run")
+    with pytest.raises(PermissionError, match="cannot write its store.*/proc"):
+        exp.run("tiny", progress=False)
+
+
+@pytest.mark.parametrize("model", [42, object()])
+def test_a_model_that_is_neither_a_vlmodel_nor_a_source_is_refused(folder, model):
+    exp = Experiment(folder, prompts=["Describe."])
+    with pytest.raises(TypeError, match="expected a loaded VLModel.*or its source"):
+        exp.run(model, progress=False)
+    with pytest.raises(TypeError, match="expected a loaded VLModel"):
+        exp.plan(model)
+
+
+def test_mc_choice_scores_with_the_samples_choices_and_the_prompt_shows_the_same_letters(folder):
+    from vltools.results import ExperimentResult
+
+    sample = {"img": str(folder / "0.png"), "q": "Which animal?", "gt": ["B"]}
+    sample["choices"] = json.dumps(["cat", "dog"])  # as a CSV cell holds it
+    exp = Experiment([sample], prompts={"p": "{question}\n{choices}"}, metric="mc_choice", columns=COLUMNS)  # fmt: skip
+    assert exp.cells("m")[0].question == "Which animal?\nA. cat\nB. dog"
+    row = {"id": "x", "sample": exp.samples[0].name, "references": '["B"]', "error": ""}
+    fields = {s.name: s.fields for s in exp.samples}
+    scores = [
+        ExperimentResult.from_rows([{**row, "answer": a}], metric=exp.metric_fn, fields=fields)
+        .results["score"][0]
+        for a in ("dog", "The answer is B", "cat")
+    ]  # fmt: skip
+    assert scores == [1.0, 1.0, 0.0]
+
+
+def test_a_metric_failing_on_an_answer_names_the_cell_and_how_to_rescore():
+    from vltools.results import ExperimentResult
+
+    def picky(prediction, references):
+        if prediction == "boom":
+            raise RuntimeError("cannot parse")
+        return 1.0
+
+    row = {"id": "abc", "sample": "s", "prompt": "p", "setting": "t", "references": '["a"]'}
+    with pytest.raises(ValueError, match=r"picky fails on the answer 'boom' of cell abc.*load"):
+        ExperimentResult.from_rows([{**row, "answer": "boom", "error": ""}], metric=picky)
+
+
+def test_the_plot_labels_every_bar_with_its_mean_even_at_zero():
+    from vltools.results import ExperimentResult
+
+    rows = [
+        {"id": f"{i}{p}", "sample": f"s{i}", "prompt": p, "setting": "t", "answer": "x",
+         "references": '["a"]', "error": ""}
+        for i in range(3)
+        for p in ("short", "plain")
+    ]  # fmt: skip
+    figure = ExperimentResult.from_rows(rows, metric=exact, metric_name="exact").plot()
+    labels = [t.get_text() for t in figure.axes[0].texts]
+    assert labels == ["0.00", "0.00"]

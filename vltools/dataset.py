@@ -118,12 +118,21 @@ def read_samples(
     if not records:
         raise ValueError(f"samples is empty ({_describe(samples)}); expected at least one sample.")
     mapping = _check_columns(columns, records)
+    visual = any(
+        not _missing(r.get(mapping.get(c, c))) for r in records for c in ("image", "video")
+    )
     out: list[Sample] = []
     names: set[str] = set()
     for index, record in enumerate(records):
         get = {c: record.get(mapping.get(c, c)) for c in CANONICAL_COLUMNS}
         images = _images(get["image"], base, index)
         video = _video(get["video"], base, index)
+        if not images and video is None and visual and not _explicitly_none(get["image"]):
+            raise ValueError(
+                f"Sample {index} has no image (column {mapping.get('image', 'image')!r} is "
+                f"{get['image']!r}) and no video, while the other samples have them. Give it "
+                "its image file, drop the sample, or mark it text-only with image=[]."
+            )
         question = "" if _missing(get["question"]) else str(get["question"])
         references = _references(get["answers"], index, column=mapping.get("answers", "answers"))
         if need_references and references is None:
@@ -137,16 +146,18 @@ def read_samples(
         if name in names:
             name = f"{name}#{index}"
         names.add(name)
-        segments = get["num_segments"]
+        segments = _num_segments(get["num_segments"], index, video)
         fields = {k: v for k, v in record.items()}
         fields.update(question=question, answers=list(references or []))
-        parts = [content_hash(i) for i in images] + ([content_hash(video)] if video else [])
+        if "choices" in fields:
+            fields["choices"] = _choices(fields["choices"], index)
+        parts = [_hash(i, index) for i in images] + ([content_hash(video)] if video else [])
         out.append(
             Sample(
                 name=name,
                 images=tuple(images),
                 video=video,
-                num_segments=DEFAULT_NUM_SEGMENTS if _missing(segments) else int(segments),
+                num_segments=segments,
                 question=question,
                 references=references,
                 fields=fields,
@@ -240,6 +251,13 @@ def _check_columns(columns: Mapping[str, str] | None, records: list[dict]) -> di
             f"columns maps {unknown}, which vltools does not use; the keys must be among "
             f"{list(CANONICAL_COLUMNS)} (for example columns={{'image': 'img_path'}})."
         )
+    shared = sorted({v for v in mapping.values() if list(mapping.values()).count(v) > 1})
+    if shared:
+        keys = [k for k, v in mapping.items() if v in shared]
+        raise ValueError(
+            f"columns={mapping} maps {keys} onto the same column {shared[0]!r}; each of "
+            f"{list(CANONICAL_COLUMNS)} reads its own column. Map one of them elsewhere or drop it."
+        )
     available = sorted({k for r in records for k in r})
     missing = {k: v for k, v in mapping.items() if all(v not in r for r in records)}
     if missing:
@@ -247,13 +265,71 @@ def _check_columns(columns: Mapping[str, str] | None, records: list[dict]) -> di
             f"columns={mapping} names {sorted(missing.values())}, which the samples do not have. "
             f"Available columns: {available}. Fix the mapping to name one of those."
         )
-    has_visual = any(mapping.get(c, c) in r for r in records for c in ("image", "video"))
-    if not has_visual and not any(mapping.get("question", "question") in r for r in records):
+    hasvisual = any(mapping.get(c, c) in r for r in records for c in ("image", "video"))
+    if not hasvisual and not any(mapping.get("question", "question") in r for r in records):
         raise ValueError(
             f"The samples have neither an image, a video nor a question column (columns: "
             f"{available}). Name them with columns={{'image': ..., 'question': ...}}."
         )
     return mapping
+
+
+def _explicitly_none(value: Any) -> bool:
+    """An empty list (or "[]" text) marks a text-only sample on purpose."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy arrays from Parquet list columns
+    return (isinstance(value, (list, tuple)) and not value) or (
+        isinstance(value, str) and value == "[]"
+    )
+
+
+def _num_segments(value: Any, index: int, video: str | None) -> int:
+    if _missing(value):
+        return DEFAULT_NUM_SEGMENTS
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if hasattr(number, "item"):
+        number = number.item()  # numpy scalars from pandas
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or number != int(number)
+        or int(number) < 1
+    ):
+        raise ValueError(
+            f"Sample {index}: num_segments is {value!r}; expected a whole number of frames "
+            f">= 1 to sample from {'its video' if video else 'a video'} (default "
+            f"{DEFAULT_NUM_SEGMENTS}). Fix the value or leave it empty."
+        )
+    return int(number)
+
+
+def _choices(value: Any, index: int) -> Any:
+    """Multiple-choice options as a list or a letter -> text dict (JSON text is parsed)."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"Sample {index}: choices is {value[:80]!r}, which looks like JSON but does not "
+                f'parse ({e}); write a JSON list of options, e.g. ["cat", "dog"].'
+            ) from e
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    return value
+
+
+def _hash(item: Any, index: int) -> str:
+    from vltools.store import content_hash
+
+    try:
+        return content_hash(item)
+    except TypeError as e:
+        raise TypeError(f"Sample {index}: {e}") from e
 
 
 def _missing(value: Any) -> bool:
@@ -322,6 +398,7 @@ def _references(value: Any, index: int, *, column: str) -> tuple[str, ...] | Non
         isinstance(value, (list, tuple))
         and value
         and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
+        and not any(isinstance(v, float) and v != v for v in value)
     ):
         return tuple(str(v) for v in value)
     raise ValueError(

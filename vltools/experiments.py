@@ -81,23 +81,32 @@ def template_fields(template: str) -> list[str]:
             f"The prompt template {template!r} is not a valid format string ({e}); write fields "
             "as {question} and literal braces as {{ and }}."
         ) from e
-    return [name.split(".")[0].split("[")[0] for _, name, _, _ in parsed if name is not None]
+    names = [name for _, name, _, _ in parsed if name is not None]
+    for name in names:
+        if not name.isidentifier():
+            raise ValueError(
+                f"The prompt template {template!r} has the field {{{name}}}; expected plain "
+                "column names such as {question} or {choices} (no positions, attributes or "
+                "indexes). Write literal braces as {{ and }}."
+            )
+    return names
 
 
 def choices_text(choices: Any) -> str:
-    """Multiple-choice options as lettered lines: ``A. red\\nB. blue`` (a dict keeps its keys)."""
+    """Multiple-choice options as lettered lines, ``A. red\nB. blue`` (a dict keeps its keys):
+    :func:`vltools.metrics.render_choices`, so ``mc_choice`` reads the letters the prompt shows."""
     if choices is None:
         return ""
+    from vltools.metrics import render_choices
+
     if isinstance(choices, str):
         try:
             choices = json.loads(choices)
         except json.JSONDecodeError:
             return choices
-    if isinstance(choices, Mapping):
-        return "\n".join(f"{k}. {v}" for k, v in choices.items())
     if hasattr(choices, "tolist"):
         choices = choices.tolist()
-    return "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(choices))
+    return render_choices(choices)
 
 
 def render_question(template: str, fields: Mapping[str, Any]) -> str:
@@ -125,7 +134,14 @@ def normalise_setting(name: str, setting: Any) -> dict[str, Any]:
     if not isinstance(max_num, int) or isinstance(max_num, bool) or max_num < 1:
         raise ValueError(f"setting {name!r} has max_num={max_num!r}; expected an int >= 1.")
     system = options.pop("system_message", None)
+    if system is not None and not isinstance(system, str):
+        raise TypeError(
+            f"setting {name!r} has system_message={system!r}; expected a str (or leave it out "
+            "for the model's own)."
+        )
     seed = options.pop("seed", None)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise TypeError(f"setting {name!r} has seed={seed!r}; expected an int (or None).")
     generation = {**DEFAULT_GENERATION, **options}
     transformers = require("transformers", purpose="Experiments")
     known = transformers.GenerationConfig()
@@ -136,6 +152,12 @@ def normalise_setting(name: str, setting: Any) -> dict[str, Any]:
             "system_message, seed or generate options (max_new_tokens, do_sample, temperature, "
             "top_p, ...)."
         )
+    from vltools.generation import check_generation_options
+
+    try:
+        check_generation_options(generation)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"setting {name!r}: {e}") from e
     return {"max_num": max_num, "system_message": system, "seed": seed, "generation": generation}
 
 
@@ -169,11 +191,7 @@ def _metric(metric: Any) -> tuple[Callable[[str, list[str]], float] | None, str 
     try:
         return metrics.get(metric), metric
     except (KeyError, ValueError) as e:
-        raise ValueError(
-            f"Unknown metric {metric!r}: {e}. Use a name from vltools.metrics (exact_match, anls, "
-            "relaxed_accuracy, vqa_accuracy, mc_choice) or pass a callable "
-            "(prediction, references) -> float."
-        ) from e
+        raise ValueError(str(e).strip("'\"")) from e
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -222,13 +240,12 @@ class Experiment:
             for name, s in _named([{}] if settings is None else settings, "settings").items()
         }
         self._check_templates()
+        self._questions = self._render()
+        self._check_duplicates()
+        self._check_metric()
         self.store = Store(output)
+        self.store.check_folder()
         self.store.check_manifest(self._manifest(None), keys=("prompts", "settings"))
-        self._questions = {
-            (i, p): render_question(t, s.fields)
-            for i, s in enumerate(self.samples)
-            for p, t in self.prompts.items()
-        }
 
     # -- checks and identity -----------------------------------------------------------------
 
@@ -251,6 +268,56 @@ class Experiment:
                         f"{missing[:3]} do not have. Available fields: {available}. Fix the "
                         "template, or add the column (map it with columns=...)."
                     )
+
+    def _render(self) -> dict[tuple[int, str], str]:
+        questions = {}
+        for i, sample in enumerate(self.samples):
+            for p, template in self.prompts.items():
+                try:
+                    questions[(i, p)] = render_question(template, sample.fields)
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+                    raise ValueError(
+                        f"prompt {p!r} cannot be filled with sample {sample.name!r}: "
+                        f"{type(e).__name__}: {e}. Fix the template (plain {{field}}s; a format "
+                        "spec such as {question:>10} must suit the column's values) or the sample."
+                    ) from e
+        return questions
+
+    def _check_duplicates(self) -> None:
+        """Two samples with the same content asked the same question would share cell ids."""
+        seen: dict[tuple[str, str], int] = {}
+        for (i, p), question in self._questions.items():
+            key = (self.samples[i].hash, question)
+            if key in seen and seen[key] != i:
+                first = self.samples[seen[key]]
+                raise ValueError(
+                    f"Samples {seen[key]} ({first.name!r}) and {i} ({self.samples[i].name!r}) "
+                    f"hold the same image/video content and, under prompt {p!r}, the same "
+                    f"question {question[:60]!r}: their cells would be one cell (ids hash the "
+                    "content, not the name). Drop the duplicate sample, or give it a question "
+                    "of its own."
+                )
+            seen.setdefault(key, i)
+
+    def _check_metric(self) -> None:
+        """Score each sample's first reference against its references: a metric that cannot
+        (a wrong signature, a missing column, references it does not understand) fails here,
+        before any model work, instead of after the run."""
+        if self.metric_fn is None:
+            return
+        from vltools.metrics import score
+
+        for sample in self.samples:
+            references = list(sample.references or ())
+            try:
+                score(self.metric_fn, references[0], references, sample=sample.fields)
+            except Exception as e:
+                raise ValueError(
+                    f"The metric {self.metric_name!r} fails on sample {sample.name!r} (its own "
+                    f"reference {references[0]!r} against references {references}): "
+                    f"{type(e).__name__}: {e}. A metric is called as metric(prediction: str, "
+                    "references: list[str]) -> float; fix the metric or the sample's answers."
+                ) from e
 
     def _manifest(self, model: str | None) -> dict[str, Any]:
         records = [s.record() for s in self.samples]
@@ -334,6 +401,7 @@ class Experiment:
         return pd.DataFrame(rows)
 
     def _fingerprint(self, model: Any, *, dtype: str | None = None) -> str | None:
+        _check_model(model, engine="local", optional=True)
         if model is None:
             manifest = self.store.read_manifest()
             return None if manifest is None else manifest.get("model")
@@ -372,6 +440,8 @@ class Experiment:
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}; expected an int >= 1.")
+        _check_model(model, engine=engine)
+        self.store.check_writable()
         if engine == "ray":
             from vltools.cluster import run_on_ray
 
@@ -440,9 +510,11 @@ class Experiment:
             order = {c.id: n for n, c in enumerate(self.cells(fingerprint))}
             rows = sorted((r for r in rows if r["id"] in order), key=lambda r: order[r["id"]])
         visuals = {s.name: (s.images, s.video) for s in self.samples}
+        fields = {s.name: s.fields for s in self.samples}
         return ExperimentResult.from_rows(
-            rows, metric=self.metric_fn, metric_name=self.metric_name, visuals=visuals
-        )
+            rows, metric=self.metric_fn, metric_name=self.metric_name, visuals=visuals,
+            fields=fields,
+        )  # fmt: skip
 
     @classmethod
     def load(cls, folder: str | Path, *, samples: Any = None, metric: Any = None) -> Experiment:
@@ -494,6 +566,22 @@ class Experiment:
             f"{len(self.settings)} settings = {len(self.samples) * len(self.prompts) * len(self.settings)}"
             f" cells, metric={self.metric_name}, output={str(where)!r})"
         )
+
+
+def _check_model(model: Any, *, engine: str, optional: bool = False) -> None:
+    """TypeError unless ``model`` is a source string (or path), a loaded VLModel, or None
+    where that is allowed."""
+    if model is None and optional:
+        return
+    if isinstance(model, (str, Path)) or (
+        engine != "ray" and hasattr(model, "batch_chat") and hasattr(model, "tokenizer")
+    ):
+        return
+    raise TypeError(
+        f"model is {type(model).__name__} {str(model)[:60]!r}; expected a loaded VLModel "
+        "(vltools.load_model(...)) or its source: 'tiny', a Hub id such as "
+        "'OpenGVLab/InternVL2-1B' or a checkpoint folder."
+    )
 
 
 def batch_cells(cells: Sequence[Cell], batch_size: int) -> list[list[Cell]]:

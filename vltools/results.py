@@ -118,12 +118,32 @@ class Comparison:
         )
 
 
-def _score(metric: Callable | None, answer: str, references: list[str], error: str) -> float:
+def _score(
+    metric: Callable | None,
+    row: Mapping[str, Any],
+    references: list[str],
+    error: str,
+    fields: Mapping[str, Any] | None,
+) -> float:
+    """One row's score by :func:`vltools.metrics.score` (the sample's columns the metric takes
+    passed by name): NaN without a metric or references, 0 for a failed cell."""
     if metric is None or not references:
         return math.nan
     if error:
         return 0.0  # a failed cell is a wrong answer
-    return float(metric(answer or "", list(references)))
+    from vltools.metrics import score
+
+    answer = row.get("answer") or ""
+    try:
+        return score(metric, answer, list(references), sample=fields)
+    except Exception as e:
+        name = getattr(metric, "__name__", repr(metric))
+        raise ValueError(
+            f"The metric {name} fails on the answer {answer[:80]!r} of cell {row.get('id')} "
+            f"({row.get('sample')}, {row.get('prompt')}, {row.get('setting')}; references "
+            f"{references}): {type(e).__name__}: {e}. The rows are stored; fix the metric and "
+            "rescore with vltools.Experiment.load(output, metric=fixed).result()."
+        ) from e
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,7 +169,10 @@ class ExperimentResult:
         metric: Callable | None = None,
         metric_name: str | None = None,
         visuals: Mapping[str, tuple[Any, Any]] | None = None,
+        fields: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ExperimentResult:
+        """Score ``rows`` (stored rows) with ``metric``; ``fields``: sample name -> the sample's
+        columns, for metrics that read one (``mc_choice`` reads ``choices``)."""
         pd = require("pandas", purpose="Experiment results")
         records = []
         for r in rows:
@@ -160,7 +183,7 @@ class ExperimentResult:
             record.update(
                 references=refs,
                 error=error,
-                score=_score(metric, r.get("answer") or "", refs, error),
+                score=_score(metric, r, refs, error, (fields or {}).get(r.get("sample"))),
             )
             records.append(record)
         frame = pd.DataFrame(records, columns=list(RESULT_COLUMNS))
@@ -264,7 +287,8 @@ class ExperimentResult:
             xs = [j + (i - (len(prompts) - 1) / 2) * width for j in range(len(settings))]
             means = rows["mean"].to_numpy(dtype=float)
             err = [means - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - means]
-            ax.bar(xs, means, width, yerr=err, capsize=3, label=prompt)
+            bars = ax.bar(xs, means, width, yerr=err, capsize=3, label=prompt)
+            ax.bar_label(bars, fmt="%.2f", fontsize="small", padding=2)  # zero bars show too
         ax.set_xticks(range(len(settings)), settings)
         ax.set_xlabel("setting")
         ax.set_ylabel(f"mean {self.metric_name or 'score'} (95% CI)")

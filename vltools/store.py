@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -157,6 +158,38 @@ class Store:
         self.folder = None if folder is None else Path(folder)
         self._memory: list[dict[str, Any]] = []
         self._memory_manifest: dict[str, Any] | None = None
+
+    def check_folder(self) -> None:
+        """Raise ValueError if ``folder`` exists and is not a folder (a file of that name)."""
+        if self.folder is not None and self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(
+                f"output={str(self.folder)!r} is a file, not a folder; the store is a folder of "
+                "Parquet files. Give a folder path (it is created on the first run)."
+            )
+
+    def check_writable(self) -> None:
+        """Raise PermissionError, before any model work, if the store cannot be written: the
+        folder, or the nearest existing folder above it, does not let this user write."""
+        if self.folder is None:
+            return
+        self.check_folder()
+        probe = self.folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        for target in (probe, self.folder / ROWS):
+            if not target.is_dir():
+                continue
+            try:  # a real write: permissions, read-only file systems and quotas all show here
+                fd, name = tempfile.mkstemp(prefix=".vltools-probe-", dir=target)
+                os.close(fd)
+                os.unlink(name)
+            except OSError as e:
+                raise PermissionError(
+                    f"The experiment cannot write its store in {self.folder}: writing in "
+                    f"{target} fails ({e.strerror or e}). Choose an output folder you can write "
+                    "to, or fix its permissions; a finished store can still be read with "
+                    "vltools.Experiment.load."
+                ) from e
 
     # -- manifest ----------------------------------------------------------------------------
 
