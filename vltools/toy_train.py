@@ -10,7 +10,7 @@ written back in the original format (original key names, the fused vision ``attn
 through the loader's own key plan (:func:`vltools.models.plan_conversion`, run backwards).
 
 Deterministic: the scenes are a function of their index, the tiling budget of each example
-comes from a seeded generator, torch is seeded, and the run uses one thread by default.
+comes from a seeded generator, torch is seeded, and the run uses two threads by default.
 """
 
 from __future__ import annotations
