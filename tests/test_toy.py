@@ -10,8 +10,17 @@ import pytest
 from safetensors import safe_open
 
 from vltools.testing import original_key_shapes, toy_scenes
-from vltools.toy import COLOURS, KINDS, SHAPES, box_attention, score, toy_config, toy_scene
-from vltools.toy_train import TrainConfig, run
+from vltools.toy import (
+    COLOURS,
+    KINDS,
+    SHAPES,
+    box_attention,
+    follow_ups,
+    score,
+    toy_config,
+    toy_scene,
+)
+from vltools.toy_train import TrainConfig, run, sincos_positions
 
 # ---------------------------------------------------------------------------------------------
 # Scenes
@@ -91,11 +100,72 @@ def test_bad_scene_arguments_are_refused_with_the_allowed_values():
         list(toy_scenes(-1, seed=0))
 
 
+def test_follow_up_questions_never_name_a_shape_another_question_names():
+    for seed in range(60):
+        scene = toy_scene(seed)
+        more = follow_ups(scene, seed=seed, n=6)
+        drawn = {c: s for c, s, _ in scene.shapes} | {s: c for c, s, _ in scene.shapes}
+        asked = {c for c, _, b in scene.shapes if b == scene.box} if scene.box else set()
+        named = []
+        for question, answer, kind in more:
+            if kind == "presence":
+                assert answer == "no"
+                continue
+            words = set(question.rstrip("?").split())
+            (name,) = words & (set(SHAPES) | set(COLOURS))
+            assert drawn[name] == answer  # the follow-up's answer is what was drawn
+            colour = name if name in COLOURS else answer
+            named.append(colour)
+        assert len(named) == len(set(named))  # each shape at most once
+        if scene.kind in ("colour", "shape", "presence"):
+            assert not asked & set(named)  # never the shape the first question is about
+
+
+def test_sincos_positions_give_the_class_token_zeros_and_each_patch_its_own_code():
+    code = sincos_positions(1 + 32 * 32, 32)  # [1, 1025, 32]
+    assert tuple(code.shape) == (1, 1025, 32)
+    assert float(code[0, 0].abs().sum()) == 0.0
+    assert len({tuple(row.tolist()) for row in code[0, 1:]}) == 32 * 32
+    with pytest.raises(ValueError, match="square"):
+        sincos_positions(1000, 32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The training script
 # ---------------------------------------------------------------------------------------------
 
-QUICK = TrainConfig(steps=2, batch=1, warmup=1, max_nums=(1,), wide_share=0.0, threads=1)
+
+def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(quick_run):
+    from vltools.constants import IM_END
+    from vltools.models import load_model
+    from vltools.toy_train import encode_example
+
+    vlm = load_model(quick_run[0], device="cpu")
+    scene = toy_scene(3)
+    more = [("What colour is the circle?", "red"), ("Is there a blue star?", "no")]
+    ids, labels, pixels = encode_example(vlm, scene.as_dict(), max_num=1, more=more)
+    assert len(ids) == len(labels) and pixels.shape[0] == 1
+    tok = vlm.tokenizer
+    answers = [scene.answer, "red", "no"]
+    wanted = [i for a in answers for i in tok(a + IM_END, add_special_tokens=False)["input_ids"]]
+    assert [t for t in labels if t != -100] == wanted
+    # the ids are the prompt chat renders for the last turn after the first two, plus the answer
+    from vltools.prompts import chat_query
+
+    history = [(f"<image>\n{scene.question}", scene.answer), more[0]]
+    prompt = chat_query(
+        more[1][0],
+        history=history,
+        num_patches_list=[1],
+        system_message=vlm.system_message,
+        tokens_per_tile=vlm.tokens_per_tile,
+    ).text
+    assert tok.decode(ids) == prompt + "no" + IM_END
+
+
+QUICK = TrainConfig(
+    steps=2, tiles_per_step=1, warmup=1, max_nums=(1,), wide_share=0.0, follow_ups=2, threads=1
+)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ __all__ = [
     "toy_checkpoint",
     "toy_scene",
     "toy_scenes",
+    "follow_ups",
     "ToyScore",
     "score",
     "BoxAttention",
@@ -76,7 +77,7 @@ def toy_config() -> dict[str, Any]:
     """The toy checkpoint's ``config.json``: the tiny one with the widths it was trained at.
 
     Vision: 2 InternViT layers of width 32 (2 heads of 16) over the real 32 x 32 patches of a
-    448-pixel tile. Language: 2 Qwen2 layers of width 128 (4 query heads of 32, 2 key/value
+    448-pixel tile. Language: 4 Qwen2 layers of width 128 (4 query heads of 32, 2 key/value
     heads), the tiny checkpoint's 652-token vocabulary. Weights are stored as float32.
     """
     from vltools.testing import tiny_config
@@ -90,8 +91,8 @@ def toy_config() -> dict[str, Any]:
             "intermediate_size": 256,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "num_hidden_layers": 2,
-            "max_window_layers": 2,
+            "num_hidden_layers": 4,
+            "max_window_layers": 4,
             "max_position_embeddings": 8192,
             "torch_dtype": "float32",
         }
@@ -317,6 +318,38 @@ def toy_scene(seed: int, *, style: Style = "mixed", kinds: Sequence[str] | None 
             c, s = options[int(rng.integers(len(options)))]
             question, answer, box_out = f"Is there a {c} {s}?", "no", None
     return Scene(image, question, answer, kind, box_out, drawn)
+
+
+def follow_ups(scene: Scene, *, seed: int, n: int) -> list[tuple[str, str, str]]:
+    """Up to ``n`` more questions about ``scene``'s picture, as ``(question, answer, kind)``.
+
+    Training asks them after the scene's own question, as one multi-turn conversation (one
+    vision pass, several answers). None of them gives another's answer away: each names one
+    shape that no other question (the scene's own included) names, and asks its colour or its
+    shape; a presence question about an absent colour and shape may be added.
+    """
+    rng = np.random.default_rng([int(seed), 7])
+    named = set()
+    if scene.kind == "position":
+        words = scene.question.rstrip("?").split()
+        named = {s for _, s, _ in scene.shapes if s in words}
+    elif scene.box is not None:
+        named = {s for _, s, b in scene.shapes if b == scene.box}
+    out: list[tuple[str, str, str]] = []
+    for colour, shape, _ in scene.shapes:
+        if shape in named:
+            continue
+        if rng.random() < 0.5:
+            out.append((f"What colour is the {shape}?", colour, "colour"))
+        else:
+            out.append((f"What shape is the {colour} one?", shape, "shape"))
+    if rng.random() < 0.3:
+        present = {(c, s) for c, s, _ in scene.shapes}
+        options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        c, s = options[int(rng.integers(len(options)))]
+        out.append((f"Is there a {c} {s}?", "no", "presence"))
+    order = rng.permutation(len(out))
+    return [out[int(i)] for i in order][:n]
 
 
 def toy_scenes(

@@ -10,7 +10,7 @@ written back in the original format (original key names, the fused vision ``attn
 through the loader's own key plan (:func:`vltools.models.plan_conversion`, run backwards).
 
 Deterministic: the scenes are a function of their index, the tiling budget of each example
-comes from a seeded generator, torch is seeded, and the run uses one thread by default.
+comes from a seeded generator, torch is seeded, and the run uses two threads by default.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "initial_checkpoint",
     "encode_example",
+    "sincos_positions",
     "train",
     "save_original",
     "run",
@@ -55,21 +56,27 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """The recipe of a training run (every field is in the model card).
 
-    ``steps`` optimiser steps of ``batch`` scenes each; scene ``i`` of the run is
-    ``toy_scene(i)`` (style ``mixed``). Each step draws one tiling budget for its whole batch
-    (similar tile counts, little padding) from ``max_nums``; with probability ``wide_share``
-    the step is instead a batch of ``wide_small`` scenes cut with ``wide_max_num``.
+    ``steps`` optimiser steps; each step takes the next scenes of the run (scene ``i`` is
+    ``toy_scene(i)``) until its batch holds ``tiles_per_step`` tiles. Each step draws one
+    tiling budget for its batch: ``max_num=1`` for the first ``single_share`` of the steps (a
+    cheap single-tile phase that learns to read shapes), then one of ``max_nums``; with
+    probability ``wide_share`` (after the single-tile phase) a step is a batch of
+    ``wide_small`` panoramas cut with one of ``wide_max_nums``. Every scene is one
+    conversation: its own question and up to ``follow_ups`` more about the same picture
+    (:func:`vltools.toy.follow_ups`), loss on every answer.
     """
 
-    steps: int = 450
-    batch: int = 8
-    lr: float = 3e-3
-    warmup: int = 40
+    steps: int = 200
+    tiles_per_step: int = 16
+    lr: float = 2e-3
+    warmup: int = 20
     weight_decay: float = 0.01
     seed: int = 0
-    max_nums: tuple[int, ...] = (1, 1, 2, 4)
-    wide_share: float = 0.2
-    wide_max_num: int = 4
+    single_share: float = 0.5
+    max_nums: tuple[int, ...] = (1, 2, 4, 6)
+    wide_share: float = 0.3
+    wide_max_nums: tuple[int, ...] = (6, 12)
+    follow_ups: int = 6
     threads: int = 2
 
 
@@ -84,31 +91,73 @@ def initial_checkpoint(folder: Path, *, seed: int = 0) -> Path:
 
 
 def encode_example(
-    vlm: VLModel, scene: dict[str, Any], *, max_num: int
+    vlm: VLModel,
+    scene: dict[str, Any],
+    *,
+    max_num: int,
+    more: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[int], list[int], torch.Tensor]:
     """``(input_ids, labels, pixel_values)`` of one scene: the chat prompt plus the answer.
 
-    ``labels`` is -100 over the prompt and the answer's tokens (then ``<|im_end|>``) after it;
+    With ``more`` (``(question, answer)`` pairs), the conversation goes on as ``chat`` renders
+    its history: each later turn is the prompt ``chat_query`` builds after the earlier turns.
+    ``labels`` is -100 everywhere but on each answer's tokens and the ``<|im_end|>`` after it;
     ``pixel_values`` is ``[tiles, 3, 448, 448]``.
     """
+    from vltools.constants import IMAGE_PLACEHOLDER
     from vltools.images import load_image
     from vltools.prompts import chat_query
 
     tiled = load_image(scene["image"], max_num=max_num)
-    prompt = chat_query(
-        scene["question"],
-        num_patches_list=[tiled.num_tiles],
-        system_message=vlm.system_message,
-        tokens_per_tile=vlm.tokens_per_tile,
-    ).text
     tok = vlm.tokenizer
-    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tok(scene["answer"] + IM_END, add_special_tokens=False)["input_ids"]
-    return (
-        prompt_ids + answer_ids,
-        [-100] * len(prompt_ids) + answer_ids,
-        tiled.pixel_values,
-    )
+    turns = [(scene["question"], scene["answer"]), *more]
+    history: list[tuple[str, str]] = []
+    text = ""
+    ids: list[int] = []
+    labels: list[int] = []
+    for question, answer in turns:
+        prompt = chat_query(
+            question,
+            history=history or None,
+            num_patches_list=[tiled.num_tiles],
+            system_message=vlm.system_message,
+            tokens_per_tile=vlm.tokens_per_tile,
+        ).text
+        if not prompt.startswith(text):  # pragma: no cover - the template renders prefixes
+            raise RuntimeError("the chat template did not extend the earlier turns")
+        new_ids = tok(prompt[len(text) :], add_special_tokens=False)["input_ids"]
+        answer_ids = tok(answer + IM_END, add_special_tokens=False)["input_ids"]
+        ids += new_ids + answer_ids
+        labels += [-100] * len(new_ids) + answer_ids
+        text = prompt + answer + IM_END
+        history.append((f"{IMAGE_PLACEHOLDER}\n{question}" if not history else question, answer))
+    return ids, labels, tiled.pixel_values
+
+
+def sincos_positions(count: int, width: int) -> torch.Tensor:
+    """``[1, count, width]``: the class token's zeros, then a 2-D sine-cosine code of each patch.
+
+    The patches form a square grid (``count - 1`` = side x side, row by row); half the channels
+    code the row, half the column, each as sines and cosines of geometric frequencies. Training
+    starts the vision tower's learned position embedding here, so that from the first step
+    neighbouring patches look alike to attention and a shape's parts can find each other.
+    """
+    import torch
+
+    side = math.isqrt(count - 1)
+    if side * side != count - 1 or width % 4:
+        raise ValueError(f"count={count}, width={width}: need 1 + a square and width % 4 == 0.")
+    quarter = width // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))  # [w/4]
+    grid = torch.arange(side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(grid, grid, indexing="ij")  # [side, side] each
+    parts = []
+    for coord in (rows.reshape(-1), cols.reshape(-1)):
+        angle = coord[:, None] * freqs[None, :]  # [side * side, w/4]
+        parts += [torch.sin(angle), torch.cos(angle)]
+    code = torch.cat(parts, dim=1)  # [side * side, width]
+    out = torch.cat([torch.zeros(1, width, dtype=torch.float64), code], dim=0)
+    return out[None].to(torch.float32)  # [1, count, width]
 
 
 def _batch(examples: Sequence[tuple[list[int], list[int], Any]], pad_id: int):
@@ -126,21 +175,36 @@ def _batch(examples: Sequence[tuple[list[int], list[int], Any]], pad_id: int):
     return input_ids, labels, mask, pixel_values
 
 
-def _examples(vlm: VLModel, cfg: TrainConfig, step: int) -> list:
-    from vltools.toy import toy_scene
+def _examples(vlm: VLModel, cfg: TrainConfig, step: int, first: int) -> tuple[list, int]:
+    """The batch of ``step``: encoded conversations of scenes ``first, first + 1, ...``.
+
+    Returns the examples and the index of the next unused scene.
+    """
+    from vltools.toy import follow_ups, toy_scene
 
     rng = np.random.default_rng([cfg.seed, step])
-    wide = rng.random() < cfg.wide_share
-    max_num = cfg.wide_max_num if wide else int(cfg.max_nums[int(rng.integers(len(cfg.max_nums)))])
+    single = step < cfg.single_share * cfg.steps
+    wide = not single and rng.random() < cfg.wide_share
+    if single:
+        max_num = 1
+    elif wide:
+        max_num = int(cfg.wide_max_nums[int(rng.integers(len(cfg.wide_max_nums)))])
+    else:
+        max_num = int(cfg.max_nums[int(rng.integers(len(cfg.max_nums)))])
     out = []
-    for j in range(cfg.batch):
-        index = step * cfg.batch + j
+    tiles = 0
+    index = first
+    while tiles < cfg.tiles_per_step:
         if wide:
             scene = toy_scene(index, style="wide_small", kinds=("colour", "shape", "presence"))
         else:
             scene = toy_scene(index)
-        out.append(encode_example(vlm, scene.as_dict(), max_num=max_num))
-    return out
+        more = [(q, a) for q, a, _ in follow_ups(scene, seed=index, n=cfg.follow_ups)]
+        example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more)
+        out.append(example)
+        tiles += int(example[2].shape[0])
+        index += 1
+    return out, index
 
 
 def train(
@@ -165,6 +229,9 @@ def train(
     for p in model.parameters():
         p.data = p.data.clone()  # off the memory-mapped file: the weights will change
         p.requires_grad_(True)
+    embeddings = model.model.vision_tower.embeddings.position_embeddings  # [1, 1 + n * n, C]
+    with torch.no_grad():
+        embeddings.copy_(sincos_positions(embeddings.shape[1], embeddings.shape[2]))
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -183,27 +250,34 @@ def train(
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
     start = time.perf_counter()
+    scene = 0
     for step in range(cfg.steps):
-        input_ids, labels, mask, pixel_values = _batch(_examples(vlm, cfg, step), pad)
+        examples, scene = _examples(vlm, cfg, step, scene)
+        input_ids, labels, mask, pixel_values = _batch(examples, pad)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        out = model(
+        hidden = model.model(
             input_ids=input_ids,
             attention_mask=mask,
             pixel_values=pixel_values,
-            labels=labels,
             use_cache=False,
-        )
+        ).last_hidden_state  # [B, L, hidden]
+        # logits only where an answer token is predicted: the vocabulary projection of every
+        # image token would cost a quarter of the step
+        targets = labels[:, 1:]  # [B, L - 1]
+        keep = targets != -100
+        logits = model.lm_head(hidden[:, :-1][keep])  # [answer tokens, vocab]
+        loss = torch.nn.functional.cross_entropy(logits, targets[keep])
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
         if log is not None and (step % log_every == 0 or step == cfg.steps - 1):
             recent = losses[-log_every:]
             log(
                 f"step {step + 1}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
-                f"lr {lr_at(step):.2e} tiles {pixel_values.shape[0]} "
+                f"lr {lr_at(step):.2e} tiles {pixel_values.shape[0]} scenes {scene} "
                 f"{time.perf_counter() - start:.0f}s"
             )
         if every and callback is not None and (step + 1) % every == 0 and step + 1 < cfg.steps:
@@ -323,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the toy InternVL2 on synthetic scenes.")
     parser.add_argument("--out", type=Path, help="folder for the trained checkpoint")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
+    parser.add_argument("--tiles", type=int, default=TrainConfig.tiles_per_step)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
@@ -346,7 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out is required to train (or pass --evaluate DIR)")
     cfg = TrainConfig(
-        steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads
+        steps=args.steps,
+        tiles_per_step=args.tiles,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
     )
     folder, losses, seconds = run(
         cfg, args.out, log=lambda s: print(s, flush=True), save_every=args.save_every
