@@ -22,13 +22,6 @@ ALLOWED_PRIVATE_MODULES: dict[str, str] = {
     "not something a user imports",
 }
 
-# (importer, owner) pairs that part A of issue 16 fixes on its own branch (chat takes
-# generation's private helpers, models takes checkpoints' and conversion's). Listed so that this
-# branch is green; the lead removes this set when the branches are merged.
-PENDING_PART_A: frozenset[tuple[str, str]] = frozenset(
-    {("chat", "generation"), ("models", "checkpoints"), ("models", "conversion")}
-)
-
 
 @dataclass(frozen=True)
 class Crossing:
@@ -120,18 +113,12 @@ def package_crossings() -> list[Crossing]:
 
 
 def test_no_vltools_module_uses_another_modules_private_names():
-    offending = [c for c in package_crossings() if (c.importer, c.owner) not in PENDING_PART_A]
+    offending = package_crossings()
     assert not offending, (
         "Make these names public in their owner module (documented, in __all__), or move the "
         "helper into a module of its own with public names:\n"
         + "\n".join(str(c) for c in offending)
     )
-
-
-def test_every_pending_part_a_pair_still_crosses_so_the_list_cannot_go_stale():
-    crossing = {(c.importer, c.owner) for c in package_crossings()}
-    stale = sorted(PENDING_PART_A - crossing)
-    assert not stale, f"{stale} no longer cross: remove them from PENDING_PART_A."
 
 
 MODULES = {"images", "tiling", "video", "decoding", "_optional", "_hidden"}
