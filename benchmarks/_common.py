@@ -38,6 +38,19 @@ def median_time(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], Any]], *, repeats: int) -> dict[str, float]:
+    """Median wall time in seconds of each ``fns`` entry, the entries run in turn ``repeats`` times.
+
+    Interleaving makes a change of machine load hit every entry alike; a side-by-side ratio of
+    these medians is what the benchmark tables quote.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_time(fn, repeats=1, warmup=0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``code`` in a fresh Python process; it must print one JSON object as its last line.
 

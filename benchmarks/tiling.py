@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from benchmarks._common import machine, median_time, parser, result_line, table
+from benchmarks._common import interleaved_medians, machine, parser, result_line, table
 from vltools.card import card_pixel_values
 
 SPEED_TARGET = 1.2
@@ -87,13 +87,9 @@ def main(argv: list[str] | None = None) -> None:
                 image.resize((448, 448)) if g.has_thumbnail else None,
             ),
         }
-        times = {name: [] for name in fns}
         for fn in fns.values():  # warm-up
             fn()
-        for _ in range(repeats):  # interleaved, so that load changes hit all alike
-            for name, fn in fns.items():
-                times[name].append(median_time(fn, repeats=1, warmup=0))
-        med = {name: float(np.median(t)) for name, t in times.items()}
+        med = interleaved_medians(fns, repeats=repeats)
         rows.append(
             {
                 "case": label,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._common import machine, median_time, parser, result_line, table
+from benchmarks._common import interleaved_medians, machine, parser, result_line, table
 from benchmarks.tiling import photo
 
 KEEP_TARGET = 1.3
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             "straight": lambda i=image, g=grid, o=a: images.cut_tiles(i, g, o),
             "parallel": lambda i=image, g=grid, o=b: parallel(i, g, o, fast=False),
         }
-        times = {name: [] for name in fns}
-        for _ in range(repeats):  # interleaved, so that load changes hit both alike
-            for name, fn in fns.items():
-                times[name].append(median_time(fn, repeats=1, warmup=0))
-        med = {name: float(np.median(t)) for name, t in times.items()}
+        med = interleaved_medians(fns, repeats=repeats)
         rows.append(
             {
                 "case": label,
