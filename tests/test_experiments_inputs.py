@@ -4,6 +4,7 @@ before any model work (no model is loaded in this file)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -98,6 +99,23 @@ def test_several_images_and_a_video_per_sample(folder):
     ]
     plan = Experiment(rows, prompts=["{question}"], settings=[{"max_num": 1}]).plan("tiny")
     assert list(plan["tiles"]) == [2, 3]
+
+
+def test_several_images_per_sample_from_parquet_and_a_dataframe_are_a_list(folder):
+    # Parquet list columns come back from pandas as 1-D numpy arrays, not lists
+    rows = [
+        {"image": ["0.png", "1.png"], "question": "Compare."},
+        {"image": ["2.png"], "question": "One."},
+    ]
+    pd.DataFrame(rows).to_parquet(folder / "multi.parquet")
+    absolute = [{**r, "image": [str(folder / i) for i in r["image"]]} for r in rows]
+    pd.DataFrame(absolute).to_parquet(folder / "absolute.parquet")
+    frame = pd.read_parquet(folder / "absolute.parquet")
+    assert type(frame["image"][0]).__name__ == "ndarray"
+    for source in (folder / "multi.parquet", frame):
+        samples = read_samples(source)
+        assert [len(s.images) for s in samples] == [2, 1], source
+        assert [Path(i).name for i in samples[0].images] == ["0.png", "1.png"]
 
 
 def test_a_list_of_tiled_images_and_pil_images(folder):

@@ -57,7 +57,6 @@ MIN_RAY = (2, 54)
 LOCAL_OBJECT_STORE = 512 * 1024**2  # bytes; the tiles of a few batches
 CONNECT_TIMEOUT_S = 5.0
 TILING_CPUS = 0.5
-TASK_RETRIES = 3  # a tiling task lost with its worker process is run again
 
 
 class RayAddressError(ConnectionError):
@@ -412,7 +411,12 @@ def _execute(
     ds = ray.data.from_arrow([pq.read_table(p) for p in paths])
     # Tiling as CPU tasks of their own: half a CPU each, which also keeps Ray from fusing them
     # into the model actors (it fuses maps whose resources are equal).
-    ds = ds.map(tile_row, num_cpus=TILING_CPUS, max_retries=TASK_RETRIES)
+    # Fault tolerance is Ray Data's own default, which is what a resumable run wants: a task or
+    # an actor lost with its worker process is run again (tasks: max_retries=-1 on system
+    # errors; actors: max_restarts=-1, max_task_retries=-1), and the store's batch files make
+    # a retry idempotent. They are not passed: Ray 2.60 deprecates passing them through
+    # map/map_batches (**ray_remote_args) and Ray 2.64 removes it.
+    ds = ds.map(tile_row, num_cpus=TILING_CPUS)
     ds = ds.map_batches(
         ModelWorker,
         fn_constructor_kwargs={
@@ -426,10 +430,6 @@ def _execute(
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_gpus=gpus_per_worker,
         num_cpus=1,
-        # Ray's fault tolerance, stated rather than left to the defaults: a dead actor is
-        # restarted and its batch retried; the store's batch files make a retry idempotent.
-        max_restarts=-1,
-        max_task_retries=-1,
     )
     bar = None
     if progress:

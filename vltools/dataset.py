@@ -342,6 +342,8 @@ def _missing(value: Any) -> bool:
 
 
 def _images(value: Any, base: Path | None, index: int) -> list[Any]:
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:
+        value = value.tolist()  # a Parquet/Arrow list column arrives as a 1-D numpy array
     if _missing(value) if not isinstance(value, (list, tuple)) else False:
         return []
     if isinstance(value, str) and value.startswith("["):
