@@ -18,11 +18,13 @@ plain run under the same machine load ("x plain"); the time line uses the captur
 
 ``--long`` measures only the capture over a prompt padded with text to 4,000 tokens (one image,
 8 generated tokens) against plain generation: extra peak memory, target at most 1.5 x plain's,
-counted two ways side by side (see :func:`long_context`): allocations (live torch tensors from
-the profiler's memory events plus numpy/Python via ``tracemalloc``, plain then capture in one
-process) and peak RSS in a fresh process per method with glibc's mmap threshold fixed. To keep
-it to one 4,000-token prefill per measured run, its warm-up is a short text-only generation
-(through the capture for the capture) and it skips the second timing.
+counted three ways side by side (see :func:`long_context`; ``--ways`` picks some): allocations
+(live torch tensors from the profiler's memory events plus numpy/Python via ``tracemalloc``,
+plain then capture in one process), peak RSS in a fresh process per method with glibc's mmap
+threshold fixed, and peak RSS in a fresh process per method under glibc's default malloc (what
+a user's process sees). To keep it to one 4,000-token prefill per measured run, its warm-up is
+a short text-only generation (through the capture for the capture) and it skips the second
+timing.
 
 ``--quick`` runs the same on the tiny checkpoint with 4 tokens: it checks the script, its
 numbers mean nothing.

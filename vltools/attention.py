@@ -25,8 +25,14 @@ hook on each selected ``self_attn`` then keeps of each row only what :class:`Att
 needs, :func:`image_columns`: the image-token columns and the total on everything else,
 ``[heads, image tokens + 1]`` per layer and token whatever the prompt's length, stored as
 float32 numpy (or float16, ``store_dtype``). The vision tower keeps SDPA: hooks on its
-``q_proj``/``k_proj`` reuse the projections the layer computes anyway and form the CLS row's
-softmax themselves (one ``[tiles, heads, 1, 1025]`` product).
+``q_norm``/``k_norm`` reuse the queries and keys the layer computes anyway and form the CLS
+row's softmax themselves (one ``[heads, 1, 1025]`` product per tile).
+
+Kept rows are written in place into stores allocated once, before the layers they come from
+run: one ``[tiles, layers, heads, 32, 32]`` array per vision-tower pass, one ``[n, layers,
+heads, image tokens + 1]`` array per language-model forward. Arrays allocated layer by layer
+instead would sit in the holes the layers' large transient tensors leave in glibc's heap, so
+that each next transient no longer fits and the heap grows (issue 14: +28 MiB per vision layer).
 
 .. warning:: **Attention is not an explanation.** An attention weight says how much one
    position's value vector was mixed into one query at one layer and head; it does not say the
