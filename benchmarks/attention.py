@@ -18,11 +18,13 @@ plain run under the same machine load ("x plain"); the time line uses the captur
 
 ``--long`` measures only the capture over a prompt padded with text to 4,000 tokens (one image,
 8 generated tokens) against plain generation: extra peak memory, target at most 1.5 x plain's,
-counted two ways side by side (see :func:`long_context`): allocations (live torch tensors from
-the profiler's memory events plus numpy/Python via ``tracemalloc``, plain then capture in one
-process) and peak RSS in a fresh process per method with glibc's mmap threshold fixed. To keep
-it to one 4,000-token prefill per measured run, its warm-up is a short text-only generation
-(through the capture for the capture) and it skips the second timing.
+counted three ways side by side (see :func:`long_context`; ``--ways`` picks some): allocations
+(live torch tensors from the profiler's memory events plus numpy/Python via ``tracemalloc``,
+plain then capture in one process), peak RSS in a fresh process per method with glibc's mmap
+threshold fixed, and peak RSS in a fresh process per method under glibc's default malloc (what
+a user's process sees). To keep it to one 4,000-token prefill per measured run, its warm-up is
+a short text-only generation (through the capture for the capture) and it skips the second
+timing.
 
 ``--quick`` runs the same on the tiny checkpoint with 4 tokens: it checks the script, its
 numbers mean nothing.
@@ -248,61 +250,73 @@ def alloc_child(model: str, max_num: str, tokens: str, length: str) -> None:
     print(json.dumps(info))
 
 
-def long_context(model: str, tokens: str) -> None:
+WAYS = ("alloc", "fixed", "default")  # --long: the ways extra peak memory is counted
+
+
+def long_context(model: str, tokens: str, *, ways: tuple[str, ...] = WAYS) -> None:
     """Capture over a prompt of at least LONG tokens: extra peak memory against plain generate.
 
-    Counted two ways, side by side in one benchmark run: (1) allocations, plain then capture
-    in one process (:func:`alloc_child`: live torch tensors plus numpy); (2) peak RSS, each
-    method in a fresh process with glibc's mmap threshold fixed at 128 KiB
-    (``MALLOC_MMAP_THRESHOLD_``), so that freed large blocks go back to the system instead of
-    staying in the heap where RSS counts them. The naive method is left out (its 24 layers of
-    ``[14, 4000, 4000]`` weights would need about 20 GiB). Target: the capture's extra peak at
-    most 1.5 x plain generation's.
+    Counted up to three ways (``ways``), side by side in one benchmark run: ``alloc``,
+    allocations, plain then capture in one process (:func:`alloc_child`: live torch tensors
+    plus numpy); ``fixed``, peak RSS, each method in a fresh process with glibc's mmap
+    threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``), so that freed large blocks go back
+    to the system instead of staying in the heap where RSS counts them; ``default``, peak RSS,
+    each method in a fresh process under glibc's default (dynamic) malloc settings, what a
+    user's process sees. The naive method is left out (its 24 layers of ``[14, 4000, 4000]``
+    weights would need about 20 GiB). Target: the capture's extra peak at most 1.5 x plain
+    generation's, by every way counted.
     """
-    alloc = run_child(_ALLOC_CHILD, model, "6", tokens, str(LONG))
-    env = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    bad = [w for w in ways if w not in WAYS]
+    if bad or not ways:
+        raise ValueError(f"ways={ways!r}: choose one or more of {WAYS}")
+    alloc = run_child(_ALLOC_CHILD, model, "6", tokens, str(LONG)) if "alloc" in ways else None
+    envs = {"fixed": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}, "default": None}
     rss = {
-        m: run_child(_CHILD, m, model, "6", tokens, str(LONG), env=env)
-        for m in ("plain", "capture")
-    }
-    cap = rss["capture"]
-    print(
-        f"long context: {alloc['prompt_tokens']} prompt tokens ({alloc['tiles']} tiles), "
-        f"{tokens} generated; kept {cap.get('shape')} weights + vision = "
-        f"{cap.get('kept_mib', 0):.1f} MiB"
-    )
-    rows = [
-        {
-            "method": m,
-            "tensors MiB": alloc[m]["tensor_peak_mib"],
-            "numpy MiB": alloc[m]["numpy_peak_mib"],
-            "allocated MiB": alloc[m]["extra_peak_mib"],
-            "RSS MiB": rss[m]["extra_peak_mib"],
-            "time s (RSS run)": rss[m]["seconds"],
+        way: {
+            m: run_child(_CHILD, m, model, "6", tokens, str(LONG), env=envs[way])
+            for m in ("plain", "capture")
         }
-        for m in ("plain", "capture")
-    ]
+        for way in ("fixed", "default")
+        if way in ways
+    }
+    first = next(iter(rss.values()), {}).get("capture", {})
+    prompt_tokens = alloc["prompt_tokens"] if alloc else first.get("prompt_tokens")
+    tiles = alloc["tiles"] if alloc else first.get("tiles")
+    print(
+        f"long context: {prompt_tokens} prompt tokens ({tiles} tiles), {tokens} generated; "
+        f"kept {first.get('shape')} weights + vision = {first.get('kept_mib', 0):.1f} MiB"
+    )
+    rows = []
+    for m in ("plain", "capture"):
+        row: dict[str, Any] = {"method": m}
+        if alloc:
+            row["tensors MiB"] = alloc[m]["tensor_peak_mib"]
+            row["numpy MiB"] = alloc[m]["numpy_peak_mib"]
+            row["allocated MiB"] = alloc[m]["extra_peak_mib"]
+        for way, label in (("fixed", "RSS fixed mmap MiB"), ("default", "RSS default MiB")):
+            if way in rss:
+                row[label] = rss[way][m]["extra_peak_mib"]
+                row[f"time s ({way})"] = rss[way][m]["seconds"]
+        rows.append(row)
     print(table(rows, list(rows[0])))
-    print(
-        result_line(
-            f"attention capture at {alloc['prompt_tokens']} tokens: extra peak RSS, fixed mmap "
-            "threshold (plain / capture)",
-            baseline=float(max(rss["plain"]["extra_peak_mib"], 1)),
-            ours=float(max(rss["capture"]["extra_peak_mib"], 1)),
-            unit="MiB",
-            target=round(1 / 1.5, 3),
+    lines = []
+    if alloc:
+        lines.append(("extra peak allocated, tensors + numpy", alloc["plain"], alloc["capture"]))
+    names = {
+        "fixed": "extra peak RSS, fixed mmap threshold",
+        "default": "extra peak RSS, default malloc",
+    }
+    lines += [(names[way], rss[way]["plain"], rss[way]["capture"]) for way in rss]
+    for name, plain, cap in lines:
+        print(
+            result_line(
+                f"attention capture at {prompt_tokens} tokens: {name} (plain / capture)",
+                baseline=float(max(plain["extra_peak_mib"], 1)),
+                ours=float(max(cap["extra_peak_mib"], 1)),
+                unit="MiB",
+                target=round(1 / 1.5, 3),
+            )
         )
-    )
-    print(
-        result_line(
-            f"attention capture at {alloc['prompt_tokens']} tokens: extra peak allocated, "
-            "tensors + numpy (plain / capture)",
-            baseline=alloc["plain"]["extra_peak_mib"],
-            ours=alloc["capture"]["extra_peak_mib"],
-            unit="MiB",
-            target=round(1 / 1.5, 3),
-        )
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,10 +324,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--long", action="store_true", help=f"only the capture over {LONG} prompt tokens"
     )
+    p.add_argument(
+        "--ways",
+        default=",".join(WAYS),
+        help=f"--long: how extra peak memory is counted, comma-separated from {','.join(WAYS)}",
+    )
     args = p.parse_args(argv)
     if args.long:
         print(f"machine: {machine()}")
-        long_context("tiny" if args.quick else "full", "2" if args.quick else "8")
+        ways = tuple(w.strip() for w in args.ways.split(",") if w.strip())
+        long_context("tiny" if args.quick else "full", "2" if args.quick else "8", ways=ways)
         return
     model, max_num, tokens = ("tiny", "6", "4") if args.quick else ("full", "6", "16")
     print(f"machine: {machine()}")

@@ -243,3 +243,47 @@ def test_float16_storage_halves_the_weights_and_keeps_them_within_1e_3(tiny_mode
     with pytest.raises(ValueError, match=r"store_dtype='bfloat16'.*\['float32', 'float16'\]"):
         with capture(tiny_model, photo, store_dtype="bfloat16"):
             pass
+
+
+def test_a_pass_keeps_its_rows_in_stores_allocated_before_the_layers_run(tiny_model, photo):
+    # issue 14: kept arrays allocated layer by layer, between the layers' large transient
+    # tensors, fragment glibc's heap (each one splits the hole a transient left, so the next
+    # layer's transient no longer fits): the count of live numpy blocks made by the capture
+    # must not grow from one layer to the next, in the vision tower or the language model
+    import tracemalloc
+
+    import vltools.attention
+
+    native = tiny_model.model.model
+    counts = {"vision": [], "lm": []}
+    numpy_blocks = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    made_here = [tracemalloc.Filter(True, vltools.attention.__file__)]  # made by the capture
+
+    def counter(part):
+        def hook(module, args, output):
+            snap = tracemalloc.take_snapshot().filter_traces(numpy_blocks)
+            counts[part].append(len(snap.filter_traces(made_here).traces))
+
+        return hook
+
+    tracemalloc.start()
+    try:
+        with capture(tiny_model, photo) as cap:
+            handles = [
+                layer.register_forward_hook(counter("vision"))
+                for layer in native.vision_tower.encoder.layer
+            ]
+            handles += [
+                layer.register_forward_hook(counter("lm")) for layer in native.language_model.layers
+            ]
+            try:
+                maps = cap.teacher_force("Describe.", [11, 12, 13])
+            finally:
+                for h in handles:
+                    h.remove()
+    finally:
+        tracemalloc.stop()
+    assert len(counts["vision"]) >= 2 and len(counts["lm"]) >= 2
+    assert min(counts["vision"]) >= 1 and min(counts["lm"]) >= 1  # the stores are traced
+    assert len(set(counts["vision"])) == 1 and len(set(counts["lm"])) == 1, counts
+    assert maps.weights.flags.c_contiguous and maps.vision.cls.flags.c_contiguous

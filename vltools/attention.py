@@ -25,8 +25,14 @@ hook on each selected ``self_attn`` then keeps of each row only what :class:`Att
 needs, :func:`image_columns`: the image-token columns and the total on everything else,
 ``[heads, image tokens + 1]`` per layer and token whatever the prompt's length, stored as
 float32 numpy (or float16, ``store_dtype``). The vision tower keeps SDPA: hooks on its
-``q_proj``/``k_proj`` reuse the projections the layer computes anyway and form the CLS row's
-softmax themselves (one ``[tiles, heads, 1, 1025]`` product).
+``q_norm``/``k_norm`` reuse the queries and keys the layer computes anyway and form the CLS
+row's softmax themselves (one ``[heads, 1, 1025]`` product per tile).
+
+Kept rows are written in place into stores allocated once, before the layers they come from
+run: one ``[tiles, layers, heads, 32, 32]`` array per vision-tower pass, one ``[n, layers,
+heads, image tokens + 1]`` array per language-model forward. Arrays allocated layer by layer
+instead would sit in the holes the layers' large transient tensors leave in glibc's heap, so
+that each next transient no longer fits and the heap grows (issue 14: +28 MiB per vision layer).
 
 .. warning:: **Attention is not an explanation.** An attention weight says how much one
    position's value vector was mixed into one query at one layer and head; it does not say the
@@ -280,10 +286,14 @@ class _Pass:
 
     def __init__(self, mode: str, num_layers: int) -> None:
         self.mode = mode
+        self.num_layers = num_layers
         self.prompt_ids: np.ndarray | None = None
         self.answer_length = 0  # teacher mode: number of answer tokens appended to the prompt
-        # per layer: [heads, n, image tokens + 1] arrays, one per forward
-        self.steps: list[list[np.ndarray]] = [[] for _ in range(num_layers)]
+        # one store per forward, allocated before the forward's layers run (so the kept rows
+        # never sit between the layers' transient tensors in the heap): [n, layers, heads,
+        # image tokens + 1], filled layer by layer; filled[i] counts the layers written
+        self.blocks: list[np.ndarray] = []
+        self.filled: list[int] = []
         self.generated: np.ndarray | None = None
         self._columns: Any = None  # image-token positions of the prompt, a torch index
 
@@ -323,8 +333,10 @@ class AttentionCapture:
         self._results: list[AttentionMaps] = []
         # only calls made by the thread that opened the block are recorded
         self._thread = threading.get_ident()
-        # the latest vision-tower pass inside the block: vision layer -> [tiles, heads, 32, 32]
-        self._vision: dict[int, np.ndarray] = {}
+        # the latest vision-tower pass inside the block: [tiles, vision layers, heads, 32, 32],
+        # allocated when the pass reaches its first chosen layer; _vision_filled counts layers
+        self._vision: np.ndarray | None = None
+        self._vision_filled = 0
 
     # results
 
@@ -480,6 +492,8 @@ class AttentionCapture:
                     "called with inputs_embeds only. Pass input_ids (and pixel_values)."
                 )
             _ROWS.set(self._rows_now)  # generating from embeddings: the prompt is known
+            embeds = kwargs.get("inputs_embeds")
+            self._new_block(None if embeds is None else int(embeds.shape[1]))
             return
         if ids.shape[0] != 1:
             raise ValueError(
@@ -489,6 +503,21 @@ class AttentionCapture:
         if p.prompt_ids is None:
             p.prompt_ids = ids[0].detach().cpu().numpy()
         _ROWS.set(self._rows_now)
+        self._new_block(int(ids.shape[1]))
+
+    def _new_block(self, q_len: int | None) -> None:
+        """Allocate this forward's store ``[n, layers, heads, image tokens + 1]`` up front."""
+        p = self._pass
+        if p is None or p.prompt_ids is None or p.num_layers == 0:
+            return
+        n = p.answer_length if p.mode == "teacher" else 1
+        if q_len is not None:
+            rows = self._rows_now(q_len)
+            n = len(range(*rows.indices(q_len)))
+        heads = int(self.model.model.config.text_config.num_attention_heads)
+        width = int(np.count_nonzero(p.prompt_ids == self.model.image_token_id)) + 1
+        p.blocks.append(np.empty((n, p.num_layers, heads, width), dtype=self.store_dtype))
+        p.filled.append(0)
 
     def _rows_now(self, q_len: int) -> slice:
         p = self._pass
@@ -514,43 +543,67 @@ class AttentionCapture:
                 return
             columns = p.columns(self.model.image_token_id, weights.device)
             kept = image_columns(weights[0], columns)  # [heads, n, image tokens + 1] float32
-            p.steps[slot].append(kept.detach().cpu().numpy().astype(self.store_dtype))
+            kept = kept.detach().transpose(0, 1)  # [n, heads, image tokens + 1]
+            if not p.blocks or p.blocks[-1][:, slot].shape != tuple(kept.shape):
+                raise RuntimeError(
+                    f"Layer {self.layers[slot]} scored {tuple(kept.shape)} rows, but the capture "
+                    "prepared none or another shape for this forward; capture supports one "
+                    "sequence per forward, called through the model (not a layer alone)."
+                )
+            # written in place (converted to the store's dtype on the way): no extra copy
+            _torch().from_numpy(p.blocks[-1])[:, slot].copy_(kept)
+            p.filled[-1] += 1
 
         return hook
 
     def _vision_hooks(self, layer: int, attention: Any) -> list[Any]:
-        """Hooks that keep the CLS query and all keys, then form the CLS softmax row."""
+        """Hooks that form the CLS softmax row from the queries and keys the layer computed.
+
+        ``q_norm``/``k_norm`` (identities when the model has no QK norm) hand over the exact
+        tensors the layer attends with, so nothing is recomputed; the CLS row's scores are one
+        ``[heads, 1025]`` product per tile, in float32, written straight into the pass's store.
+        """
         held: dict[str, Any] = {}
+        first = layer == self.vision_layers[0]
+        j = self.vision_layers.index(layer)
 
         def keep_q(module: Any, args: Any, output: Any) -> None:
             if self._mine():
-                held["q"] = output[:, :1]  # [tiles, 1, dim]: the CLS query only
+                held["q"] = output  # [tiles, 1025, dim], normalized
+                if first:  # a new vision-tower pass starts: its store, before any transient
+                    n, s, _ = output.shape
+                    side = math.isqrt(s - 1)
+                    heads = int(attention.num_heads)
+                    shape = (n, len(self.vision_layers), heads, side, side)
+                    self._vision = np.empty(shape, dtype=self.store_dtype)
+                    self._vision_filled = 0
 
         def keep_k(module: Any, args: Any, output: Any) -> None:
             if self._mine():
-                held["k"] = output  # [tiles, 1025, dim]
+                held["k"] = output  # [tiles, 1025, dim], normalized
 
         def attend(module: Any, args: Any, output: Any) -> None:
             if "k" not in held or "q" not in held or not self._mine():
                 return
             torch = _torch()
-            q, k = module.q_norm(held.pop("q")), module.k_norm(held.pop("k"))
+            q, k = held.pop("q"), held.pop("k")
+            store = self._vision
             n, s, _ = k.shape
-            q = q.reshape(n, 1, module.num_heads, module.head_dim).transpose(1, 2)
-            k = k.reshape(n, s, module.num_heads, module.head_dim).transpose(1, 2)
+            heads, d = module.num_heads, module.head_dim
+            if store is None or store.shape[0] != n or store.shape[3] ** 2 != s - 1:
+                return  # a pass the store was not made for (the first layer was skipped)
+            out = torch.from_numpy(store)[:, j].flatten(2)  # [tiles, heads, patches]
             with torch.no_grad():
-                q, k = q.float(), k.float()  # scores and softmax in float32 whatever the dtype
-                logits = torch.matmul(q, k.transpose(2, 3)) * module.scale  # [tiles, heads, 1, s]
-                probs = torch.softmax(logits, dim=-1)[:, :, 0, 1:]  # [tiles, heads, patches]
-            side = math.isqrt(s - 1)
-            probs = probs.reshape(n, module.num_heads, side, side)  # row-major patch grid
-            if layer == self.vision_layers[0]:
-                self._vision = {}  # a new vision-tower pass starts
-            self._vision[layer] = probs.detach().cpu().numpy().astype(self.store_dtype)
+                for t in range(n):  # one tile at a time: no full-size float32 copy of the keys
+                    q_cls = q[t, :1].float().reshape(1, heads, d).transpose(0, 1)  # [heads, 1, d]
+                    keys = k[t].float().reshape(s, heads, d).permute(1, 2, 0)  # [heads, d, s]
+                    logits = torch.matmul(q_cls, keys) * module.scale  # [heads, 1, s] float32
+                    out[t].copy_(torch.softmax(logits, dim=-1)[:, 0, 1:])  # CLS key left out
+            self._vision_filled += 1
 
         return [
-            attention.q_proj.register_forward_hook(keep_q),
-            attention.k_proj.register_forward_hook(keep_k),
+            attention.q_norm.register_forward_hook(keep_q),
+            attention.k_norm.register_forward_hook(keep_k),
             attention.register_forward_hook(attend),
         ]
 
@@ -566,24 +619,23 @@ class AttentionCapture:
         gen = np.asarray(p.generated, dtype=np.int64)
         t = len(gen)
         L = len(p.prompt_ids)
-        heads = int(self.model.model.config.text_config.num_attention_heads)
-        width = int(np.count_nonzero(np.asarray(p.prompt_ids) == self.model.image_token_id)) + 1
-        # filled layer by layer, each layer's steps freed once copied (not held twice)
-        weights = np.empty((t, len(self.layers), heads, width), dtype=self.store_dtype)
-        for j, steps in enumerate(p.steps):
-            if p.mode == "teacher":
-                if len(steps) != 1:
-                    raise RuntimeError(f"Expected one forward pass, recorded {len(steps)}.")
-                weights[:, j] = steps[0].transpose(1, 0, 2)  # [t, heads, image tokens + 1]
-            elif len(steps) != t:
-                raise RuntimeError(
-                    f"Recorded {len(steps)} decoding steps for {t} generated tokens; capture "
-                    "supports plain greedy or sampled decoding (no beams, no assistants)."
-                )
-            else:
-                for s, step in enumerate(steps):
-                    weights[s, j] = step[:, 0, :]
-            p.steps[j] = []
+        complete = [b for b, f in zip(p.blocks, p.filled, strict=True) if f == p.num_layers]
+        if p.num_layers == 0:  # no language-model layer chosen
+            heads = int(self.model.model.config.text_config.num_attention_heads)
+            width = int(np.count_nonzero(p.prompt_ids == self.model.image_token_id)) + 1
+            weights = np.empty((t, 0, heads, width), dtype=self.store_dtype)
+        elif p.mode == "teacher":
+            if len(complete) != 1:
+                raise RuntimeError(f"Expected one forward pass, recorded {len(complete)}.")
+            weights = complete[0]  # [t, layers, heads, image tokens + 1], no copy
+        elif len(complete) != t:
+            raise RuntimeError(
+                f"Recorded {len(complete)} decoding steps for {t} generated tokens; capture "
+                "supports plain greedy or sampled decoding (no beams, no assistants)."
+            )
+        else:
+            weights = np.concatenate(complete, axis=0)  # [t, layers, heads, image tokens + 1]
+        p.blocks, p.filled = [], []
         tok = self.model.tokenizer
         pieces = tuple(tok.decode([int(i)]) for i in gen)
         text = tok.decode(gen.tolist())
@@ -610,14 +662,14 @@ def _vision_of(cap: AttentionCapture, tiles: int) -> VisionAttention | None:
     """The latest vision-tower pass of ``cap`` if it covered exactly this prompt's tiles."""
     if not cap.vision_layers or tiles == 0:  # nothing asked, or a text-only prompt
         return None
-    if len(cap._vision) != len(cap.vision_layers):
+    if cap._vision is None or cap._vision_filled != len(cap.vision_layers):
         warnings.warn(
             "The vision tower did not run inside the capture block (cached image features?); "
             "the maps carry no vision-tower attention.",
             stacklevel=4,
         )
         return None
-    cls = np.stack([cap._vision[v] for v in cap.vision_layers], axis=1)  # [tiles, L, H, 32, 32]
+    cls = cap._vision  # [tiles, layers, heads, 32, 32]
     if cls.shape[0] != tiles:
         warnings.warn(
             f"The vision tower's latest pass saw {cls.shape[0]} tiles but the prompt has "
