@@ -4,8 +4,9 @@
 ``notebooks/NN_*.ipynb`` with nbclient, writes the executed notebook and its HTML under
 ``build/notebooks/`` with an ``index.html``, and prints where they are. Each notebook runs on
 its own default (its setup cell's ``setup(default=...)``: ``toy`` where a trained model teaches
-something, ``tiny`` where random weights do) unless ``VLTOOLS_MODEL`` names one model for all. A notebook whose inputs (its own cells, the vltools sources, the sample data) have not
-changed since its last successful run is not executed again, so the second run is fast.
+something, ``tiny`` where random weights do) unless ``VLTOOLS_MODEL`` names one model for all.
+A notebook whose inputs (its own cells, the vltools sources and data files) have not changed
+since its last successful run is not executed again, so the second run is fast.
 
 Widgets carry a static picture of their state (``image/png`` beside the live view, see
 ``vltools.widgets.StaticFallback``); the HTML keeps that picture and drops the live view,
