@@ -117,8 +117,10 @@ def test_the_index_says_which_model_each_page_ran_on(tmp_path, monkeypatch):
     assert "01_a</a> <small>(ran on no model)" in index
     assert "02_b</a> <small>(ran on the <code>toy</code> model)" in index
     assert "03_c</a> <small>(ran on the <code>OpenGVLab/InternVL2-1B</code> model)" in index
+    assert "each notebook on its default offline model" in index
     forced = demo.write_index(model="tiny").read_text()
     assert forced.count("ran on the <code>tiny</code> model") == 3
+    assert "against the tiny model (VLTOOLS_MODEL). tiny has random weights" in forced
 
 
 @pytest.mark.slow

@@ -259,6 +259,23 @@ def build(
     return built
 
 
+def _executed_on(model: str | None) -> str:
+    """The index's first sentences: which model(s) the pages ran on, and what that means."""
+    offline = {
+        "toy": "toy is trained on synthetic scenes (coloured shapes): its answers about them "
+        "can be checked against the expected ones; about a real photo they are meaningless.",
+        "tiny": "tiny has random weights: its answers are random text; tiles, frames, prompts "
+        "and token counts are real.",
+    }
+    if model is None:
+        return (
+            "Executed headless, each notebook on its default offline model. "
+            + " ".join(offline.values())
+            + f" For the real model: {MODEL_ENV}={DEFAULT_MODEL} make demo."
+        )
+    return f"Executed headless against the {model} model ({MODEL_ENV}). " + offline.get(model, "")
+
+
 def write_index(*, model: str | None) -> Path:
     """``build/notebooks/index.html``: every notebook with HTML, in order, with what it teaches."""
     items = ""
@@ -279,12 +296,8 @@ def write_index(*, model: str | None) -> Path:
         "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto;line-height:1.5}"
         "li{margin:.8em 0}span{color:#555}</style></head><body>"
         "<h1>vltools: the notebooks, executed</h1>"
-        "<p>Executed headless on the offline models. <code>toy</code> is trained on synthetic "
-        "scenes (coloured shapes): its answers about them are measured against the expected "
-        "ones, and about a real photo they are meaningless. <code>tiny</code> has random "
-        "weights: its answers are random text; tiles, frames, prompts and token counts are "
-        "real. The real model is <code>VLTOOLS_MODEL=OpenGVLab/InternVL2-1B make demo</code>. "
-        "Open the notebooks live with <code>make lab</code>.</p>"
+        f"<p>{html.escape(_executed_on(model))} Open the notebooks live with "
+        "<code>make lab</code>.</p>"
         f"<ol style='list-style:none;padding:0'>{items}</ol></body></html>"
     )
     index = OUT / "index.html"
