@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## make demo: execute every notebook headless on the tiny model (VLTOOLS_MODEL chooses another,
-## e.g. toy), write HTML to build/notebooks/
+## make demo: execute every notebook headless, each on its default offline model (toy, trained on
+## synthetic shapes, where a trained model teaches something; tiny, random weights, where the
+## mechanics are the point), write HTML to build/notebooks/. VLTOOLS_MODEL=... runs all on one.
 demo: $(STAMP)
-	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),tiny) $(BIN)/python -m vltools.demo
+	$(if $(VLTOOLS_MODEL),VLTOOLS_MODEL=$(VLTOOLS_MODEL) ,)$(BIN)/python -m vltools.demo
 
 ## make test: the whole test suite
 test: $(STAMP)
@@ -34,10 +35,10 @@ test-oldest: $(STAMP)
 	PYTHONPATH=$(OLDEST_DIR) $(BIN)/python -c "import transformers as t; v = t.__version__; print('test-oldest: transformers', v); assert v.startswith('$(OLDEST_TRANSFORMERS)'), v"
 	PYTHONPATH=$(OLDEST_DIR) $(BIN)/python -m pytest -q $(LOADER_TESTS)
 
-## make lab: JupyterLab on the notebooks (the tiny model unless VLTOOLS_MODEL names another, e.g.
-## toy; toy becomes the default once its retrained weights meet issue 18's targets)
+## make lab: JupyterLab on the notebooks, each on its default offline model (toy or tiny, see
+## demo); VLTOOLS_MODEL=OpenGVLab/InternVL2-1B (or toy, tiny, a folder) runs all on one
 lab: $(STAMP)
-	VLTOOLS_MODEL=$(or $(VLTOOLS_MODEL),tiny) $(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(if $(VLTOOLS_MODEL),VLTOOLS_MODEL=$(VLTOOLS_MODEL) ,)$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 ## make bench: every benchmark (add QUICK=1 for the quick mode)
 bench: $(STAMP)

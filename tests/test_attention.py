@@ -388,6 +388,19 @@ def test_overlay_draws_the_original_image_with_one_rectangle_per_grid_tile():
     assert "not an explanation" in ax.get_title()
     thumb = viz.overlay(with_image.map(0), source="thumbnail")
     assert len(thumb.axes[0].patches) == 0
+    boxed = viz.overlay(with_image, tokens=0, box=(100, 50, 300, 200))
+    outline = boxed.axes[0].patches[-1]
+    assert len(boxed.axes[0].patches) == 3  # the grid's two tiles and the box
+    assert (outline.get_x(), outline.get_y(), outline.get_width(), outline.get_height()) == (
+        100,
+        50,
+        200,
+        150,
+    )
+    with pytest.raises(ValueError, match=r"box=\(0, 0, 901, 10\) is not inside the 900 x 450"):
+        viz.overlay(with_image, tokens=0, box=(0, 0, 901, 10))
+    with pytest.raises(TypeError, match="left, top, right, bottom"):
+        viz.overlay(with_image, tokens=0, box=(0, 0, 10))
     with pytest.raises(TypeError, match="only apply to an AttentionMaps"):
         viz.overlay(with_image.map(0), tokens=1)
 

@@ -92,3 +92,51 @@ def test_the_demo_announces_each_notebook_and_the_kernel_stays_quiet(tmp_path, m
     index = (tmp_path / "out" / "index.html").read_text()
     assert "A second one." in index
     assert json.loads((tmp_path / "out" / "02_two.ipynb").read_text())["cells"][1]["outputs"]
+
+
+def test_the_index_says_which_model_each_page_ran_on(tmp_path, monkeypatch):
+    folder, out = tmp_path / "notebooks", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    setup = "from vltools.notebook import setup\nenv = setup({})\nenv"
+    for name, args in [("01_a", "model=False"), ("02_b", 'default="toy"'), ("03_c", "")]:
+        _notebook(
+            folder / f"{name}.ipynb",
+            ("md", f"# {name}\n\nAbout {name}."),
+            ("code", setup.format(args)),
+        )
+        (out / f"{name}.html").write_text("<html></html>")
+    monkeypatch.setattr(demo, "NOTEBOOKS", folder)
+    monkeypatch.setattr(demo, "OUT", out)
+    assert [demo.declared_model(p) for p in demo.notebooks()] == [
+        None,
+        "toy",
+        "OpenGVLab/InternVL2-1B",
+    ]
+    index = demo.write_index(model=None).read_text()
+    assert "01_a</a> <small>(ran on no model)" in index
+    assert "02_b</a> <small>(ran on the <code>toy</code> model)" in index
+    assert "03_c</a> <small>(ran on the <code>OpenGVLab/InternVL2-1B</code> model)" in index
+    assert "each notebook on its default offline model" in index
+    forced = demo.write_index(model="tiny").read_text()
+    assert forced.count("ran on the <code>tiny</code> model") == 3
+    assert "against the tiny model (VLTOOLS_MODEL). tiny has random weights" in forced
+
+
+@pytest.mark.slow
+def test_a_notebook_run_on_its_default_sees_no_vltools_model_and_a_named_one_sees_it(
+    tmp_path, monkeypatch
+):
+    path = _notebook(
+        tmp_path / "01_env.ipynb",
+        ("md", "# 01 · Env\n\nWhat the kernel sees."),
+        ("code", "import os\nprint(repr(os.environ.get('VLTOOLS_MODEL')))"),
+    )
+    monkeypatch.setenv("VLTOOLS_MODEL", "from-the-shell")
+    default = demo.execute(path, model=None)
+    assert default.cells[1].outputs[0]["text"] == "None\n"
+    named = demo.execute(path, model="tiny")
+    assert named.cells[1].outputs[0]["text"] == "'tiny'\n"
+    import os
+
+    assert os.environ["VLTOOLS_MODEL"] == "from-the-shell", "this process's environment is restored"

@@ -326,3 +326,4 @@ def test_the_plot_labels_every_bar_with_its_mean_even_at_zero():
     figure = ExperimentResult.from_rows(rows, metric=exact, metric_name="exact").plot()
     labels = [t.get_text() for t in figure.axes[0].texts]
     assert labels == ["0.00", "0.00"]
+    assert figure._repr_png_().startswith(b"\x89PNG"), "the plot shows itself in a notebook"

@@ -1,10 +1,12 @@
-"""``make demo``: execute every notebook headless against the tiny model and write HTML.
+"""``make demo``: execute every notebook headless on the offline models and write HTML.
 
 ``python -m vltools.demo [--only 01 05] [--force]`` builds the offline tiny checkpoint, runs each
-``notebooks/NN_*.ipynb`` with nbclient (``VLTOOLS_MODEL=tiny`` unless set), writes the executed
-notebook and its HTML under ``build/notebooks/`` with an ``index.html``, and prints where they
-are. A notebook whose inputs (its own cells, the vltools sources, the sample data) have not
-changed since its last successful run is not executed again, so the second run is fast.
+``notebooks/NN_*.ipynb`` with nbclient, writes the executed notebook and its HTML under
+``build/notebooks/`` with an ``index.html``, and prints where they are. Each notebook runs on
+its own default (its setup cell's ``setup(default=...)``: ``toy`` where a trained model teaches
+something, ``tiny`` where random weights do) unless ``VLTOOLS_MODEL`` names one model for all.
+A notebook whose inputs (its own cells, the vltools sources and data files) have not changed
+since its last successful run is not executed again, so the second run is fast.
 
 Widgets carry a static picture of their state (``image/png`` beside the live view, see
 ``vltools.widgets.StaticFallback``); the HTML keeps that picture and drops the live view,
@@ -21,6 +23,7 @@ import hashlib
 import html
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,6 +31,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from vltools.constants import DEFAULT_MODEL, MODEL_ENV
 
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent  # the checkout (an installed vltools has no notebooks/ beside it)
@@ -69,10 +74,27 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def inputs_key(notebook: Path, model: str) -> str:
-    """A hash of everything a notebook's output depends on: its cells, vltools (sources and
-    sample files), model."""
-    digest = hashlib.sha256(model.encode())
+def declared_model(notebook: Path) -> str | None:
+    """The model ``notebook`` runs on by default: its setup cell's ``setup(default=...)``.
+
+    None for a notebook that loads no model (``setup(model=False)``) or has no setup cell;
+    ``OpenGVLab/InternVL2-1B`` for a bare ``setup()``.
+    """
+    for cell in json.loads(notebook.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code" or "setup(" not in source:
+            continue
+        if re.search(r"setup\([^)]*model\s*=\s*False", source):
+            return None
+        found = re.search(r"setup\([^)]*default\s*=\s*[\"']([^\"']+)[\"']", source)
+        return found.group(1) if found else DEFAULT_MODEL
+    return None
+
+
+def inputs_key(notebook: Path, model: str | None) -> str:
+    """A hash of everything a notebook's output depends on: its cells, vltools (sources, sample
+    files, the toy weights), model (None: each notebook's default)."""
+    digest = hashlib.sha256(("\0default" if model is None else model).encode())
     digest.update(notebook.read_bytes())
     files = (p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in sorted(files):
@@ -81,9 +103,11 @@ def inputs_key(notebook: Path, model: str) -> str:
     return digest.hexdigest()
 
 
-def execute(notebook: Path, *, model: str = "tiny", timeout: int = TIMEOUT_S):
+def execute(notebook: Path, *, model: str | None = None, timeout: int = TIMEOUT_S):
     """Run ``notebook`` in a fresh kernel with ``VLTOOLS_MODEL=model``; return the executed node.
 
+    ``model=None`` runs it on its own default: the kernel gets no ``VLTOOLS_MODEL`` (one set
+    in this process is left out), so the setup cell's ``setup(default=...)`` decides.
     Raises ``nbclient.exceptions.CellExecutionError`` naming the failing cell on any error.
     """
     import nbformat
@@ -91,7 +115,10 @@ def execute(notebook: Path, *, model: str = "tiny", timeout: int = TIMEOUT_S):
     from traitlets.config import Config
 
     nb = nbformat.read(notebook, as_version=4)
-    env = {**os.environ, "VLTOOLS_MODEL": model, "MPLBACKEND": "agg", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MPLBACKEND": "agg", "HF_HUB_OFFLINE": "1"}
+    env.pop(MODEL_ENV, None)
+    if model is not None:
+        env[MODEL_ENV] = model
     # IPC sockets (files only this user can open) instead of TCP on localhost: nothing crosses
     # the network stack, and the kernel has no reason to warn about unencrypted TCP.
     sockets = tempfile.mkdtemp(prefix="vltools-kernel-")
@@ -105,6 +132,7 @@ def execute(notebook: Path, *, model: str = "tiny", timeout: int = TIMEOUT_S):
         record_timing=False,
     )
     previous = dict(os.environ)
+    os.environ.clear()
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
         client.execute()
@@ -188,10 +216,13 @@ def build(
     *,
     only: list[str] | None = None,
     force: bool = False,
-    model: str = "tiny",
+    model: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Built]:
     """Execute (or reuse) each notebook and write its HTML and the index. Returns what was built.
+
+    ``model=None`` runs each notebook on its own default (``toy`` or ``tiny``); a name runs
+    every notebook on that model.
 
     ``progress``, if given, receives one line as each notebook starts and one as it finishes.
     """
@@ -202,7 +233,7 @@ def build(
 
     todo = notebooks(only)  # first: an installed vltools has none, and says so
     OUT.mkdir(parents=True, exist_ok=True)
-    if model == "tiny":
+    if model in (None, "tiny"):
         tiny_checkpoint()  # built once, before any kernel needs it
     built = []
     for number, notebook in enumerate(todo, 1):
@@ -228,7 +259,24 @@ def build(
     return built
 
 
-def write_index(*, model: str) -> Path:
+def _executed_on(model: str | None) -> str:
+    """The index's first sentences: which model(s) the pages ran on, and what that means."""
+    offline = {
+        "toy": "toy is trained on synthetic scenes (coloured shapes): its answers about them "
+        "can be checked against the expected ones; about a real photo they are meaningless.",
+        "tiny": "tiny has random weights: its answers are random text; tiles, frames, prompts "
+        "and token counts are real.",
+    }
+    if model is None:
+        return (
+            "Executed headless, each notebook on its default offline model. "
+            + " ".join(offline.values())
+            + f" For the real model: {MODEL_ENV}={DEFAULT_MODEL} make demo."
+        )
+    return f"Executed headless against the {model} model ({MODEL_ENV}). " + offline.get(model, "")
+
+
+def write_index(*, model: str | None) -> Path:
     """``build/notebooks/index.html``: every notebook with HTML, in order, with what it teaches."""
     items = ""
     for notebook in notebooks():
@@ -236,8 +284,11 @@ def write_index(*, model: str) -> Path:
         if not page_path.exists():
             continue
         title, summary = title_and_summary(notebook)
+        used = model or declared_model(notebook)
+        runs_on = "no model" if used is None else f"the <code>{html.escape(used)}</code> model"
         items += (
             f"<li><a href='{html.escape(page_path.name)}'>{html.escape(title)}</a>"
+            f" <small>(ran on {runs_on})</small>"
             f"<br><span>{inline_html(summary)}</span></li>"
         )
     page = (
@@ -245,14 +296,8 @@ def write_index(*, model: str) -> Path:
         "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto;line-height:1.5}"
         "li{margin:.8em 0}span{color:#555}</style></head><body>"
         "<h1>vltools: the notebooks, executed</h1>"
-        f"<p>Executed headless against the <code>{html.escape(model)}</code> model "
-        + (
-            "(random weights: answers are random text; tiles, frames, prompts and token counts "
-            "are real). "
-            if model == "tiny"
-            else ""
-        )
-        + "Open them live with <code>make lab</code>.</p>"
+        f"<p>{html.escape(_executed_on(model))} Open the notebooks live with "
+        "<code>make lab</code>.</p>"
         f"<ol style='list-style:none;padding:0'>{items}</ol></body></html>"
     )
     index = OUT / "index.html"
@@ -265,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 05")
     parser.add_argument("--force", action="store_true", help="execute even if nothing changed")
     args = parser.parse_args(argv)
-    model = os.environ.get("VLTOOLS_MODEL", "tiny")
-    print(f"Executing the notebooks against the {model!r} model:", flush=True)
+    model = os.environ.get(MODEL_ENV) or None
+    if model is None:
+        print("Executing the notebooks, each on its default model (toy or tiny):", flush=True)
+    else:
+        print(f"Executing the notebooks against the {model!r} model ({MODEL_ENV}):", flush=True)
     start = time.perf_counter()
     try:
         build(

@@ -4,12 +4,13 @@ Every notebook opens with::
 
     import vltools
     from vltools.notebook import setup
-    env = setup()
+    env = setup(default="toy")
     env
 
-``setup()`` loads the model named by the ``VLTOOLS_MODEL`` environment variable (default
-``OpenGVLab/InternVL2-1B``; ``toy`` is the offline checkpoint trained on synthetic shapes that
-``make lab`` and ``make demo`` use, ``tiny`` the offline random-weight one the tests use) and
+``setup(default=...)`` loads the model named by the ``VLTOOLS_MODEL`` environment variable or,
+when it is unset, the notebook's own ``default``: ``"toy"`` (the offline checkpoint trained on
+synthetic shapes) where a trained model teaches something, ``"tiny"`` (offline, random weights)
+where the mechanics are the point. Without ``default`` it is ``OpenGVLab/InternVL2-1B``. It
 returns a :class:`Setup` whose notebook display lists the versions, the device and dtype, and a
 visible banner saying what the offline model in use can and cannot do.
 """
@@ -129,20 +130,38 @@ def versions() -> dict[str, str]:
     return found
 
 
-def setup(*, model: bool = True, name: str | None = None) -> Setup:
+def chosen_model(*, name: str | None = None, default: str = DEFAULT_MODEL) -> str:
+    """The model a notebook loads: ``name``, else ``VLTOOLS_MODEL``, else ``default``.
+
+    An empty ``VLTOOLS_MODEL`` counts as unset.
+
+    >>> chosen_model(name="tiny", default="toy")
+    'tiny'
+    """
+    if not isinstance(default, str) or not default:
+        raise ValueError(
+            f"default={default!r} is not a model name; use 'toy', 'tiny', a Hub id or a "
+            "local directory."
+        )
+    return name or os.environ.get(MODEL_ENV) or default
+
+
+def setup(*, model: bool = True, name: str | None = None, default: str = DEFAULT_MODEL) -> Setup:
     """Load the notebook's model (unless ``model=False``) and collect versions and device.
 
-    ``name`` overrides ``VLTOOLS_MODEL``. Displaying the result shows the versions, the device
-    and, for the offline models, what they can do (``tiny``: random text; ``toy``: synthetic
-    shapes only).
+    The model is ``name`` if given, else the one ``VLTOOLS_MODEL`` names, else ``default``
+    (see :func:`chosen_model`): a notebook states its own default (``setup(default="toy")``) and
+    the environment variable still chooses. Displaying the result shows the versions, the
+    device and, for the offline models, what they can do (``tiny``: random text; ``toy``:
+    synthetic shapes only).
     """
     if not model:
         return Setup(model_name=None, model=None, versions=versions())
     from vltools.models import load_model
 
-    model_name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    loaded = load_model(model_name)
-    env = Setup(model_name=model_name, model=loaded, versions=versions())
+    chosen = chosen_model(name=name, default=default)
+    loaded = load_model(chosen)
+    env = Setup(model_name=chosen, model=loaded, versions=versions())
     if env.note is not None:
         logging.getLogger(__name__).info(env.note)
     return env

@@ -273,13 +273,14 @@ class ExperimentResult:
         )
 
     def plot(self) -> Figure:
-        """Mean score with its 95% interval per prompt, one group of bars per setting."""
-        figure_module = require("matplotlib.figure", purpose="Drawing figures")
-        require("matplotlib.backends.backend_agg", purpose="Drawing figures")
+        """Mean score with its 95% interval per prompt, one group of bars per setting (a figure
+        that shows itself in a notebook, as every vltools figure does)."""
+        from vltools.viz import new_figure
+
         table = self.summary()
         prompts = list(dict.fromkeys(table["prompt"]))
         settings = list(dict.fromkeys(table["setting"]))
-        fig = figure_module.Figure(figsize=(1.6 + 1.4 * len(settings), 3.2), layout="constrained")
+        fig = new_figure(1.6 + 1.4 * len(settings), 3.2)
         ax = fig.add_subplot()
         width = 0.8 / max(len(prompts), 1)
         for i, prompt in enumerate(prompts):

@@ -326,6 +326,7 @@ def overlay(
     cmap: str = "inferno",
     show_grid: bool = True,
     width: float = 6.0,
+    box: tuple[int, int, int, int] | None = None,
     **selection: Any,
 ) -> Figure:
     """The attention heatmap over the ORIGINAL image, with the tile grid drawn.
@@ -333,17 +334,37 @@ def overlay(
     ``maps``: an :class:`~vltools.attention.AttentionMaps` (``selection`` = ``tokens``,
     ``layers``, ``heads``, ``reduce``, ``sinks`` as in ``AttentionMaps.map``) or an
     :class:`~vltools.attention.ImageMap`. ``source="thumbnail"`` shows the thumbnail's map
-    instead of the tiles'; ``blend=w`` mixes both as densities. Attention is not an
-    explanation: the title says so.
+    instead of the tiles'; ``blend=w`` mixes both as densities. ``box``: a region to outline
+    in cyan, ``(left, top, right, bottom)`` in the original image's pixels (e.g. a toy scene's
+    asked-about shape, ``scene.box``). Attention is not an explanation: the title says so.
     """
     imap = _attention_map(maps, image, selection)
     grid = imap.grid
+    if box is not None:
+        if len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+            raise TypeError(
+                f"box={box!r}; expected (left, top, right, bottom) in the original image's pixels."
+            )
+        left, top, right, bottom = box
+        if not (0 <= left < right <= grid.width and 0 <= top < bottom <= grid.height):
+            raise ValueError(
+                f"box={box!r} is not inside the {grid.width} x {grid.height} image; expected "
+                "0 <= left < right <= width and 0 <= top < bottom <= height."
+            )
     aspect = grid.height / max(grid.width, 1)
     fig = new_figure(width, width * aspect + 0.8)
     ax = fig.add_subplot(1, 1, 1)
     art = _draw_attention(
         ax, imap, source=source, blend=blend, alpha=alpha, cmap=cmap, show_grid=show_grid
     )
+    if box is not None:
+        patches = require("matplotlib.patches", purpose="Drawing attention maps")
+        left, top, right, bottom = box
+        ax.add_patch(
+            patches.Rectangle(
+                (left, top), right - left, bottom - top, fill=False, lw=2.0, ec="cyan", ls="--"
+            )
+        )
     fig.colorbar(art, ax=ax, shrink=0.8, label="density" if blend is not None else "attention")
     shown = "blend" if blend is not None else source
     ax.set_title(
