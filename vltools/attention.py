@@ -514,10 +514,14 @@ class AttentionCapture:
         if q_len is not None:
             rows = self._rows_now(q_len)
             n = len(range(*rows.indices(q_len)))
-        heads = int(self.model.model.config.text_config.num_attention_heads)
-        width = int(np.count_nonzero(p.prompt_ids == self.model.image_token_id)) + 1
-        p.blocks.append(np.empty((n, p.num_layers, heads, width), dtype=self.store_dtype))
+        p.blocks.append(np.empty((n, p.num_layers, *self._row_shape()), dtype=self.store_dtype))
         p.filled.append(0)
+
+    def _row_shape(self) -> tuple[int, int]:
+        """``(heads, image tokens + 1)``: what each kept language-model row holds."""
+        heads = int(self.model.model.config.text_config.num_attention_heads)
+        width = int(np.count_nonzero(self._pass.prompt_ids == self.model.image_token_id)) + 1
+        return heads, width
 
     def _rows_now(self, q_len: int) -> slice:
         p = self._pass
@@ -621,9 +625,7 @@ class AttentionCapture:
         L = len(p.prompt_ids)
         complete = [b for b, f in zip(p.blocks, p.filled, strict=True) if f == p.num_layers]
         if p.num_layers == 0:  # no language-model layer chosen
-            heads = int(self.model.model.config.text_config.num_attention_heads)
-            width = int(np.count_nonzero(p.prompt_ids == self.model.image_token_id)) + 1
-            weights = np.empty((t, 0, heads, width), dtype=self.store_dtype)
+            weights = np.empty((t, 0, *self._row_shape()), dtype=self.store_dtype)
         elif p.mode == "teacher":
             if len(complete) != 1:
                 raise RuntimeError(f"Expected one forward pass, recorded {len(complete)}.")
