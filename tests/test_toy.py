@@ -17,9 +17,11 @@ from vltools.toy import (
     box_attention,
     follow_ups,
     score,
+    shape_mask,
     toy_config,
     toy_scene,
 )
+from vltools.toy_targets import label_classes, tile_labels, token_cover
 from vltools.toy_train import TrainConfig, run, sincos_positions
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +93,21 @@ def test_wide_small_scenes_are_panoramas_whose_shapes_are_a_few_percent_of_the_w
         assert (right - left) / width < 0.04
 
 
+def test_count_draws_that_many_shapes_and_one_shape_never_gets_a_position_question():
+    for seed in range(30):
+        assert len(toy_scene(seed, count=1).shapes) == 1
+        assert toy_scene(seed, count=1).kind != "position"
+        assert len(toy_scene(seed, count=2, kinds=("position",)).shapes) == 2
+        assert 3 <= len(toy_scene(seed, count=4).shapes) <= 4  # fewer only when crowded
+    four = [len(toy_scene(seed, count=4).shapes) for seed in range(30)]
+    assert sum(n == 4 for n in four) >= 25
+    for bad in (0, 5, 2.0, "2"):
+        with pytest.raises(ValueError, match="count"):
+            toy_scene(0, count=bad)
+    with pytest.raises(ValueError, match="position"):
+        toy_scene(0, count=1, kinds=("position",))
+
+
 def test_bad_scene_arguments_are_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="mixed"):
         toy_scene(0, style="tall")
@@ -131,6 +148,110 @@ def test_sincos_positions_give_the_class_token_zeros_and_each_patch_its_own_code
 
 
 # ---------------------------------------------------------------------------------------------
+# Token targets
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shape_mask_labels_exactly_the_pixels_drawn_in_each_shapes_colour():
+    for seed in range(6):
+        scene = toy_scene(seed)
+        mask = np.asarray(shape_mask(scene))
+        pixels = np.asarray(scene.image).astype(int)
+        assert mask.shape == pixels.shape[:2] and set(np.unique(mask)) <= set(range(5))
+        for label, (colour, _, (left, top, right, bottom)) in enumerate(scene.shapes, start=1):
+            inside = mask == label
+            assert inside.any()
+            ys, xs = np.nonzero(inside)
+            # inside the box, give or take a pixel (PIL draws an ellipse's right and bottom pixel
+            # too) and, vertically, the 5% by which the star's points stretch its circle
+            assert left - 1 <= xs.min() and xs.max() <= right + 1
+            slack = 1 + 0.03 * (bottom - top)
+            assert top - slack <= ys.min() and ys.max() <= bottom + slack
+            # the colour jitter is at most 18 a channel
+            assert np.abs(pixels[inside] - np.array(COLOURS[colour])).max() <= 18
+
+
+@pytest.mark.parametrize("max_num", [1, 6, 12])
+def test_tile_labels_follow_the_tiles_pixel_for_pixel_thumbnail_last(max_num):
+    from vltools.images import load_image
+
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for seed, style in [(1, "mixed"), (2, "mixed"), (3, "wide_small")]:
+        scene = toy_scene(seed, style=style)
+        tiled = load_image(scene.image, max_num=max_num)
+        labels = tile_labels(scene, tiled.grid)
+        assert labels.shape == (tiled.num_tiles, 448, 448)
+        tiles = tiled.pixel_values.numpy().transpose(0, 2, 3, 1) * std + mean  # [T, S, S, 3]
+        for label, (colour, _, _) in enumerate(scene.shapes, start=1):
+            inside = labels == label
+            if inside.sum() < 50:  # a small shape squashed to a sliver in a single tile
+                continue
+            # away from the edges (bicubic blends there), the tile shows the shape's colour
+            core = inside & np.roll(inside, 3, 1) & np.roll(inside, -3, 1)
+            core &= np.roll(inside, 3, 2) & np.roll(inside, -3, 2)
+            seen = tiles[core] * 255
+            assert np.median(np.abs(seen - np.array(COLOURS[colour])).max(-1)) < 25, (seed, label)
+    with pytest.raises(ValueError, match="plan_tiles"):
+        tile_labels(toy_scene(1), load_image(toy_scene(2).image, max_num=2).grid)
+
+
+def test_token_cover_is_each_28_pixel_cells_share_of_every_label_row_major():
+    labels = np.zeros((2, 56, 84), dtype=np.uint8)
+    labels[0, :28, 28:56] = 1  # token (0, 1) of tile 0 wholly label 1
+    labels[1, 28:42, :] = 2  # the top half of row 1 of tile 1 label 2
+    cover = token_cover(labels, n_labels=3)
+    assert cover.shape == (2, 6, 3)
+    assert np.allclose(cover.sum(-1), 1.0)
+    assert cover[0, 1, 1] == 1.0 and cover[0, [0, 2, 3, 4, 5], 1].sum() == 0
+    assert np.allclose(cover[1, 3:, 2], 0.5) and cover[1, :3, 2].sum() == 0
+    with pytest.raises(ValueError, match="28-pixel"):
+        token_cover(np.zeros((1, 30, 28), np.uint8), n_labels=1)
+    with pytest.raises(ValueError, match="n_labels"):
+        token_cover(labels, n_labels=2)
+
+
+def test_the_token_probe_scores_a_perfect_and_a_blind_feature_map_apart():
+    import torch
+
+    from vltools.toy_targets import TokenProbe
+
+    scene = toy_scene(4)
+    table = label_classes(scene)
+    cover = np.zeros((1, 4, len(table)), np.float32)
+    cover[0, :, 0] = 1.0
+    cover[0, 1] = np.eye(len(table))[1]  # token 1 is all shape 1
+    torch.manual_seed(0)
+    probe = TokenProbe(8)
+    features = torch.randn(1, 4, 8, requires_grad=True)
+    result = probe(features, [cover], [table])
+    assert result.total == 1 and result.correct in (0, 1) and np.isfinite(result.loss.item())
+    result.loss.backward()
+    assert features.grad is not None and float(features.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="tiles"):
+        probe(features, [cover, cover], [table, table])
+
+
+def test_crop_features_of_a_whole_tile_are_the_models_own_image_features(quick_run):
+    import torch
+
+    from vltools.images import load_image
+    from vltools.models import load_model
+    from vltools.toy_train import crop_features
+
+    vlm = load_model(quick_run[0], device="cpu")
+    pixels = load_image(toy_scene(5).image, max_num=2).pixel_values[:2]
+    with torch.no_grad():
+        whole = crop_features(vlm.model, pixels, [(0, 0), (0, 0)])
+    assert torch.allclose(whole, vlm.image_features(pixels), atol=1e-5)
+    # a crop sees fewer patches, so only the window's own position code carries over: a crop
+    # at another place of the tile gives other features
+    with torch.no_grad():
+        here = crop_features(vlm.model, pixels[:1, :, :224, :224], [(0, 0)])
+        there = crop_features(vlm.model, pixels[:1, :, :224, :224], [(16, 16)])
+    assert here.shape == (1, 64, whole.shape[-1]) and not torch.allclose(here, there)
+
+
+# ---------------------------------------------------------------------------------------------
 # The training script
 # ---------------------------------------------------------------------------------------------
 
@@ -164,7 +285,18 @@ def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(qui
 
 
 QUICK = TrainConfig(
-    steps=2, tiles_per_step=1, warmup=1, max_nums=(1,), wide_share=0.0, follow_ups=2, threads=1
+    steps=2,
+    tiles_per_step=1,
+    warmup=1,
+    max_nums=(1,),
+    wide_share=0.0,
+    follow_ups=2,
+    threads=1,
+    vision_steps=2,
+    vision_crops=3,
+    vision_max_nums=(2,),
+    reading_steps=1,
+    probe_weight=0.5,
 )
 
 

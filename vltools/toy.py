@@ -34,6 +34,7 @@ __all__ = [
     "toy_checkpoint",
     "toy_scene",
     "toy_scenes",
+    "shape_mask",
     "follow_ups",
     "ToyScore",
     "score",
@@ -253,14 +254,21 @@ def _relation(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tup
     return None
 
 
-def toy_scene(seed: int, *, style: Style = "mixed", kinds: Sequence[str] | None = None) -> Scene:
+def toy_scene(
+    seed: int,
+    *,
+    style: Style = "mixed",
+    kinds: Sequence[str] | None = None,
+    count: int | None = None,
+) -> Scene:
     """The scene of ``seed``: a picture and a question of one of ``kinds`` (default all).
 
     ``style="mixed"``: aspect ratios from 1:3 to 7:2, shapes 12-30% of the short side.
     ``style="wide_small"``: panoramas 4:1 to 6.5:1, 1700-2700 pixels wide, shapes of 34-62
     pixels: legible with enough tiles, squashed to a few pixels' width in a single tile.
     Every shape of a scene has its own shape and its own colour, so "the triangle" and "the
-    red one" each name one shape.
+    red one" each name one shape. ``count``: draw that many shapes (1 to 4, fewer only when they
+    do not fit) instead of a random number of them; one shape never gets a position question.
     """
     if style not in STYLES:
         raise ValueError(f"style={style!r} is not a scene style; use one of {STYLES}.")
@@ -268,10 +276,16 @@ def toy_scene(seed: int, *, style: Style = "mixed", kinds: Sequence[str] | None 
     bad = [k for k in allowed if k not in KINDS]
     if bad or not allowed:
         raise ValueError(f"kinds={kinds!r}: each kind must be one of {KINDS} (at least one).")
+    if count is not None and (not isinstance(count, int) or not 1 <= count <= len(SHAPES)):
+        raise ValueError(f"count={count!r}: draw 1 to {len(SHAPES)} shapes, or None for any.")
+    if count == 1 and allowed == ("position",):
+        raise ValueError("count=1: a position question needs two shapes; use count >= 2.")
     rng = np.random.default_rng([int(seed), STYLES.index(style)])
     kind = allowed[int(rng.integers(len(allowed)))]
+    if count == 1 and kind == "position":  # a one-shape scene cannot ask where one shape is
+        kind = next(k for k in allowed if k != "position")
     width, height = _size(rng, style)
-    want = int(rng.integers(2 if kind == "position" else 1, 5))
+    want = int(rng.integers(2 if kind == "position" else 1, 5)) if count is None else count
     boxes = _place(rng, width, height, want, style)
     while len(boxes) < (2 if kind == "position" else 1):  # a crowded draw: try a smaller count
         boxes = _place(rng, width, height, 2, style)
@@ -318,6 +332,19 @@ def toy_scene(seed: int, *, style: Style = "mixed", kinds: Sequence[str] | None 
             c, s = options[int(rng.integers(len(options)))]
             question, answer, box_out = f"Is there a {c} {s}?", "no", None
     return Scene(image, question, answer, kind, box_out, drawn)
+
+
+def shape_mask(scene: Scene) -> Image.Image:
+    """Which shape each pixel of ``scene.image`` belongs to: an ``"L"`` image of its size.
+
+    Pixel value ``k + 1`` where ``scene.shapes[k]`` was drawn, ``0`` on the background: the
+    same polygons, drawn the same way, as the picture (without its colour jitter).
+    """
+    mask = Image.new("L", scene.image.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for label, (_, shape, box) in enumerate(scene.shapes, start=1):
+        _draw(draw, shape, box, label)
+    return mask
 
 
 def follow_ups(scene: Scene, *, seed: int, n: int) -> list[tuple[str, str, str]]:

@@ -35,6 +35,7 @@ from vltools.constants import IM_END
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from vltools.images import TiledImage
     from vltools.models import VLModel
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "initial_checkpoint",
     "encode_example",
     "sincos_positions",
+    "crop_features",
+    "pretrain_vision",
     "train",
     "save_original",
     "run",
@@ -64,6 +67,17 @@ class TrainConfig:
     ``wide_small`` panoramas cut with one of ``wide_max_nums``. Every scene is one
     conversation: its own question and up to ``follow_ups`` more about the same picture
     (:func:`vltools.toy.follow_ups`), loss on every answer.
+
+    The first ``reading_steps`` conversation steps show one shape a picture (and count as
+    single-tile steps): the language model learns to read the picture before it must tell
+    several shapes apart, which it does not learn when it starts on the full mix.
+
+    Before them, ``vision_steps`` steps train the vision tower and the projector alone
+    (:func:`pretrain_vision`): ``vision_crops`` crops of ``crop_side`` x ``crop_side`` patches
+    a step from pictures cut with one of ``vision_max_nums`` (or panoramas, as below), lr
+    ``vision_lr``, on the token targets of :mod:`vltools.toy_targets`. With
+    ``probe_weight`` above 0 the conversation steps keep those token losses (times
+    ``probe_weight``) beside the answers' loss.
     """
 
     steps: int = 200
@@ -78,6 +92,13 @@ class TrainConfig:
     wide_max_nums: tuple[int, ...] = (6, 12)
     follow_ups: int = 6
     threads: int = 2
+    reading_steps: int = 0
+    vision_steps: int = 0
+    vision_crops: int = 32
+    vision_max_nums: tuple[int, ...] = (2, 4, 6)
+    vision_lr: float = 3e-3
+    crop_side: int = 16
+    probe_weight: float = 0.0
 
 
 def initial_checkpoint(folder: Path, *, seed: int = 0) -> Path:
@@ -96,19 +117,22 @@ def encode_example(
     *,
     max_num: int,
     more: Sequence[tuple[str, str]] = (),
+    tiled: TiledImage | None = None,
 ) -> tuple[list[int], list[int], torch.Tensor]:
     """``(input_ids, labels, pixel_values)`` of one scene: the chat prompt plus the answer.
 
     With ``more`` (``(question, answer)`` pairs), the conversation goes on as ``chat`` renders
     its history: each later turn is the prompt ``chat_query`` builds after the earlier turns.
     ``labels`` is -100 everywhere but on each answer's tokens and the ``<|im_end|>`` after it;
-    ``pixel_values`` is ``[tiles, 3, 448, 448]``.
+    ``pixel_values`` is ``[tiles, 3, 448, 448]``. ``tiled``: the picture already cut with
+    ``max_num`` (so a caller that needs the grid cuts it once).
     """
     from vltools.constants import IMAGE_PLACEHOLDER
     from vltools.images import load_image
     from vltools.prompts import chat_query
 
-    tiled = load_image(scene["image"], max_num=max_num)
+    if tiled is None:
+        tiled = load_image(scene["image"], max_num=max_num)
     tok = vlm.tokenizer
     turns = [(scene["question"], scene["answer"]), *more]
     history: list[tuple[str, str]] = []
@@ -175,15 +199,21 @@ def _batch(examples: Sequence[tuple[list[int], list[int], Any]], pad_id: int):
     return input_ids, labels, mask, pixel_values
 
 
-def _examples(vlm: VLModel, cfg: TrainConfig, step: int, first: int) -> tuple[list, int]:
+def _examples(
+    vlm: VLModel, cfg: TrainConfig, step: int, first: int
+) -> tuple[list, list, list, int]:
     """The batch of ``step``: encoded conversations of scenes ``first, first + 1, ...``.
 
-    Returns the examples and the index of the next unused scene.
+    Returns the examples, each picture's :func:`~vltools.toy_targets.token_cover` and
+    :func:`~vltools.toy_targets.label_classes`, and the index of the next unused scene.
     """
+    from vltools.images import load_image
     from vltools.toy import follow_ups, toy_scene
+    from vltools.toy_targets import label_classes, tile_labels, token_cover
 
     rng = np.random.default_rng([cfg.seed, step])
-    single = step < cfg.single_share * cfg.steps
+    reading = step < cfg.reading_steps
+    single = reading or step < cfg.single_share * cfg.steps
     wide = not single and rng.random() < cfg.wide_share
     if single:
         max_num = 1
@@ -191,20 +221,188 @@ def _examples(vlm: VLModel, cfg: TrainConfig, step: int, first: int) -> tuple[li
         max_num = int(cfg.wide_max_nums[int(rng.integers(len(cfg.wide_max_nums)))])
     else:
         max_num = int(cfg.max_nums[int(rng.integers(len(cfg.max_nums)))])
-    out = []
+    out, covers, classes = [], [], []
     tiles = 0
     index = first
     while tiles < cfg.tiles_per_step:
         if wide:
             scene = toy_scene(index, style="wide_small", kinds=("colour", "shape", "presence"))
         else:
-            scene = toy_scene(index)
+            scene = toy_scene(index, count=1 if reading else None)
         more = [(q, a) for q, a, _ in follow_ups(scene, seed=index, n=cfg.follow_ups)]
-        example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more)
+        tiled = load_image(scene.image, max_num=max_num)
+        example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more, tiled=tiled)
         out.append(example)
+        if cfg.probe_weight:
+            table = label_classes(scene)
+            covers.append(token_cover(tile_labels(scene, tiled.grid), n_labels=len(table)))
+            classes.append(table)
         tiles += int(example[2].shape[0])
         index += 1
-    return out, index
+    return out, covers, classes, index
+
+
+# The vision stage draws its scenes from here on: far above the conversation steps' indices and
+# below the first held-out set's (toy_scenes seed 1 starts at 1_000_003).
+VISION_FIRST_SCENE = 500_000
+
+
+def _crop_batch(cfg: TrainConfig, step: int, first: int) -> tuple[Any, list, list, list, int]:
+    """The vision stage's batch of ``step``: ``cfg.vision_crops`` crops of real tiles.
+
+    Scenes ``first, first + 1, ...`` are cut with a budget from ``vision_max_nums`` (or, with
+    probability ``wide_share``, are panoramas cut with one of ``wide_max_nums``; several tiles
+    a picture keep the scenes a step needs, and their drawing, few), and each tile gives two crops of ``crop_side`` patches, placed on an even patch (so a crop's
+    2 x 2 shuffle groups are the tile's) and mostly around a shape. Returns the pixels
+    ``[crops, 3, side * 14, side * 14]``, each crop's top-left ``(row, col)`` in patches, its
+    token cover ``[1, tokens, labels]`` and its scene's label classes, and the next scene.
+    """
+    import torch
+
+    from vltools.images import load_image
+    from vltools.toy import toy_scene
+    from vltools.toy_targets import label_classes, tile_labels, token_cover
+
+    rng = np.random.default_rng([cfg.seed, 1, step])
+    side, patch = cfg.crop_side, 14
+    crops, offsets, covers, classes = [], [], [], []
+    index = first
+    while len(crops) < cfg.vision_crops:
+        wide = rng.random() < cfg.wide_share
+        scene = toy_scene(index, style="wide_small" if wide else "mixed")
+        choices = cfg.wide_max_nums if wide else cfg.vision_max_nums
+        tiled = load_image(scene.image, max_num=int(choices[int(rng.integers(len(choices)))]))
+        labels = tile_labels(scene, tiled.grid)  # [tiles, 448, 448]
+        table = label_classes(scene)
+        grid = labels.shape[1] // patch  # 32 patches a side
+        index += 1
+        for tile in rng.permutation(labels.shape[0]).tolist() * 2:
+            if len(crops) == cfg.vision_crops:
+                break
+            shapes = np.argwhere(labels[tile] > 0)
+            if len(shapes) and rng.random() < 0.8:
+                y, x = shapes[int(rng.integers(len(shapes)))]
+                row = int(np.clip(round((y / patch - side / 2) / 2) * 2, 0, grid - side))
+                col = int(np.clip(round((x / patch - side / 2) / 2) * 2, 0, grid - side))
+            else:
+                row = int(rng.integers(0, (grid - side) // 2 + 1)) * 2
+                col = int(rng.integers(0, (grid - side) // 2 + 1)) * 2
+            top, left, span = row * patch, col * patch, side * patch
+            crops.append(tiled.pixel_values[tile, :, top : top + span, left : left + span])
+            offsets.append((row, col))
+            window = labels[tile : tile + 1, top : top + span, left : left + span]
+            covers.append(token_cover(window, n_labels=len(table)))
+            classes.append(table)
+    return torch.stack(crops), offsets, covers, classes, index
+
+
+def crop_features(model: Any, pixels: torch.Tensor, offsets: Sequence[tuple[int, int]]):
+    """The projector's output ``[crops, tokens, width]`` for crops of tiles.
+
+    Each crop goes through the vision tower as the tile would, but alone: its patches get the
+    position embedding of the window they come from (``offsets``, in patches), the class
+    token its own, then the encoder, the pixel shuffle and the projector. A crop of 16 x 16
+    patches costs about a sixth of a tile, which is what makes the vision stage cheap.
+    """
+    import torch
+
+    core = model.model
+    tower = core.vision_tower
+    table = tower.embeddings.position_embeddings  # [1, 1 + n * n, C]
+    width = table.shape[-1]
+    n = math.isqrt(table.shape[1] - 1)
+    count, _, height, _ = pixels.shape
+    side = height // 14
+    patches = tower.embeddings.patch_embeddings(pixels)  # [crops, side * side, C]
+    grid = table[0, 1:].reshape(n, n, width)
+    positions = torch.stack(
+        [grid[r : r + side, c : c + side].reshape(side * side, width) for r, c in offsets]
+    )
+    cls = (tower.embeddings.cls_token + table[:, :1]).expand(count, -1, -1)
+    hidden = torch.cat([cls, patches + positions], dim=1)  # [crops, 1 + side * side, C]
+    hidden = tower.layernorm(tower.encoder(hidden).last_hidden_state)[:, 1:]
+    hidden = hidden.reshape(count, side, side, width).contiguous()
+    shuffled = core.pixel_shuffle(hidden, scale_factor=core.config.downsample_ratio)
+    return core.multi_modal_projector(shuffled.reshape(count, -1, shuffled.shape[-1]))
+
+
+def _prepare(model: Any, cfg: TrainConfig) -> None:
+    """Make the weights trainable, off the memory-mapped file, and start the vision position
+    embedding at the sine-cosine code."""
+    import torch
+
+    for p in model.parameters():
+        p.data = p.data.clone()  # off the memory-mapped file: the weights will change
+        p.requires_grad_(True)
+    embeddings = model.model.vision_tower.embeddings.position_embeddings  # [1, 1 + n * n, C]
+    with torch.no_grad():
+        embeddings.copy_(sincos_positions(embeddings.shape[1], embeddings.shape[2]))
+
+
+def _optimizer(named: Sequence[tuple[str, Any]], cfg: TrainConfig, lr: float):
+    import torch
+
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+
+
+def _schedule(lr: float, warmup: int, steps: int):
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        done = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+
+    return lr_at
+
+
+def pretrain_vision(
+    vlm: VLModel, probe: Any, cfg: TrainConfig, *, log: Any = None, log_every: int = 25
+) -> list[float]:
+    """The vision stage: ``cfg.vision_steps`` steps on crops (:func:`_crop_batch`), training
+    the vision tower, the projector and ``probe`` (a :class:`~vltools.toy_targets.TokenProbe`)
+    on the token losses alone. Returns each step's loss."""
+    import torch
+
+    model = vlm.model
+    named = [
+        *model.model.vision_tower.named_parameters(),
+        *model.model.multi_modal_projector.named_parameters(),
+        *probe.named_parameters(),
+    ]
+    opt = _optimizer(named, cfg, cfg.vision_lr)
+    lr_at = _schedule(cfg.vision_lr, cfg.warmup, cfg.vision_steps)
+    params = [p for _, p in named]
+    model.train()
+    losses: list[float] = []
+    correct = total = 0
+    start = time.perf_counter()
+    scene = VISION_FIRST_SCENE
+    for step in range(cfg.vision_steps):
+        pixels, offsets, covers, classes, scene = _crop_batch(cfg, step, scene)
+        result = probe(crop_features(model, pixels, offsets), covers, classes)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(result.loss))
+        correct, total = correct + result.correct, total + result.total
+        if log is not None and ((step + 1) % log_every == 0 or step == cfg.vision_steps - 1):
+            log(
+                f"vision {step + 1}/{cfg.vision_steps} loss {np.mean(losses[-log_every:]):.3f} "
+                f"colour {result.colour:.3f} shape {result.shape:.3f} pooled kind "
+                f"{correct}/{total} lr {lr_at(step):.2e} scenes {scene - VISION_FIRST_SCENE} "
+                f"{time.perf_counter() - start:.0f}s"
+            )
+            correct = total = 0
+    return losses
 
 
 def train(
@@ -216,74 +414,90 @@ def train(
     every: int = 0,
     callback: Any = None,
 ) -> list[float]:
-    """Train ``vlm.model`` in place for ``cfg.steps`` steps; returns the loss of every step.
+    """Train ``vlm.model`` in place: the vision stage (``cfg.vision_steps``, see
+    :func:`pretrain_vision`), then ``cfg.steps`` conversation steps; returns the loss of every
+    conversation step.
 
-    With ``every`` and ``callback``, ``callback(step)`` runs after every ``every`` steps (the
-    script saves a checkpoint there, so a long run can be stopped and still leave weights).
+    With ``every`` and ``callback``, ``callback(step)`` runs after every ``every``
+    conversation steps (the script saves a checkpoint there, so a long run can be stopped and
+    still leave weights).
     """
     import torch
+
+    from vltools.toy_targets import TokenProbe
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = vlm.model
-    for p in model.parameters():
-        p.data = p.data.clone()  # off the memory-mapped file: the weights will change
-        p.requires_grad_(True)
-    embeddings = model.model.vision_tower.embeddings.position_embeddings  # [1, 1 + n * n, C]
-    with torch.no_grad():
-        embeddings.copy_(sincos_positions(embeddings.shape[1], embeddings.shape[2]))
+    _prepare(model, cfg)
+    use_probe = cfg.probe_weight > 0
+    probe = None
+    if cfg.vision_steps or use_probe:
+        probe = TokenProbe(model.model.multi_modal_projector.linear_2.out_features)
+    if cfg.vision_steps:
+        pretrain_vision(vlm, probe, cfg, log=log)
+    named = list(model.named_parameters()) + (list(probe.named_parameters()) if use_probe else [])
+    opt = _optimizer(named, cfg, cfg.lr)
+    lr_at = _schedule(cfg.lr, cfg.warmup, cfg.steps)
+    params = [p for _, p in named]
+    captured: list[Any] = []  # the projector's output of the step, for the token losses
+    hook = None
+    if use_probe:
+        hook = model.model.multi_modal_projector.register_forward_hook(
+            lambda _module, _inputs, output: captured.append(output)
+        )
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        done = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
-
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
     start = time.perf_counter()
-    scene = 0
-    for step in range(cfg.steps):
-        examples, scene = _examples(vlm, cfg, step, scene)
-        input_ids, labels, mask, pixel_values = _batch(examples, pad)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        hidden = model.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            pixel_values=pixel_values,
-            use_cache=False,
-        ).last_hidden_state  # [B, L, hidden]
-        # logits only where an answer token is predicted: the vocabulary projection of every
-        # image token would cost a quarter of the step
-        targets = labels[:, 1:]  # [B, L - 1]
-        keep = targets != -100
-        logits = model.lm_head(hidden[:, :-1][keep])  # [answer tokens, vocab]
-        loss = torch.nn.functional.cross_entropy(logits, targets[keep])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if log is not None and (step % log_every == 0 or step == cfg.steps - 1):
-            recent = losses[-log_every:]
-            log(
-                f"step {step + 1}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
-                f"lr {lr_at(step):.2e} tiles {pixel_values.shape[0]} scenes {scene} "
-                f"{time.perf_counter() - start:.0f}s"
-            )
-        if every and callback is not None and (step + 1) % every == 0 and step + 1 < cfg.steps:
-            model.eval()
-            callback(step + 1)
-            model.train()
+    scene = hits = asked = 0
+    try:
+        for step in range(cfg.steps):
+            examples, covers, classes, scene = _examples(vlm, cfg, step, scene)
+            input_ids, labels, mask, pixel_values = _batch(examples, pad)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            captured.clear()
+            hidden = model.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                pixel_values=pixel_values,
+                use_cache=False,
+            ).last_hidden_state  # [B, L, hidden]
+            # logits only where an answer token is predicted: the vocabulary projection of
+            # every image token would cost a quarter of the step
+            targets = labels[:, 1:]  # [B, L - 1]
+            keep = targets != -100
+            logits = model.lm_head(hidden[:, :-1][keep])  # [answer tokens, vocab]
+            loss = torch.nn.functional.cross_entropy(logits, targets[keep])
+            # each answer's first token decides the word, and these scenes are new to the model
+            first = (labels[:, :-1] == -100)[keep]  # [answer tokens]
+            hits += int((logits[first].argmax(-1) == targets[keep][first]).sum())
+            asked += int(first.sum())
+            total = loss
+            if use_probe:
+                total = loss + cfg.probe_weight * probe(captured[0], covers, classes).loss
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(loss.item())
+            if log is not None and (step % log_every == 0 or step == cfg.steps - 1):
+                recent = losses[-log_every:]
+                log(
+                    f"step {step + 1}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
+                    f"first answer tokens right {hits}/{asked} lr {lr_at(step):.2e} "
+                    f"tiles {pixel_values.shape[0]} scenes {scene} "
+                    f"{time.perf_counter() - start:.0f}s"
+                )
+                hits = asked = 0
+            if every and callback is not None and (step + 1) % every == 0 and step + 1 < cfg.steps:
+                model.eval()
+                callback(step + 1)
+                model.train()
+    finally:
+        if hook is not None:
+            hook.remove()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -404,6 +618,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--evaluate", metavar="DIR", help="measure a checkpoint folder (or 'toy') instead"
     )
+    parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps)
+    parser.add_argument("--reading-steps", type=int, default=TrainConfig.reading_steps)
+    parser.add_argument(
+        "--probe-weight",
+        type=float,
+        default=TrainConfig.probe_weight,
+        help="weight of the image-token losses during the conversation steps",
+    )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
     parser.add_argument("--n", type=int, default=300, help="held-out scenes per measurement")
     args = parser.parse_args(argv)
@@ -425,6 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=args.lr,
         seed=args.seed,
         threads=args.threads,
+        vision_steps=args.vision_steps,
+        reading_steps=args.reading_steps,
+        probe_weight=args.probe_weight,
     )
     folder, losses, seconds = run(
         cfg, args.out, log=lambda s: print(s, flush=True), save_every=args.save_every

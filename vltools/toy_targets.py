@@ -1,0 +1,187 @@
+"""What each image token of a toy scene shows, and the training losses that teach it.
+
+Training the ``toy`` checkpoint on answers alone leaves its small vision tower on a plateau: it
+learns a token's colour in a few dozen steps but what shape the token is part of only after
+hundreds (see the model card). :mod:`vltools.toy_train` therefore also trains on the image
+tokens themselves, with targets computed from how the scene was drawn:
+
+- :func:`tile_labels`: for every tile of a :class:`~vltools.tiling.TileGrid` (``pixel_values``
+  order, the thumbnail last), which shape each of its pixels belongs to, cut exactly as
+  :func:`vltools.images.load_image` cuts the picture;
+- :func:`token_cover`: for every image token (a ``2 x 14`` = 28-pixel cell of a tile after the
+  pixel shuffle, row-major, as the language model reads them), the share of the cell each
+  shape covers;
+- :class:`TokenProbe`: training-only linear heads on the projector's output and their loss:
+  each token's colour and shape (soft targets from the cover), and each shape's kind read
+  from the strongest of its tokens (max-pooled). The heads are not part of the checkpoint.
+
+Pure numpy apart from :class:`TokenProbe` (torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vltools.tiling import TileGrid
+from vltools.toy import COLOURS, SHAPES, Scene, shape_mask
+
+__all__ = ["CELL", "tile_labels", "token_cover", "label_classes", "ProbeLoss", "TokenProbe"]
+
+CELL = 28  # pixels of a tile one image token covers: a 14-pixel patch, 2 x 2 after the shuffle
+
+
+def tile_labels(scene: Scene, grid: TileGrid) -> np.ndarray:
+    """``[tiles, size, size]`` uint8: the :func:`~vltools.toy.shape_mask` label of every pixel
+    of every tile of ``grid`` (``pixel_values`` order, the thumbnail last).
+
+    The mask is resized to the grid's canvas and cut like the picture (nearest neighbour, so
+    labels stay labels); the thumbnail's is the whole mask resized to one tile.
+    """
+    mask = shape_mask(scene)
+    if mask.size != (grid.width, grid.height):
+        raise ValueError(
+            f"the grid was planned for a {grid.width}x{grid.height} image but the scene is "
+            f"{mask.width}x{mask.height}; plan it with plan_tiles(*scene.image.size, ...)."
+        )
+    size = grid.image_size
+    canvas = np.asarray(mask.resize(grid.canvas_size, Image.Resampling.NEAREST))
+    out = np.zeros((grid.num_tiles, size, size), dtype=np.uint8)
+    for box in grid.boxes:
+        if box.is_thumbnail:
+            out[box.index] = np.asarray(mask.resize((size, size), Image.Resampling.NEAREST))
+        else:
+            left, top, right, bottom = box.canvas
+            out[box.index] = canvas[top:bottom, left:right]
+    return out
+
+
+def token_cover(labels: np.ndarray, *, n_labels: int, cell: int = CELL) -> np.ndarray:
+    """``[tiles, tokens, n_labels]`` float32: the share of each token's cell under each label.
+
+    ``labels`` is ``[tiles, H, W]`` (H and W multiples of ``cell``); tokens are the cells in
+    row-major order, which is the order of a tile's image tokens after the pixel shuffle.
+    Each token's row sums to 1 (column 0 is the background).
+    """
+    tiles, height, width = labels.shape
+    if height % cell or width % cell:
+        raise ValueError(f"labels of {height}x{width} pixels do not split into {cell}-pixel cells.")
+    if labels.max(initial=0) >= n_labels:
+        raise ValueError(f"a label {int(labels.max())} is not below n_labels={n_labels}.")
+    onehot = np.eye(n_labels, dtype=np.float32)[labels]  # [tiles, H, W, L]
+    rows, cols = height // cell, width // cell
+    cover = onehot.reshape(tiles, rows, cell, cols, cell, n_labels).mean(axis=(2, 4))
+    return cover.reshape(tiles, rows * cols, n_labels)
+
+
+def label_classes(scene: Scene) -> np.ndarray:
+    """``[1 + shapes, 2]`` int64: each label's (colour class, shape class); row 0, the
+    background, is ``(0, 0)``, and class ``i + 1`` is ``list(COLOURS)[i]`` / ``SHAPES[i]``."""
+    colours = list(COLOURS)
+    out = np.zeros((len(scene.shapes) + 1, 2), dtype=np.int64)
+    for label, (colour, shape, _) in enumerate(scene.shapes, start=1):
+        out[label] = (colours.index(colour) + 1, SHAPES.index(shape) + 1)
+    return out
+
+
+@dataclass(frozen=True)
+class ProbeLoss:
+    """One batch's token losses.
+
+    Attributes:
+        loss: the sum of the three terms below (a scalar tensor, for ``backward``).
+        colour, shape: each token's soft cross-entropy, averaged over tokens (floats).
+        pooled: the max-pooled shape cross-entropy, averaged over shapes (0 if none).
+        correct, total: shapes whose max-pooled kind was right, and shapes pooled.
+    """
+
+    loss: Any
+    colour: float
+    shape: float
+    pooled: float
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        """Share of pooled shapes read right (nan when none was pooled)."""
+        return self.correct / self.total if self.total else float("nan")
+
+
+class TokenProbe(torch.nn.Module):
+    """Training-only heads on the image tokens the language model reads (``[..., width]``).
+
+    ``colour``: 1 + 6 classes (the background first); ``shape``: 1 + 4; ``kind``: the 4 shapes,
+    read from the element-wise maximum over a shape's tokens (those it covers by at least
+    ``min_cover``), so that one telling token (a corner, a point of the star) is enough.
+    """
+
+    def __init__(self, width: int, *, min_cover: float = 0.25) -> None:
+        super().__init__()
+        self.colour = torch.nn.Linear(width, 1 + len(COLOURS))
+        self.shape = torch.nn.Linear(width, 1 + len(SHAPES))
+        self.kind = torch.nn.Linear(width, len(SHAPES))
+        self.min_cover = min_cover
+
+    def forward(  # noqa: D102 - nn.Module's calling convention; see loss
+        self, features: torch.Tensor, covers: list[np.ndarray], classes: list[np.ndarray]
+    ) -> ProbeLoss:
+        return self.loss(features, covers, classes)
+
+    def loss(
+        self, features: torch.Tensor, covers: list[np.ndarray], classes: list[np.ndarray]
+    ) -> ProbeLoss:
+        """The token losses of a batch.
+
+        Args:
+            features: ``[tiles, tokens, width]``, the projector's output.
+            covers: one :func:`token_cover` per picture, ``[its tiles, tokens, labels]``, in
+                the order of ``features``' tiles.
+            classes: one :func:`label_classes` per picture.
+        """
+        if sum(c.shape[0] for c in covers) != features.shape[0]:
+            raise ValueError(
+                f"covers hold {sum(c.shape[0] for c in covers)} tiles but features hold "
+                f"{features.shape[0]}."
+            )
+        colour_terms, shape_terms, pooled, wanted = [], [], [], []
+        start = 0
+        for cover_np, table_np in zip(covers, classes, strict=True):
+            count = cover_np.shape[0]
+            feats = features[start : start + count].reshape(-1, features.shape[-1])  # [T, W]
+            start += count
+            cover = torch.from_numpy(cover_np.reshape(-1, cover_np.shape[-1]))  # [T, L]
+            table = torch.from_numpy(table_np)  # [L, 2]
+            colour_target = torch.zeros(cover.shape[0], 1 + len(COLOURS))
+            colour_target.index_add_(1, table[:, 0], cover)
+            shape_target = torch.zeros(cover.shape[0], 1 + len(SHAPES))
+            shape_target.index_add_(1, table[:, 1], cover)
+            colour_terms.append(-(colour_target * self.colour(feats).log_softmax(-1)).sum(-1))
+            shape_terms.append(-(shape_target * self.shape(feats).log_softmax(-1)).sum(-1))
+            for label in range(1, cover.shape[1]):
+                inside = cover[:, label] >= self.min_cover
+                if inside.any():
+                    pooled.append(feats[inside].max(dim=0).values)
+                    wanted.append(int(table[label, 1]) - 1)
+        colour = torch.cat(colour_terms).mean()
+        shape = torch.cat(shape_terms).mean()
+        loss = colour + shape
+        pooled_loss, correct = torch.zeros(()), 0
+        if pooled:
+            logits = self.kind(torch.stack(pooled))  # [shapes, 4]
+            target = torch.tensor(wanted)
+            pooled_loss = torch.nn.functional.cross_entropy(logits, target)
+            loss = loss + pooled_loss
+            correct = int((logits.argmax(-1) == target).sum())
+        return ProbeLoss(
+            loss,
+            float(colour.detach()),
+            float(shape.detach()),
+            float(pooled_loss.detach()),
+            correct,
+            len(wanted),
+        )
