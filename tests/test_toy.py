@@ -284,6 +284,29 @@ def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(qui
     assert tok.decode(ids) == prompt + "no" + IM_END
 
 
+def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_run):
+    from vltools.models import load_model
+    from vltools.toy_train import _examples, parse_curriculum
+
+    vlm = load_model(quick_run[0], device="cpu")
+    cfg = TrainConfig(curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1)
+    examples, _, _, _ = _examples(vlm, cfg, 0, 0)  # step 0: the phase
+    for ids, _, pixels in examples:
+        text = vlm.tokenizer.decode(ids)
+        assert pixels.shape[0] == 1  # one tile, as the single-tile steps
+        asked = text.count("?")
+        assert asked >= 1 and text.count("What colour is the") == asked, text
+
+    assert parse_curriculum("60:1:colour, 150:any:colour+shape") == (
+        (60, 1, ("colour",)),
+        (150, None, ("colour", "shape")),
+    )
+    assert parse_curriculum("") == ()
+    for bad in ("60:1", "x:1:colour", "60:5:colour", "60:1:size", "60:1:"):
+        with pytest.raises(ValueError, match="STEPS:COUNT:KINDS"):
+            parse_curriculum(bad)
+
+
 QUICK = TrainConfig(
     steps=2,
     tiles_per_step=1,
@@ -295,7 +318,7 @@ QUICK = TrainConfig(
     vision_steps=2,
     vision_crops=3,
     vision_max_nums=(2,),
-    reading_steps=1,
+    curriculum=((1, 1, ("colour",)),),
     probe_weight=0.5,
 )
 

@@ -45,6 +45,7 @@ __all__ = [
     "sincos_positions",
     "crop_features",
     "pretrain_vision",
+    "parse_curriculum",
     "train",
     "save_original",
     "run",
@@ -68,9 +69,11 @@ class TrainConfig:
     conversation: its own question and up to ``follow_ups`` more about the same picture
     (:func:`vltools.toy.follow_ups`), loss on every answer.
 
-    The first ``reading_steps`` conversation steps show one shape a picture (and count as
-    single-tile steps): the language model learns to read the picture before it must tell
-    several shapes apart, which it does not learn when it starts on the full mix.
+    ``curriculum``: phases the conversation steps go through first, each ``(steps, count,
+    kinds)``: that many steps of pictures with ``count`` shapes (None: any number) and only
+    questions (the scene's own and its follow-ups) of ``kinds``, one tile each. The language
+    model learns to read one colour in a minute but shapes, and which colour goes with which
+    shape, slowly when it starts on the full mix (see the model card).
 
     Before them, ``vision_steps`` steps train the vision tower and the projector alone
     (:func:`pretrain_vision`): ``vision_crops`` crops of ``crop_side`` x ``crop_side`` patches
@@ -92,7 +95,7 @@ class TrainConfig:
     wide_max_nums: tuple[int, ...] = (6, 12)
     follow_ups: int = 6
     threads: int = 2
-    reading_steps: int = 0
+    curriculum: tuple[tuple[int, int | None, tuple[str, ...]], ...] = ()
     vision_steps: int = 0
     vision_crops: int = 32
     vision_max_nums: tuple[int, ...] = (2, 4, 6)
@@ -212,8 +215,8 @@ def _examples(
     from vltools.toy_targets import label_classes, tile_labels, token_cover
 
     rng = np.random.default_rng([cfg.seed, step])
-    reading = step < cfg.reading_steps
-    single = reading or step < cfg.single_share * cfg.steps
+    phase = _phase(cfg, step)
+    single = phase is not None or step < cfg.single_share * cfg.steps
     wide = not single and rng.random() < cfg.wide_share
     if single:
         max_num = 1
@@ -228,8 +231,12 @@ def _examples(
         if wide:
             scene = toy_scene(index, style="wide_small", kinds=("colour", "shape", "presence"))
         else:
-            scene = toy_scene(index, count=1 if reading else None)
-        more = [(q, a) for q, a, _ in follow_ups(scene, seed=index, n=cfg.follow_ups)]
+            scene = toy_scene(index, **phase) if phase else toy_scene(index)
+        more = [
+            (q, a)
+            for q, a, kind in follow_ups(scene, seed=index, n=cfg.follow_ups)
+            if phase is None or kind in phase["kinds"]
+        ]
         tiled = load_image(scene.image, max_num=max_num)
         example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more, tiled=tiled)
         out.append(example)
@@ -240,6 +247,40 @@ def _examples(
         tiles += int(example[2].shape[0])
         index += 1
     return out, covers, classes, index
+
+
+def _phase(cfg: TrainConfig, step: int) -> dict[str, Any] | None:
+    """The :func:`~vltools.toy.toy_scene` arguments of ``step``'s curriculum phase, or None."""
+    end = 0
+    for steps, count, kinds in cfg.curriculum:
+        end += steps
+        if step < end:
+            return {"count": count, "kinds": tuple(kinds)}
+    return None
+
+
+def parse_curriculum(text: str) -> tuple[tuple[int, int | None, tuple[str, ...]], ...]:
+    """``"60:1:colour,150:any:colour+shape"`` -> ``((60, 1, ("colour",)), (150, None, ...))``."""
+    from vltools.toy import KINDS
+
+    phases = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        fields = part.split(":")
+        kinds = tuple(fields[2].split("+")) if len(fields) == 3 else ()
+        if (
+            len(fields) != 3
+            or not fields[0].isdigit()
+            or not (fields[1] == "any" or fields[1] in "1234" and len(fields[1]) == 1)
+            or not kinds
+            or not set(kinds) <= set(KINDS)
+        ):
+            raise ValueError(
+                f"curriculum phase {part!r}: write STEPS:COUNT:KINDS, e.g. 60:1:colour or "
+                f"150:any:colour+shape (COUNT 1-4 or any; KINDS from {KINDS} joined by +)."
+            )
+        count = None if fields[1] == "any" else int(fields[1])
+        phases.append((int(fields[0]), count, kinds))
+    return tuple(phases)
 
 
 # The vision stage draws its scenes from here on: far above the conversation steps' indices and
@@ -392,7 +433,7 @@ def pretrain_vision(
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(result.loss))
+        losses.append(result.loss.item())
         correct, total = correct + result.correct, total + result.total
         if log is not None and ((step + 1) % log_every == 0 or step == cfg.vision_steps - 1):
             log(
@@ -619,7 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--evaluate", metavar="DIR", help="measure a checkpoint folder (or 'toy') instead"
     )
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps)
-    parser.add_argument("--reading-steps", type=int, default=TrainConfig.reading_steps)
+    parser.add_argument(
+        "--curriculum",
+        default="",
+        help="first phases of the conversation steps, e.g. 60:1:colour,150:any:colour+shape",
+    )
     parser.add_argument(
         "--probe-weight",
         type=float,
@@ -648,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         vision_steps=args.vision_steps,
-        reading_steps=args.reading_steps,
+        curriculum=parse_curriculum(args.curriculum),
         probe_weight=args.probe_weight,
     )
     folder, losses, seconds = run(
