@@ -5,9 +5,14 @@ checkpoint in the ORIGINAL format is written by :func:`vltools.testing.write_che
 :func:`vltools.toy.toy_config`, loaded by :func:`vltools.load_model` (converted to
 transformers' native ``InternVLForConditionalGeneration``), fed the exact prompts ``chat``
 builds (:func:`vltools.prompts.chat_query`, Hermes-2, ``<IMG_CONTEXT>`` x 256 per tile) with the
-card's tiling (:func:`vltools.images.load_image`), trained on the answer tokens only, and
+card's tiling (:func:`vltools.images.load_image`), trained on the answer tokens, and
 written back in the original format (original key names, the fused vision ``attn.qkv``)
 through the loader's own key plan (:func:`vltools.models.plan_conversion`, run backwards).
+
+Optional stages before and beside the answers (off by default; the model card says what
+they measured): a vision stage on crops of tiles with per-token targets
+(:func:`pretrain_vision`, :mod:`vltools.toy_targets`), a curriculum of simpler conversations
+first, and the per-token losses kept during the conversations.
 
 Deterministic: the scenes are a function of their index, the tiling budget of each example
 comes from a seeded generator, torch is seeded, and the run uses two threads by default.
@@ -367,7 +372,7 @@ def crop_features(model: Any, pixels: torch.Tensor, offsets: Sequence[tuple[int,
     return core.multi_modal_projector(shuffled.reshape(count, -1, shuffled.shape[-1]))
 
 
-def _prepare(model: Any, cfg: TrainConfig) -> None:
+def _prepare(model: Any) -> None:
     """Make the weights trainable, off the memory-mapped file, and start the vision position
     embedding at the sine-cosine code."""
     import torch
@@ -470,7 +475,7 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = vlm.model
-    _prepare(model, cfg)
+    _prepare(model)
     use_probe = cfg.probe_weight > 0
     probe = None
     if cfg.vision_steps or use_probe:
