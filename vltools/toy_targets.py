@@ -127,12 +127,7 @@ class TokenProbe(torch.nn.Module):
         self.kind = torch.nn.Linear(width, len(SHAPES))
         self.min_cover = min_cover
 
-    def forward(  # noqa: D102 - nn.Module's calling convention; see loss
-        self, features: torch.Tensor, covers: list[np.ndarray], classes: list[np.ndarray]
-    ) -> ProbeLoss:
-        return self.loss(features, covers, classes)
-
-    def loss(
+    def forward(
         self, features: torch.Tensor, covers: list[np.ndarray], classes: list[np.ndarray]
     ) -> ProbeLoss:
         """The token losses of a batch.

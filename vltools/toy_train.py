@@ -275,7 +275,7 @@ def parse_curriculum(text: str) -> tuple[tuple[int, int | None, tuple[str, ...]]
         if (
             len(fields) != 3
             or not fields[0].isdigit()
-            or not (fields[1] == "any" or fields[1] in "1234" and len(fields[1]) == 1)
+            or fields[1] not in ("any", "1", "2", "3", "4")
             or not kinds
             or not set(kinds) <= set(KINDS)
         ):
@@ -298,8 +298,9 @@ def _crop_batch(cfg: TrainConfig, step: int, first: int) -> tuple[Any, list, lis
 
     Scenes ``first, first + 1, ...`` are cut with a budget from ``vision_max_nums`` (or, with
     probability ``wide_share``, are panoramas cut with one of ``wide_max_nums``; several tiles
-    a picture keep the scenes a step needs, and their drawing, few), and each tile gives two crops of ``crop_side`` patches, placed on an even patch (so a crop's
-    2 x 2 shuffle groups are the tile's) and mostly around a shape. Returns the pixels
+    a picture keep the scenes a step needs, and their drawing, few), and each tile gives two
+    crops of ``crop_side`` patches, placed on an even patch (so a crop's 2 x 2 shuffle groups
+    are the tile's) and mostly around a shape. Returns the pixels
     ``[crops, 3, side * 14, side * 14]``, each crop's top-left ``(row, col)`` in patches, its
     token cover ``[1, tokens, labels]`` and its scene's label classes, and the next scene.
     """
@@ -358,7 +359,7 @@ def crop_features(model: Any, pixels: torch.Tensor, offsets: Sequence[tuple[int,
     width = table.shape[-1]
     n = math.isqrt(table.shape[1] - 1)
     count, _, height, _ = pixels.shape
-    side = height // 14
+    side = height // tower.embeddings.patch_size[0]
     patches = tower.embeddings.patch_embeddings(pixels)  # [crops, side * side, C]
     grid = table[0, 1:].reshape(n, n, width)
     positions = torch.stack(
