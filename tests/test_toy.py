@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,42 @@ def test_the_written_checkpoint_loads_and_chats_through_the_normal_path(quick_ru
     tiled = load_image(scene["image"], max_num=2)
     reply = vlm.chat(tiled.pixel_values, scene["question"], {"max_new_tokens": 3})
     assert isinstance(reply, str)
+
+
+def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from vltools.toy_train import main
+
+    folder = tmp_path / "start"
+    shutil.copytree(quick_run[0], folder)
+    (folder / "MODEL_CARD.md").write_text("describes these weights only")
+    # no steps: the weights come back exactly (a fresh start would reset the vision position
+    # embedding to the sine-cosine code), and the card of the old weights is not copied
+    assert main(["--out", str(tmp_path / "same"), "--init", str(folder), "--steps", "0"]) == 0
+    before = load_file(str(folder / "model.safetensors"))
+    after = load_file(str(tmp_path / "same" / "model.safetensors"))
+    assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
+    assert not (tmp_path / "same" / "MODEL_CARD.md").exists()
+
+    lines: list[str] = []
+    cfg = TrainConfig(steps=1, tiles_per_step=1, max_nums=(1,), threads=1, first_scene=1000)
+    run(cfg, tmp_path / "more", log=lines.append, init=folder)
+    assert "scenes 1001 " in lines[-1], lines  # scene 1000 and on: not the first run's
+    moved = load_file(str(tmp_path / "more" / "model.safetensors"))
+    assert any(not (moved[k] == before[k]).all() for k in before)
+
+
+def test_bad_continuations_are_refused_with_the_fix(tmp_path):
+    for first in (-1, 1.5, 499_990):
+        with pytest.raises(ValueError, match=r"first_scene=.*int >= 0 that leaves room"):
+            TrainConfig(first_scene=first)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder.*or 'toy'"):
+        run(TrainConfig(steps=0, threads=1), tmp_path / "out", log=None, init=tmp_path)
+    with pytest.raises(SystemExit):
+        from vltools.toy_train import main
+
+        main(["--out", str(tmp_path / "out"), "--first-scene", "-5"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ through the loader's own key plan (:func:`vltools.models.plan_conversion`, run b
 Optional stages before and beside the answers (off by default; the model card says what
 they measured): a vision stage on crops of tiles with per-token targets
 (:func:`pretrain_vision`, :mod:`vltools.toy_targets`), a curriculum of simpler conversations
-first, and the per-token losses kept during the conversations.
+first, and the per-token losses kept during the conversations. A run can also start from
+a checkpoint instead of random weights (``run(..., init=DIR)``, ``--init DIR``), such as a
+``step-N`` folder an earlier run saved, and go on with other phases on new scenes.
 
 Deterministic: the scenes are a function of their index, the tiling budget of each example
 comes from a seeded generator, torch is seeded, and the run uses two threads by default.
@@ -86,6 +88,11 @@ class TrainConfig:
     ``vision_lr``, on the token targets of :mod:`vltools.toy_targets`. With
     ``probe_weight`` above 0 the conversation steps keep those token losses (times
     ``probe_weight``) beside the answers' loss.
+
+    ``first_scene``: the conversation steps draw scenes ``first_scene, first_scene + 1, ...``;
+    a run that goes on from another's checkpoint sets it past the scenes that run drew (its
+    log's ``scenes`` count), so it sees new ones. The scenes a run can draw stay below the
+    vision stage's and the held-out sets' (:data:`VISION_FIRST_SCENE`).
     """
 
     steps: int = 200
@@ -107,6 +114,18 @@ class TrainConfig:
     vision_lr: float = 3e-3
     crop_side: int = 16
     probe_weight: float = 0.0
+    first_scene: int = 0
+
+    def __post_init__(self) -> None:
+        first = self.first_scene
+        last = first + self.steps * self.tiles_per_step if isinstance(first, int) else -1
+        if not isinstance(first, int) or first < 0 or last > VISION_FIRST_SCENE:
+            raise ValueError(
+                f"first_scene={first!r}: the conversation steps ({self.steps} of at most "
+                f"{self.tiles_per_step} scenes) must draw from scenes 0 to "
+                f"{VISION_FIRST_SCENE} (the vision stage and the held-out sets draw above); "
+                "use an int >= 0 that leaves room for the run."
+            )
 
 
 def initial_checkpoint(folder: Path, *, seed: int = 0) -> Path:
@@ -373,14 +392,16 @@ def crop_features(model: Any, pixels: torch.Tensor, offsets: Sequence[tuple[int,
     return core.multi_modal_projector(shuffled.reshape(count, -1, shuffled.shape[-1]))
 
 
-def _prepare(model: Any) -> None:
-    """Make the weights trainable, off the memory-mapped file, and start the vision position
-    embedding at the sine-cosine code."""
+def _prepare(model: Any, *, fresh: bool) -> None:
+    """Make the weights trainable, off the memory-mapped file; for ``fresh`` (random) weights,
+    start the vision position embedding at the sine-cosine code."""
     import torch
 
     for p in model.parameters():
         p.data = p.data.clone()  # off the memory-mapped file: the weights will change
         p.requires_grad_(True)
+    if not fresh:
+        return
     embeddings = model.model.vision_tower.embeddings.position_embeddings  # [1, 1 + n * n, C]
     with torch.no_grad():
         embeddings.copy_(sincos_positions(embeddings.shape[1], embeddings.shape[2]))
@@ -460,6 +481,7 @@ def train(
     log: Any = None,
     every: int = 0,
     callback: Any = None,
+    fresh: bool = True,
 ) -> list[float]:
     """Train ``vlm.model`` in place: the vision stage (``cfg.vision_steps``, see
     :func:`pretrain_vision`), then ``cfg.steps`` conversation steps; returns the loss of every
@@ -467,7 +489,8 @@ def train(
 
     With ``every`` and ``callback``, ``callback(step)`` runs after every ``every``
     conversation steps (the script saves a checkpoint there, so a long run can be stopped and
-    still leave weights).
+    still leave weights). ``fresh``: the weights are the random initial ones (their vision
+    position embedding is reset to :func:`sincos_positions`); False for trained weights.
     """
     import torch
 
@@ -476,7 +499,7 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = vlm.model
-    _prepare(model)
+    _prepare(model, fresh=fresh)
     use_probe = cfg.probe_weight > 0
     probe = None
     if cfg.vision_steps or use_probe:
@@ -497,7 +520,7 @@ def train(
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
     start = time.perf_counter()
-    scene = hits = asked = 0
+    scene, hits, asked = cfg.first_scene, 0, 0
     try:
         for step in range(cfg.steps):
             examples, covers, classes, scene = _examples(vlm, cfg, step, scene)
@@ -552,7 +575,8 @@ def train(
 
 
 def save_original(vlm: VLModel, source: Path, folder: Path) -> Path:
-    """Write ``vlm``'s weights in the original format, with ``source``'s other files.
+    """Write ``vlm``'s weights in the original format, with ``source``'s other files (not
+    its weights, nor a model card, which describes other weights).
 
     The loader's key plan (original key -> native tensor, the fused ``attn.qkv`` as three row
     ranges) is computed for ``source``'s ``config.json`` and run backwards, so the file has
@@ -583,7 +607,7 @@ def save_original(vlm: VLModel, source: Path, folder: Path) -> Path:
     for item in Path(source).iterdir():
         if (
             item.is_file()
-            and not item.name.endswith(".safetensors")
+            and not item.name.endswith((".safetensors", ".md"))
             and not item.name.startswith(".")
         ):
             shutil.copyfile(item, folder / item.name)
@@ -592,31 +616,48 @@ def save_original(vlm: VLModel, source: Path, folder: Path) -> Path:
 
 
 def run(
-    cfg: TrainConfig, out: Path, *, log: Any = print, save_every: int = 0
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    log: Any = print,
+    save_every: int = 0,
+    init: Path | str | None = None,
 ) -> tuple[Path, list[float], float]:
     """Build, train and save: ``(folder, losses, seconds)``.
 
     With ``save_every``, the weights so far are also written to ``out/step-N`` every
-    ``save_every`` steps.
+    ``save_every`` steps. ``init``: start from this checkpoint folder (original toy format,
+    e.g. an earlier run's ``step-N``; ``"toy"`` is the shipped one) instead of random weights;
+    set ``cfg.first_scene`` past the scenes it was trained on.
     """
     import torch
 
     from vltools.models import load_model
+    from vltools.toy import toy_checkpoint
 
     torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="vltools-toy-init-") as tmp:
-        init = initial_checkpoint(Path(tmp), seed=cfg.seed)
-        vlm = load_model(init, device="cpu", dtype="float32")
+        if init is None:
+            source = initial_checkpoint(Path(tmp), seed=cfg.seed)
+        else:
+            source = toy_checkpoint() if str(init) == "toy" else Path(init)
+            if not (source / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"init={str(init)!r} is not a checkpoint folder (no config.json there); "
+                    "pass a folder a run wrote (its --out or an out/step-N), or 'toy'."
+                )
+        vlm = load_model(source, device="cpu", dtype="float32")
         start = time.perf_counter()
         losses = train(
             vlm,
             cfg,
             log=log,
             every=save_every,
-            callback=lambda step: save_original(vlm, init, Path(out) / f"step-{step}"),
+            callback=lambda step: save_original(vlm, source, Path(out) / f"step-{step}"),
+            fresh=init is None,
         )
         seconds = time.perf_counter() - start
-        save_original(vlm, init, out)
+        save_original(vlm, source, out)
     return Path(out), losses, seconds
 
 
@@ -678,6 +719,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="weight of the image-token losses during the conversation steps",
     )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
+    parser.add_argument(
+        "--init",
+        metavar="DIR",
+        help="start from this checkpoint folder (e.g. an earlier run's step-N, or 'toy')",
+    )
+    parser.add_argument(
+        "--first-scene",
+        type=int,
+        default=TrainConfig.first_scene,
+        help="index of the first training scene (past an --init run's, for new scenes)",
+    )
     parser.add_argument("--n", type=int, default=300, help="held-out scenes per measurement")
     args = parser.parse_args(argv)
     if args.evaluate:
@@ -692,20 +744,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required to train (or pass --evaluate DIR)")
-    cfg = TrainConfig(
-        steps=args.steps,
-        tiles_per_step=args.tiles,
-        lr=args.lr,
-        seed=args.seed,
-        threads=args.threads,
-        vision_steps=args.vision_steps,
-        curriculum=parse_curriculum(args.curriculum),
-        probe_weight=args.probe_weight,
-    )
+    try:
+        cfg = TrainConfig(
+            steps=args.steps,
+            tiles_per_step=args.tiles,
+            lr=args.lr,
+            seed=args.seed,
+            threads=args.threads,
+            vision_steps=args.vision_steps,
+            curriculum=parse_curriculum(args.curriculum),
+            probe_weight=args.probe_weight,
+            first_scene=args.first_scene,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     folder, losses, seconds = run(
-        cfg, args.out, log=lambda s: print(s, flush=True), save_every=args.save_every
+        cfg,
+        args.out,
+        log=lambda s: print(s, flush=True),
+        save_every=args.save_every,
+        init=args.init,
     )
-    print(f"trained {cfg.steps} steps in {seconds:.0f}s; final loss {losses[-1]:.4f}; {folder}")
+    final = f"; final loss {losses[-1]:.4f}" if losses else ""
+    print(f"trained {cfg.steps} steps in {seconds:.0f}s{final}; {folder}")
     return 0
 
 
