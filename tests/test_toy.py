@@ -376,6 +376,7 @@ def test_the_written_checkpoint_loads_and_chats_through_the_normal_path(quick_ru
 def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, tmp_path):
     from safetensors.torch import load_file
 
+    from vltools.toy import toy_checkpoint
     from vltools.toy_train import main
 
     folder = tmp_path / "start"
@@ -388,6 +389,10 @@ def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, t
     after = load_file(str(tmp_path / "same" / "model.safetensors"))
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
     assert not (tmp_path / "same" / "MODEL_CARD.md").exists()
+    assert main(["--out", str(tmp_path / "toy"), "--init", "toy", "--steps", "0"]) == 0
+    shipped = load_file(str(toy_checkpoint() / "model.safetensors"))
+    again = load_file(str(tmp_path / "toy" / "model.safetensors"))
+    assert all((shipped[k] == again[k]).all() for k in shipped)
 
     lines: list[str] = []
     cfg = TrainConfig(steps=1, tiles_per_step=1, max_nums=(1,), threads=1, first_scene=1000)
