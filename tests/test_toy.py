@@ -232,6 +232,35 @@ def test_the_token_probe_scores_a_perfect_and_a_blind_feature_map_apart():
         probe(features, [cover, cover], [table, table])
 
 
+def test_the_mean_kind_head_reads_the_cover_weighted_mean_of_a_shapes_tokens():
+    import torch
+
+    from vltools.toy_targets import TokenProbe
+
+    scene = toy_scene(4)
+    table = label_classes(scene)
+    cover = np.zeros((1, 4, len(table)), np.float32)
+    cover[0, :, 0] = 1.0
+    cover[0, 1:3] = 0.0
+    cover[0, 1, [0, 1]] = (0.5, 0.5)  # half shape 1
+    cover[0, 2, 1] = 1.0  # all shape 1
+    cover[0, 3, [0, 1]] = (0.9, 0.1)  # below min_cover: not the shape's token
+    torch.manual_seed(0)
+    probe = TokenProbe(8, mean=True)
+    features = torch.randn(1, 4, 8)
+    result = probe(features, [cover], [table])
+    mean = (0.5 * features[0, 1] + features[0, 2]) / 1.5
+    want = torch.tensor([int(table[1, 1]) - 1])
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(probe.mean_kind(mean)[None], want)
+    assert result.averaged == pytest.approx(float(expected), rel=1e-5)
+    terms = result.colour + result.shape + result.pooled + result.averaged
+    assert result.loss.item() == pytest.approx(terms, rel=1e-5)
+    assert result.averaged_correct == int(probe.mean_kind(mean).detach().argmax() == want[0])
+    plain = TokenProbe(8)
+    assert plain.mean_kind is None and plain(features, [cover], [table]).averaged == 0.0
+
+
 def test_crop_features_of_a_whole_tile_are_the_models_own_image_features(quick_run):
     import torch
 
@@ -321,6 +350,7 @@ QUICK = TrainConfig(
     vision_max_nums=(2,),
     curriculum=((1, 1, ("colour",)),),
     probe_weight=0.5,
+    mean_kind=True,
 )
 
 

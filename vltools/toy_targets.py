@@ -93,10 +93,12 @@ class ProbeLoss:
     """One batch's token losses.
 
     Attributes:
-        loss: the sum of the three terms below (a scalar tensor, for ``backward``).
+        loss: the sum of the terms below (a scalar tensor, for ``backward``).
         colour, shape: each token's soft cross-entropy, averaged over tokens (floats).
         pooled: the max-pooled shape cross-entropy, averaged over shapes (0 if none).
         correct, total: shapes whose max-pooled kind was right, and shapes pooled.
+        averaged, averaged_correct: the same cross-entropy and count for the kind read from
+            the mean over a shape's tokens (0 when the probe has no ``mean`` head).
     """
 
     loss: Any
@@ -105,11 +107,18 @@ class ProbeLoss:
     pooled: float
     correct: int
     total: int
+    averaged: float = 0.0
+    averaged_correct: int = 0
 
     @property
     def accuracy(self) -> float:
         """Share of pooled shapes read right (nan when none was pooled)."""
         return self.correct / self.total if self.total else float("nan")
+
+    @property
+    def averaged_accuracy(self) -> float:
+        """Share of shapes whose mean-pooled kind was right (nan when none was pooled)."""
+        return self.averaged_correct / self.total if self.total else float("nan")
 
 
 class TokenProbe(torch.nn.Module):
@@ -118,13 +127,16 @@ class TokenProbe(torch.nn.Module):
     ``colour``: 1 + 6 classes (the background first); ``shape``: 1 + 4; ``kind``: the 4 shapes,
     read from the element-wise maximum over a shape's tokens (those it covers by at least
     ``min_cover``), so that one telling token (a corner, a point of the star) is enough.
+    ``mean=True`` adds ``mean_kind``: the kind read from the cover-weighted mean over the same
+    tokens, which is what attention that selects a shape's tokens by their colour sees.
     """
 
-    def __init__(self, width: int, *, min_cover: float = 0.25) -> None:
+    def __init__(self, width: int, *, min_cover: float = 0.25, mean: bool = False) -> None:
         super().__init__()
         self.colour = torch.nn.Linear(width, 1 + len(COLOURS))
         self.shape = torch.nn.Linear(width, 1 + len(SHAPES))
         self.kind = torch.nn.Linear(width, len(SHAPES))
+        self.mean_kind = torch.nn.Linear(width, len(SHAPES)) if mean else None
         self.min_cover = min_cover
 
     def forward(
@@ -143,7 +155,7 @@ class TokenProbe(torch.nn.Module):
                 f"covers hold {sum(c.shape[0] for c in covers)} tiles but features hold "
                 f"{features.shape[0]}."
             )
-        colour_terms, shape_terms, pooled, wanted = [], [], [], []
+        colour_terms, shape_terms, pooled, averaged, wanted = [], [], [], [], []
         start = 0
         for cover_np, table_np in zip(covers, classes, strict=True):
             count = cover_np.shape[0]
@@ -161,17 +173,25 @@ class TokenProbe(torch.nn.Module):
                 inside = cover[:, label] >= self.min_cover
                 if inside.any():
                     pooled.append(feats[inside].max(dim=0).values)
+                    weights = cover[inside, label]  # [tokens inside]
+                    averaged.append((weights[:, None] * feats[inside]).sum(0) / weights.sum())
                     wanted.append(int(table[label, 1]) - 1)
         colour = torch.cat(colour_terms).mean()
         shape = torch.cat(shape_terms).mean()
         loss = colour + shape
         pooled_loss, correct = torch.zeros(()), 0
+        mean_loss, mean_correct = torch.zeros(()), 0
         if pooled:
-            logits = self.kind(torch.stack(pooled))  # [shapes, 4]
             target = torch.tensor(wanted)
+            logits = self.kind(torch.stack(pooled))  # [shapes, 4]
             pooled_loss = torch.nn.functional.cross_entropy(logits, target)
             loss = loss + pooled_loss
             correct = int((logits.argmax(-1) == target).sum())
+            if self.mean_kind is not None:
+                mean_logits = self.mean_kind(torch.stack(averaged))  # [shapes, 4]
+                mean_loss = torch.nn.functional.cross_entropy(mean_logits, target)
+                loss = loss + mean_loss
+                mean_correct = int((mean_logits.argmax(-1) == target).sum())
         return ProbeLoss(
             loss,
             float(colour.detach()),
@@ -179,4 +199,6 @@ class TokenProbe(torch.nn.Module):
             float(pooled_loss.detach()),
             correct,
             len(wanted),
+            float(mean_loss.detach()),
+            mean_correct,
         )

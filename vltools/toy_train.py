@@ -85,7 +85,9 @@ class TrainConfig:
     Before them, ``vision_steps`` steps train the vision tower and the projector alone
     (:func:`pretrain_vision`): ``vision_crops`` crops of ``crop_side`` x ``crop_side`` patches
     a step from pictures cut with one of ``vision_max_nums`` (or panoramas, as below), lr
-    ``vision_lr``, on the token targets of :mod:`vltools.toy_targets`. With
+    ``vision_lr``, on the token targets of :mod:`vltools.toy_targets` (with ``mean_kind``,
+    also each shape's kind read from the mean over its tokens: see
+    :class:`~vltools.toy_targets.TokenProbe`). With
     ``probe_weight`` above 0 the conversation steps keep those token losses (times
     ``probe_weight``) beside the answers' loss.
 
@@ -114,6 +116,7 @@ class TrainConfig:
     vision_lr: float = 3e-3
     crop_side: int = 16
     probe_weight: float = 0.0
+    mean_kind: bool = False
     first_scene: int = 0
 
     def __post_init__(self) -> None:
@@ -448,7 +451,7 @@ def pretrain_vision(
     params = [p for _, p in named]
     model.train()
     losses: list[float] = []
-    correct = total = 0
+    correct = total = averaged = 0
     start = time.perf_counter()
     scene = VISION_FIRST_SCENE
     for step in range(cfg.vision_steps):
@@ -462,14 +465,16 @@ def pretrain_vision(
         opt.step()
         losses.append(result.loss.item())
         correct, total = correct + result.correct, total + result.total
+        averaged += result.averaged_correct
         if log is not None and ((step + 1) % log_every == 0 or step == cfg.vision_steps - 1):
             log(
                 f"vision {step + 1}/{cfg.vision_steps} loss {np.mean(losses[-log_every:]):.3f} "
                 f"colour {result.colour:.3f} shape {result.shape:.3f} pooled kind "
-                f"{correct}/{total} lr {lr_at(step):.2e} scenes {scene - VISION_FIRST_SCENE} "
+                f"{correct}/{total}{f' mean kind {averaged}/{total}' if cfg.mean_kind else ''} "
+                f"lr {lr_at(step):.2e} scenes {scene - VISION_FIRST_SCENE} "
                 f"{time.perf_counter() - start:.0f}s"
             )
-            correct = total = 0
+            correct = total = averaged = 0
     return losses
 
 
@@ -503,7 +508,8 @@ def train(
     use_probe = cfg.probe_weight > 0
     probe = None
     if cfg.vision_steps or use_probe:
-        probe = TokenProbe(model.model.multi_modal_projector.linear_2.out_features)
+        width = model.model.multi_modal_projector.linear_2.out_features
+        probe = TokenProbe(width, mean=cfg.mean_kind)
     if cfg.vision_steps:
         pretrain_vision(vlm, probe, cfg, log=log)
     named = list(model.named_parameters()) + (list(probe.named_parameters()) if use_probe else [])
@@ -718,6 +724,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=TrainConfig.probe_weight,
         help="weight of the image-token losses during the conversation steps",
     )
+    parser.add_argument(
+        "--mean-kind",
+        action="store_true",
+        help="the vision stage also reads each shape's kind from the mean of its tokens",
+    )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
     parser.add_argument(
         "--init",
@@ -754,6 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             vision_steps=args.vision_steps,
             curriculum=parse_curriculum(args.curriculum),
             probe_weight=args.probe_weight,
+            mean_kind=args.mean_kind,
             first_scene=args.first_scene,
         )
     except ValueError as error:
