@@ -316,7 +316,7 @@ def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(qui
 
 def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_run):
     from vltools.models import load_model
-    from vltools.toy_train import _examples, parse_curriculum
+    from vltools.toy_train import _examples, format_curriculum, parse_curriculum
 
     vlm = load_model(quick_run[0], device="cpu")
     cfg = TrainConfig(curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1)
@@ -332,6 +332,8 @@ def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_r
         (150, None, ("colour", "shape")),
     )
     assert parse_curriculum("") == ()
+    for text in ("", "60:1:colour", "40:1:colour,220:1:shape,180:any:colour+shape"):
+        assert format_curriculum(parse_curriculum(text)) == text
     for bad in ("60:1", "x:1:colour", "60:5:colour", "60:1:size", "60:1:"):
         with pytest.raises(ValueError, match="STEPS:COUNT:KINDS"):
             parse_curriculum(bad)
@@ -414,18 +416,27 @@ def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, t
     (folder / "MODEL_CARD.md").write_text("describes these weights only")
     # no steps: the weights come back exactly (a fresh start would reset the vision position
     # embedding to the sine-cosine code), and the card of the old weights is not copied
-    assert main(["--out", str(tmp_path / "same"), "--init", str(folder), "--steps", "0"]) == 0
+    no_steps = ["--steps", "0", "--vision-steps", "0"]
+    assert main(["--out", str(tmp_path / "same"), "--init", str(folder), *no_steps]) == 0
     before = load_file(str(folder / "model.safetensors"))
     after = load_file(str(tmp_path / "same" / "model.safetensors"))
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
     assert not (tmp_path / "same" / "MODEL_CARD.md").exists()
-    assert main(["--out", str(tmp_path / "toy"), "--init", "toy", "--steps", "0"]) == 0
+    assert main(["--out", str(tmp_path / "toy"), "--init", "toy", *no_steps]) == 0
     shipped = load_file(str(toy_checkpoint() / "model.safetensors"))
     again = load_file(str(tmp_path / "toy" / "model.safetensors"))
     assert all((shipped[k] == again[k]).all() for k in shipped)
 
     lines: list[str] = []
-    cfg = TrainConfig(steps=1, tiles_per_step=1, max_nums=(1,), threads=1, first_scene=1000)
+    cfg = TrainConfig(
+        steps=1,
+        tiles_per_step=1,
+        max_nums=(1,),
+        threads=1,
+        vision_steps=0,
+        curriculum=(),
+        first_scene=1000,
+    )
     run(cfg, tmp_path / "more", log=lines.append, init=folder)
     assert "scenes 1001 " in lines[-1], lines  # scene 1000 and on: not the first run's
     moved = load_file(str(tmp_path / "more" / "model.safetensors"))

@@ -53,6 +53,7 @@ __all__ = [
     "crop_features",
     "pretrain_vision",
     "parse_curriculum",
+    "format_curriculum",
     "train",
     "save_original",
     "run",
@@ -308,6 +309,14 @@ def parse_curriculum(text: str) -> tuple[tuple[int, int | None, tuple[str, ...]]
         count = None if fields[1] == "any" else int(fields[1])
         phases.append((int(fields[0]), count, kinds))
     return tuple(phases)
+
+
+def format_curriculum(phases: Sequence[tuple[int, int | None, Sequence[str]]]) -> str:
+    """The text :func:`parse_curriculum` reads back into ``phases`` (``""`` for none)."""
+    return ",".join(
+        f"{steps}:{'any' if count is None else count}:{'+'.join(kinds)}"
+        for steps, count, kinds in phases
+    )
 
 
 # The vision stage draws its scenes from here on: far above the conversation steps' indices and
@@ -715,8 +724,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps)
     parser.add_argument(
         "--curriculum",
-        default="",
-        help="first phases of the conversation steps, e.g. 60:1:colour,150:any:colour+shape",
+        default=format_curriculum(TrainConfig.curriculum),
+        help="first phases of the conversation steps, e.g. 60:1:colour,150:any:colour+shape "
+        "('' for none)",
     )
     parser.add_argument(
         "--probe-weight",
@@ -726,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--mean-kind",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.mean_kind,
         help="the vision stage also reads each shape's kind from the mean of its tokens",
     )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
