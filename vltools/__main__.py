@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat_template.jinja (the model's conversation template) and generation_config.json "
         "(its stop tokens).",
     )
-    convert.add_argument("source", metavar="SOURCE", help="Hub id, local folder, or 'tiny'")
+    convert.add_argument("source", metavar="SOURCE", help="Hub id, local folder, 'tiny' or 'toy'")
     convert.add_argument("dest", metavar="DEST", help="folder to write (new or empty)")
     convert.add_argument(
         "--dtype",

@@ -90,7 +90,7 @@ def resolve_source(
     at ``revision``; pickle weights too only with ``allow_pickle``)."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
-            f"source must be a Hub id, a local directory or 'tiny', not {type(source).__name__}"
+            f"source must be a Hub id, a local directory, 'tiny' or 'toy', not {type(source).__name__}"
         )
     text = os.fspath(source)
     if text == TINY:
@@ -117,7 +117,7 @@ def resolve_source(
     if looks_local:
         raise FileNotFoundError(
             f"No directory {text!r}. Pass an existing checkpoint directory, a Hub id like "
-            f"{DEFAULT_MODEL!r}, or 'tiny'."
+            f"{DEFAULT_MODEL!r}, 'tiny' or 'toy'."
         )
     return _download(text, revision, allow_pickle)
 
@@ -135,7 +135,7 @@ def _download(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
     except errors.RepositoryNotFoundError as e:
         raise FileNotFoundError(
             f"No Hub repository {repo_id!r} (or it is private). Check the id, or pass a local "
-            "directory or 'tiny'."
+            "directory, 'tiny' or 'toy'."
         ) from e
     except errors.RevisionNotFoundError as e:
         raise ValueError(f"{repo_id!r} has no revision {revision!r}.") from e

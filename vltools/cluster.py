@@ -338,7 +338,7 @@ def run_on_ray(
 
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
-            f"engine='ray' needs the model's source (a Hub id, a folder or 'tiny'), got "
+            f"engine='ray' needs the model's source (a Hub id, a folder, 'tiny' or 'toy'), got "
             f"{type(source).__name__}: each worker loads its own copy. Pass the string you gave "
             "load_model, or use engine='local' for a loaded model."
         )

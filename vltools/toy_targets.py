@@ -115,11 +115,6 @@ class ProbeLoss:
         """Share of pooled shapes read right (nan when none was pooled)."""
         return self.correct / self.total if self.total else float("nan")
 
-    @property
-    def averaged_accuracy(self) -> float:
-        """Share of shapes whose mean-pooled kind was right (nan when none was pooled)."""
-        return self.averaged_correct / self.total if self.total else float("nan")
-
 
 class TokenProbe(torch.nn.Module):
     """Training-only heads on the image tokens the language model reads (``[..., width]``).
@@ -173,8 +168,9 @@ class TokenProbe(torch.nn.Module):
                 inside = cover[:, label] >= self.min_cover
                 if inside.any():
                     pooled.append(feats[inside].max(dim=0).values)
-                    weights = cover[inside, label]  # [tokens inside]
-                    averaged.append((weights[:, None] * feats[inside]).sum(0) / weights.sum())
+                    if self.mean_kind is not None:
+                        weights = cover[inside, label]  # [tokens inside]
+                        averaged.append((weights[:, None] * feats[inside]).sum(0) / weights.sum())
                     wanted.append(int(table[label, 1]) - 1)
         colour = torch.cat(colour_terms).mean()
         shape = torch.cat(shape_terms).mean()
@@ -187,7 +183,7 @@ class TokenProbe(torch.nn.Module):
             pooled_loss = torch.nn.functional.cross_entropy(logits, target)
             loss = loss + pooled_loss
             correct = int((logits.argmax(-1) == target).sum())
-            if self.mean_kind is not None:
+            if averaged:
                 mean_logits = self.mean_kind(torch.stack(averaged))  # [shapes, 4]
                 mean_loss = torch.nn.functional.cross_entropy(mean_logits, target)
                 loss = loss + mean_loss

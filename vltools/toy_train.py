@@ -121,9 +121,9 @@ class TrainConfig:
     first_scene: int = 0
 
     def __post_init__(self) -> None:
-        first = self.first_scene
-        last = first + self.steps * self.tiles_per_step if isinstance(first, int) else -1
-        if not isinstance(first, int) or first < 0 or last > VISION_FIRST_SCENE:
+        first = self.first_scene  # below, a scene is at least one tile of a step
+        most = self.steps * self.tiles_per_step
+        if not isinstance(first, int) or first < 0 or first + most > VISION_FIRST_SCENE:
             raise ValueError(
                 f"first_scene={first!r}: the conversation steps ({self.steps} of at most "
                 f"{self.tiles_per_step} scenes) must draw from scenes 0 to "
@@ -647,15 +647,15 @@ def run(
     """
     import torch
 
+    from vltools.checkpoints import resolve_source
     from vltools.models import load_model
-    from vltools.toy import toy_checkpoint
 
     torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="vltools-toy-init-") as tmp:
         if init is None:
             source = initial_checkpoint(Path(tmp), seed=cfg.seed)
         else:
-            source = toy_checkpoint() if str(init) == "toy" else Path(init)
+            source = resolve_source(init)
             if not (source / "config.json").is_file():
                 raise FileNotFoundError(
                     f"init={str(init)!r} is not a checkpoint folder (no config.json there); "
