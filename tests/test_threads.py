@@ -8,6 +8,7 @@ import pytest
 
 from vltools.threads import (
     THREAD_PREFIX,
+    build_ahead,
     cancel_and_wait,
     on_pool_thread,
     pool_size,
@@ -58,3 +59,65 @@ def test_a_forked_child_gets_a_pool_of_its_own():
 
 def _pool_works_in_child() -> bool:
     return shared_pool().submit(lambda: True).result(timeout=30)
+
+
+def _batch(step: int, start: int) -> tuple[int, str, list[int], int]:
+    """A step's "batch": scenes from ``start``, as many as the step's number plus one."""
+    scenes = list(range(start, start + step + 1))
+    return step, threading.current_thread().name, scenes, start + len(scenes)
+
+
+def test_build_ahead_gives_the_batches_in_order_each_built_on_the_pool_ahead_of_its_step():
+    made: list[int] = []
+
+    def make(step: int, start: int):
+        made.append(step)
+        return _batch(step, start)
+
+    batches = build_ahead(make, 4, 10)
+    one = next(batches)
+    assert one[0] == 0 and one[2] == [10] and one[1].startswith(THREAD_PREFIX)
+    shared_pool().submit(lambda: None).result(timeout=30)  # let the queued job start
+    for _ in range(300):  # the next step is built while the caller holds this one
+        if 1 in made:
+            break
+        threading.Event().wait(0.01)
+    assert made == [0, 1]
+    rest = list(batches)
+    assert [b[0] for b in rest] == [1, 2, 3]
+    assert [b[2] for b in rest] == [[11, 12], [13, 14, 15], [16, 17, 18, 19]]
+    sequential, start = [], 10
+    for step in range(4):
+        result = _batch(step, start)
+        sequential.append(result[2])
+        start = result[-1]
+    assert [one[2], *(b[2] for b in rest)] == sequential
+    assert list(build_ahead(make, 0, 10)) == []
+
+
+def test_build_ahead_raises_a_failed_step_at_that_step_and_waits_for_the_next_when_closed():
+    def make(step: int, start: int):
+        if step == 2:
+            raise ValueError(f"no scenes for step {step}")
+        return _batch(step, start)
+
+    batches = build_ahead(make, 5, 0)
+    assert next(batches)[0] == 0 and next(batches)[0] == 1
+    with pytest.raises(ValueError, match="no scenes for step 2"):
+        next(batches)
+    started, release = threading.Event(), threading.Event()
+    finished: list[int] = []
+
+    def slow(step: int, start: int):
+        if step == 1:
+            started.set()
+            release.wait(timeout=30)
+            finished.append(step)
+        return _batch(step, start)
+
+    early = build_ahead(slow, 3, 0)
+    assert next(early)[0] == 0
+    assert started.wait(timeout=30)  # step 1 is being built, and blocks
+    threading.Timer(0.2, release.set).start()
+    early.close()
+    assert finished == [1]  # closing waited for it

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-__all__ = ["THREAD_PREFIX", "cancel_and_wait", "on_pool_thread", "pool_size", "shared_pool"]
+__all__ = [
+    "THREAD_PREFIX",
+    "build_ahead",
+    "cancel_and_wait",
+    "on_pool_thread",
+    "pool_size",
+    "shared_pool",
+]
 
 # The name every pool thread's name starts with.
 THREAD_PREFIX = "vltools-pool"
@@ -59,3 +66,24 @@ def cancel_and_wait(futures: Iterable[Future | None]) -> None:
     """
     running = [f for f in futures if f is not None and not f.cancel()]
     wait(running)
+
+
+def build_ahead(make: Callable[[int, int], tuple], steps: int, first: int) -> Iterator[tuple]:
+    """``make(step, start)`` for ``step`` = 0 .. ``steps - 1`` in order, each built on the pool
+    while the caller works on the one before.
+
+    Each result is a tuple whose last item is the next step's ``start`` (the first is
+    ``first``): a training loop's batches, where a batch's scenes follow the previous batch's.
+    The results are those of calling ``make`` one step after another; only the time differs.
+    Closing the iterator early (or an error in the caller's loop, with ``contextlib.closing``)
+    drops or waits for the batch being built; an error in ``make`` is raised at its step.
+    """
+    pool = shared_pool()
+    future = pool.submit(make, 0, first) if steps > 0 else None
+    try:
+        for step in range(steps):
+            result = future.result()
+            future = pool.submit(make, step + 1, result[-1]) if step + 1 < steps else None
+            yield result
+    finally:
+        cancel_and_wait([future])

@@ -23,6 +23,7 @@ comes from a seeded generator, torch is seeded, and the run uses two threads by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vltools.constants import IM_END
+from vltools.threads import build_ahead
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -462,28 +464,30 @@ def pretrain_vision(
     losses: list[float] = []
     correct = total = averaged = 0
     start = time.perf_counter()
-    scene = VISION_FIRST_SCENE
-    for step in range(cfg.vision_steps):
-        pixels, offsets, covers, classes, scene = _crop_batch(cfg, step, scene)
-        result = probe(crop_features(model, pixels, offsets), covers, classes)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        result.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(result.loss.item())
-        correct, total = correct + result.correct, total + result.total
-        averaged += result.averaged_correct
-        if log is not None and ((step + 1) % log_every == 0 or step == cfg.vision_steps - 1):
-            log(
-                f"vision {step + 1}/{cfg.vision_steps} loss {np.mean(losses[-log_every:]):.3f} "
-                f"colour {result.colour:.3f} shape {result.shape:.3f} pooled kind "
-                f"{correct}/{total}{f' mean kind {averaged}/{total}' if cfg.mean_kind else ''} "
-                f"lr {lr_at(step):.2e} scenes {scene - VISION_FIRST_SCENE} "
-                f"{time.perf_counter() - start:.0f}s"
-            )
-            correct = total = averaged = 0
+    batches = build_ahead(
+        lambda step, first: _crop_batch(cfg, step, first), cfg.vision_steps, VISION_FIRST_SCENE
+    )
+    with contextlib.closing(batches):  # on an error too, a batch still being built is waited for
+        for step, (pixels, offsets, covers, classes, scene) in enumerate(batches):
+            result = probe(crop_features(model, pixels, offsets), covers, classes)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            result.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(result.loss.item())
+            correct, total = correct + result.correct, total + result.total
+            averaged += result.averaged_correct
+            if log is not None and ((step + 1) % log_every == 0 or step == cfg.vision_steps - 1):
+                log(
+                    f"vision {step + 1}/{cfg.vision_steps} loss {np.mean(losses[-log_every:]):.3f} "
+                    f"colour {result.colour:.3f} shape {result.shape:.3f} pooled kind "
+                    f"{correct}/{total}{f' mean kind {averaged}/{total}' if cfg.mean_kind else ''} "
+                    f"lr {lr_at(step):.2e} scenes {scene - VISION_FIRST_SCENE} "
+                    f"{time.perf_counter() - start:.0f}s"
+                )
+                correct = total = averaged = 0
     return losses
 
 
@@ -535,10 +539,12 @@ def train(
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
     start = time.perf_counter()
-    scene, hits, asked = cfg.first_scene, 0, 0
+    hits = asked = 0
+    batches = build_ahead(
+        lambda step, first: _examples(vlm, cfg, step, first), cfg.steps, cfg.first_scene
+    )
     try:
-        for step in range(cfg.steps):
-            examples, covers, classes, scene = _examples(vlm, cfg, step, scene)
+        for step, (examples, covers, classes, scene) in enumerate(batches):
             input_ids, labels, mask, pixel_values = _batch(examples, pad)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -581,6 +587,7 @@ def train(
                 callback(step + 1)
                 model.train()
     finally:
+        batches.close()  # a batch still being built is waited for
         if hook is not None:
             hook.remove()
     model.eval()
