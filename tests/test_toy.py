@@ -60,7 +60,8 @@ def test_every_answer_matches_what_was_drawn():
         elif scene.kind == "count":
             assert scene.answer == str(len(scene.shapes)) and scene.box is None
         elif scene.kind == "presence":
-            words = scene.question.removeprefix("Is there a ").removesuffix("?").split()
+            article, *words = scene.question.removeprefix("Is there ").removesuffix("?").split()
+            assert article == ("an" if words[0] == "orange" else "a"), scene.question
             present = (words[0], words[1]) in {(c, s) for c, s, _ in scene.shapes}
             assert scene.answer == ("yes" if present else "no")
             assert (scene.box is not None) == present
@@ -128,6 +129,9 @@ def test_follow_up_questions_never_name_a_shape_another_question_names():
         for question, answer, kind in more:
             if kind == "presence":
                 assert answer == "no"
+                assert question.startswith(
+                    "Is there an " if " orange " in question else "Is there a "
+                )
                 continue
             words = set(question.rstrip("?").split())
             (name,) = words & (set(SHAPES) | set(COLOURS))
@@ -441,6 +445,17 @@ def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, t
     assert "scenes 1001 " in lines[-1], lines  # scene 1000 and on: not the first run's
     moved = load_file(str(tmp_path / "more" / "model.safetensors"))
     assert any(not (moved[k] == before[k]).all() for k in before)
+
+    # --freeze-vision: the step trains the projector and the language model, not the tower
+    args = ["--steps", "1", "--tiles", "1", "--threads", "1", "--vision-steps", "0"]
+    args += ["--curriculum", "", "--first-scene", "1000", "--freeze-vision"]
+    assert main(["--out", str(tmp_path / "frozen"), "--init", str(folder), *args]) == 0
+    frozen = load_file(str(tmp_path / "frozen" / "model.safetensors"))
+    changed = {k for k in before if not (frozen[k] == before[k]).all()}
+    assert changed and not any(k.startswith("vision_model.") for k in changed), changed
+    assert any(k.startswith("mlp1.") for k in changed) and any(
+        k.startswith("language_model.") for k in changed
+    )
 
 
 def test_bad_continuations_are_refused_with_the_fix(tmp_path):

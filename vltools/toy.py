@@ -325,13 +325,19 @@ def toy_scene(
         box_out = a[2]
     else:
         if rng.random() < 0.5:
-            question, answer = f"Is there a {colour} {shape}?", "yes"
+            question, answer = _presence(colour, shape), "yes"
         else:
             present = {(c, s) for c, s, _ in drawn}
             options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
             c, s = options[int(rng.integers(len(options)))]
-            question, answer, box_out = f"Is there a {c} {s}?", "no", None
+            question, answer, box_out = _presence(c, s), "no", None
     return Scene(image, question, answer, kind, box_out, drawn)
+
+
+def _presence(colour: str, shape: str) -> str:
+    """``Is there a red circle?``, ``Is there an orange star?``."""
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"Is there {article} {colour} {shape}?"
 
 
 def shape_mask(scene: Scene) -> Image.Image:
@@ -374,7 +380,7 @@ def follow_ups(scene: Scene, *, seed: int, n: int) -> list[tuple[str, str, str]]
         present = {(c, s) for c, s, _ in scene.shapes}
         options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
         c, s = options[int(rng.integers(len(options)))]
-        out.append((f"Is there a {c} {s}?", "no", "presence"))
+        out.append((_presence(c, s), "no", "presence"))
     order = rng.permutation(len(out))
     return [out[int(i)] for i in order][:n]
 

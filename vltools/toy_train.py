@@ -92,7 +92,9 @@ class TrainConfig:
     also each shape's kind read from the mean over its tokens: see
     :class:`~vltools.toy_targets.TokenProbe`). With
     ``probe_weight`` above 0 the conversation steps keep those token losses (times
-    ``probe_weight``) beside the answers' loss.
+    ``probe_weight``) beside the answers' loss. ``freeze_vision``: the conversation steps train
+    the projector and the language model only, so the vision tower keeps the features the
+    vision stage taught it (and the backward pass stops at the projector).
 
     ``first_scene``: the conversation steps draw scenes ``first_scene, first_scene + 1, ...``;
     a run that goes on from another's checkpoint sets it past the scenes that run drew (its
@@ -120,6 +122,7 @@ class TrainConfig:
     crop_side: int = 16
     probe_weight: float = 0.0
     mean_kind: bool = False
+    freeze_vision: bool = False
     first_scene: int = 0
 
     def __post_init__(self) -> None:
@@ -525,7 +528,10 @@ def train(
         probe = TokenProbe(width, mean=cfg.mean_kind)
     if cfg.vision_steps:
         pretrain_vision(vlm, probe, cfg, log=log)
-    named = list(model.named_parameters()) + (list(probe.named_parameters()) if use_probe else [])
+    if cfg.freeze_vision:  # the backward pass then stops at the projector
+        model.model.vision_tower.requires_grad_(False)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named += list(probe.named_parameters()) if use_probe else []
     opt = _optimizer(named, cfg, cfg.lr)
     lr_at = _schedule(cfg.lr, cfg.warmup, cfg.steps)
     params = [p for _, p in named]
@@ -747,6 +753,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=TrainConfig.mean_kind,
         help="the vision stage also reads each shape's kind from the mean of its tokens",
     )
+    parser.add_argument(
+        "--freeze-vision",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.freeze_vision,
+        help="the conversation steps leave the vision tower as the vision stage left it",
+    )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
     parser.add_argument(
         "--init",
@@ -784,6 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             curriculum=parse_curriculum(args.curriculum),
             probe_weight=args.probe_weight,
             mean_kind=args.mean_kind,
+            freeze_vision=args.freeze_vision,
             first_scene=args.first_scene,
         )
     except ValueError as error:
