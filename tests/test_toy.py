@@ -439,12 +439,13 @@ def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, t
         threads=1,
         vision_steps=0,
         curriculum=(),
+        freeze_vision=False,
         first_scene=1000,
     )
     run(cfg, tmp_path / "more", log=lines.append, init=folder)
     assert "scenes 1001 " in lines[-1], lines  # scene 1000 and on: not the first run's
     moved = load_file(str(tmp_path / "more" / "model.safetensors"))
-    assert any(not (moved[k] == before[k]).all() for k in before)
+    assert any(not (moved[k] == before[k]).all() for k in before if k.startswith("vision_model."))
 
     # --freeze-vision: the step trains the projector and the language model, not the tower
     args = ["--steps", "1", "--tiles", "1", "--threads", "1", "--vision-steps", "0"]
@@ -478,7 +479,7 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
 # Lower bounds for the shipped weights on the small held-out sets below (measured: see
 # MODEL_CARD.md); a mapping bug (tile order, thumbnail, transposed grid) drops the attention
 # ratio to about 1.
-COLOUR_FLOOR = 0.25
+COLOUR_FLOOR = 0.33
 SHAPE_FLOOR = 0.3
 ATTENTION_FLOOR = 5.0
 

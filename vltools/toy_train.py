@@ -9,12 +9,12 @@ card's tiling (:func:`vltools.images.load_image`), trained on the answer tokens,
 written back in the original format (original key names, the fused vision ``attn.qkv``)
 through the loader's own key plan (:func:`vltools.models.plan_conversion`, run backwards).
 
-Optional stages before and beside the answers (off by default; the model card says what
-they measured): a vision stage on crops of tiles with per-token targets
-(:func:`pretrain_vision`, :mod:`vltools.toy_targets`), a curriculum of simpler conversations
-first, and the per-token losses kept during the conversations. A run can also start from
-a checkpoint instead of random weights (``run(..., init=DIR)``, ``--init DIR``), such as a
-``step-N`` folder an earlier run saved, and go on with other phases on new scenes.
+The stages (the model card says what each measured): a vision stage on crops of tiles with
+per-token targets (:func:`pretrain_vision`, :mod:`vltools.toy_targets`), then the
+conversations, first a curriculum of simpler ones, with the vision tower frozen (all of it the
+defaults); optionally the per-token losses kept during the conversations. A run can also
+start from a checkpoint instead of random weights (``run(..., init=DIR)``, ``--init DIR``),
+such as a ``step-N`` folder an earlier run saved, and go on with other phases on new scenes.
 
 Deterministic: the scenes are a function of their index, the tiling budget of each example
 comes from a seeded generator, torch is seeded, and the run uses two threads by default.
@@ -83,7 +83,8 @@ class TrainConfig:
     kinds)``: that many steps of pictures with ``count`` shapes (None: any number) and only
     questions (the scene's own and its follow-ups) of ``kinds``, one tile each. The language
     model learns to read one colour in a minute but shapes, and which colour goes with which
-    shape, slowly when it starts on the full mix (see the model card).
+    shape, slowly when it starts on the full mix (see the model card). The default curriculum
+    fills all the default steps, so the budgets above apply only to steps past it.
 
     Before them, ``vision_steps`` steps train the vision tower and the projector alone
     (:func:`pretrain_vision`): ``vision_crops`` crops of ``crop_side`` x ``crop_side`` patches
@@ -102,9 +103,9 @@ class TrainConfig:
     vision stage's and the held-out sets' (:data:`VISION_FIRST_SCENE`).
     """
 
-    steps: int = 200
+    steps: int = 420
     tiles_per_step: int = 16
-    lr: float = 2e-3
+    lr: float = 1.5e-3
     warmup: int = 20
     weight_decay: float = 0.01
     seed: int = 0
@@ -114,15 +115,19 @@ class TrainConfig:
     wide_max_nums: tuple[int, ...] = (6, 12)
     follow_ups: int = 6
     threads: int = 2
-    curriculum: tuple[tuple[int, int | None, tuple[str, ...]], ...] = ()
-    vision_steps: int = 0
+    curriculum: tuple[tuple[int, int | None, tuple[str, ...]], ...] = (
+        (100, 1, ("colour", "shape")),
+        (120, 2, ("colour", "shape", "position")),
+        (200, None, ("colour", "shape", "count", "position", "presence")),
+    )
+    vision_steps: int = 1300
     vision_crops: int = 32
     vision_max_nums: tuple[int, ...] = (2, 4, 6)
     vision_lr: float = 3e-3
     crop_side: int = 16
     probe_weight: float = 0.0
-    mean_kind: bool = False
-    freeze_vision: bool = False
+    mean_kind: bool = True
+    freeze_vision: bool = True
     first_scene: int = 0
 
     def __post_init__(self) -> None:
