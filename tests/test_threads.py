@@ -69,19 +69,18 @@ def _batch(step: int, start: int) -> tuple[int, str, list[int], int]:
 
 def test_build_ahead_gives_the_batches_in_order_each_built_on_the_pool_ahead_of_its_step():
     made: list[int] = []
+    second = threading.Event()
 
     def make(step: int, start: int):
         made.append(step)
+        if step == 1:
+            second.set()
         return _batch(step, start)
 
     batches = build_ahead(make, 4, 10)
     one = next(batches)
     assert one[0] == 0 and one[2] == [10] and one[1].startswith(THREAD_PREFIX)
-    shared_pool().submit(lambda: None).result(timeout=30)  # let the queued job start
-    for _ in range(300):  # the next step is built while the caller holds this one
-        if 1 in made:
-            break
-        threading.Event().wait(0.01)
+    assert second.wait(timeout=30)  # the next step is built while the caller holds this one
     assert made == [0, 1]
     rest = list(batches)
     assert [b[0] for b in rest] == [1, 2, 3]
