@@ -465,10 +465,15 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
             TrainConfig(first_scene=first)
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder.*or 'toy'"):
         run(TrainConfig(steps=0, threads=1), tmp_path / "out", log=None, init=tmp_path)
-    with pytest.raises(SystemExit):
-        from vltools.toy_train import main
+    # a frozen random tower: the conversations could never learn to read the pictures
+    with pytest.raises(ValueError, match=r"vision_steps=0 and no init.*--no-freeze-vision"):
+        run(TrainConfig(steps=1, vision_steps=0, threads=1), tmp_path / "out", log=None)
+    assert not (tmp_path / "out").exists()
+    from vltools.toy_train import main
 
-        main(["--out", str(tmp_path / "out"), "--first-scene", "-5"])
+    for argv in (["--first-scene", "-5"], ["--vision-steps", "0", "--freeze-vision"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "out"), *argv])
 
 
 # ---------------------------------------------------------------------------------------------

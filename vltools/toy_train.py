@@ -648,6 +648,16 @@ def save_original(vlm: VLModel, source: Path, folder: Path) -> Path:
     return folder
 
 
+def _refuse_frozen_random_tower(cfg: TrainConfig, init: Path | str | None) -> None:
+    if init is None and cfg.freeze_vision and cfg.steps and not cfg.vision_steps:
+        raise ValueError(
+            f"freeze_vision=True with vision_steps=0 and no init: the {cfg.steps} conversation "
+            "steps would train on a random vision tower that never changes. Give the vision "
+            "stage steps (--vision-steps N), start from trained weights (--init DIR), or let "
+            "the conversations train the tower (--no-freeze-vision, freeze_vision=False)."
+        )
+
+
 def run(
     cfg: TrainConfig,
     out: Path,
@@ -661,13 +671,15 @@ def run(
     With ``save_every``, the weights so far are also written to ``out/step-N`` every
     ``save_every`` steps. ``init``: start from this checkpoint folder (original toy format,
     e.g. an earlier run's ``step-N``; ``"toy"`` is the shipped one) instead of random weights;
-    set ``cfg.first_scene`` past the scenes it was trained on.
+    set ``cfg.first_scene`` past the scenes it was trained on. Refuses to freeze a random
+    vision tower (``freeze_vision`` with no vision stage and no ``init``).
     """
     import torch
 
     from vltools.checkpoints import resolve_source
     from vltools.models import load_model
 
+    _refuse_frozen_random_tower(cfg, init)
     torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="vltools-toy-init-") as tmp:
         if init is None:
@@ -804,6 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             freeze_vision=args.freeze_vision,
             first_scene=args.first_scene,
         )
+        _refuse_frozen_random_tower(cfg, args.init)
     except ValueError as error:
         parser.error(str(error))
     folder, losses, seconds = run(
