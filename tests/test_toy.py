@@ -487,6 +487,7 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
 COLOUR_FLOOR = 0.33
 SHAPE_FLOOR = 0.3
 ATTENTION_FLOOR = 5.0
+TILING_GAIN = 0.1  # panoramas: up to 12 tiles against one (measured 13/40 against 6/40)
 
 
 @pytest.fixture(scope="module")
@@ -530,6 +531,15 @@ def test_the_shipped_toy_model_reaches_the_issues_90_percent_on_colour_and_shape
 ):
     assert colour_shape_score.accuracy["colour"] >= 0.9, colour_shape_score
     assert colour_shape_score.accuracy["shape"] >= 0.9, colour_shape_score
+
+
+def test_tiling_matters_on_panoramas_with_small_shapes(toy_model):
+    # one tile squashes a 4:1 to 6.5:1 panorama into a square, and its small shapes into
+    # slivers; up to 12 tiles keep them legible (the issue's tiling comparison, model card)
+    scenes = list(toy_scenes(40, seed=13, style="wide_small", kinds=("colour", "shape")))
+    single = score(toy_model, scenes, max_num=1)
+    tiled = score(toy_model, scenes, max_num=12)
+    assert tiled.overall >= single.overall + TILING_GAIN, (single, tiled)
 
 
 def test_the_answer_token_attends_inside_the_asked_shapes_box(toy_model):

@@ -83,8 +83,10 @@ class TrainConfig:
     kinds)``: that many steps of pictures with ``count`` shapes (None: any number) and only
     questions (the scene's own and its follow-ups) of ``kinds``, one tile each. The language
     model learns to read one colour in a minute but shapes, and which colour goes with which
-    shape, slowly when it starts on the full mix (see the model card). The default curriculum
-    fills all the default steps, so the budgets above apply only to steps past it.
+    shape, slowly when it starts on the full mix (see the model card). By default the last 80
+    steps come after the curriculum: pictures of every kind cut with several tiles, and
+    panoramas with small shapes (``single_share`` 0), which teach the language model to read
+    a picture of many tiles (the tiling comparison of the model card comes from them).
 
     Before them, ``vision_steps`` steps train the vision tower and the projector alone
     (:func:`pretrain_vision`): ``vision_crops`` crops of ``crop_side`` x ``crop_side`` patches
@@ -103,13 +105,13 @@ class TrainConfig:
     vision stage's and the held-out sets' (:data:`VISION_FIRST_SCENE`).
     """
 
-    steps: int = 420
+    steps: int = 440
     tiles_per_step: int = 16
     lr: float = 1.5e-3
     warmup: int = 20
     weight_decay: float = 0.01
     seed: int = 0
-    single_share: float = 0.5
+    single_share: float = 0.0
     max_nums: tuple[int, ...] = (1, 2, 4, 6)
     wide_share: float = 0.3
     wide_max_nums: tuple[int, ...] = (6, 12)
@@ -118,9 +120,9 @@ class TrainConfig:
     curriculum: tuple[tuple[int, int | None, tuple[str, ...]], ...] = (
         (100, 1, ("colour", "shape")),
         (120, 2, ("colour", "shape", "position")),
-        (200, None, ("colour", "shape", "count", "position", "presence")),
+        (140, None, ("colour", "shape", "count", "position", "presence")),
     )
-    vision_steps: int = 1300
+    vision_steps: int = 1250
     vision_crops: int = 32
     vision_max_nums: tuple[int, ...] = (2, 4, 6)
     vision_lr: float = 3e-3
