@@ -15,7 +15,9 @@ from vltools.toy import (
     COLOURS,
     KINDS,
     SHAPES,
+    all_questions,
     box_attention,
+    conversations,
     follow_ups,
     score,
     shape_mask,
@@ -141,6 +143,60 @@ def test_follow_up_questions_never_name_a_shape_another_question_names():
         assert len(named) == len(set(named))  # each shape at most once
         if scene.kind in ("colour", "shape", "presence"):
             assert not asked & set(named)  # never the shape the first question is about
+
+
+def test_all_questions_ask_every_shape_both_ways_and_every_answer_is_what_was_drawn():
+    for seed in range(60):
+        scene = toy_scene(seed)
+        asked = all_questions(scene, seed=seed)
+        assert all_questions(scene, seed=seed) == asked  # a function of the seed
+        kinds = [kind for _, _, kind in asked]
+        assert kinds.count("colour") == kinds.count("shape") == len(scene.shapes)
+        assert kinds.count("count") == 1 and kinds.count("presence") == 2
+        assert kinds.count("position") <= 2 and len(set(asked)) == len(asked)
+        drawn = {(c, s) for c, s, _ in scene.shapes}
+        for question, answer, kind in asked:
+            words = set(question.rstrip("?").split())
+            if kind == "colour":
+                (shape,) = words & set(SHAPES)
+                assert (answer, shape) in drawn
+            elif kind == "shape":
+                (colour,) = words & set(COLOURS)
+                assert (colour, answer) in drawn
+            elif kind == "count":
+                assert answer == str(len(scene.shapes))
+            elif kind == "presence":
+                (colour,), (shape,) = words & set(COLOURS), words & set(SHAPES)
+                assert answer == ("yes" if (colour, shape) in drawn else "no")
+            else:  # the relation of the two named shapes' boxes
+                boxes = {(c, s): b for c, s, b in scene.shapes}
+                said = question.rstrip("?").split()
+                a, b = [(w, said[i + 1]) for i, w in enumerate(said) if w in COLOURS]
+                (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a], boxes[b]
+                expected = {
+                    "left": ax1 <= bx0,
+                    "right": bx1 <= ax0,
+                    "above": ay1 <= by0,
+                    "below": by1 <= ay0,
+                }
+                assert expected[answer]
+
+
+def test_conversations_hold_every_question_once_and_never_give_an_answer_away():
+    names = set(COLOURS) | set(SHAPES)
+    for seed in range(60):
+        asked = all_questions(toy_scene(seed), seed=seed)
+        groups = conversations(asked, seed=seed, turns=3)
+        assert sorted(q for g in groups for q in g) == sorted(asked)
+        assert conversations(asked, seed=seed, turns=3) == groups
+        for group in groups:
+            assert 1 <= len(group) <= 3
+            words = [set(f"{q} {a}".replace("?", " ").split()) & names for q, a, _ in group]
+            for i, mine in enumerate(words):
+                assert not any(mine & other for other in words[i + 1 :]), group
+    assert all(len(g) == 1 for g in conversations(asked, seed=0, turns=1))
+    with pytest.raises(ValueError, match="turns=0"):
+        conversations(asked, seed=0, turns=0)
 
 
 def test_sincos_positions_give_the_class_token_zeros_and_each_patch_its_own_code():
@@ -318,18 +374,64 @@ def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(qui
     assert tok.decode(ids) == prompt + "no" + IM_END
 
 
-def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_run):
+def test_packed_branches_give_each_question_exactly_its_own_first_turn_logits(quick_run):
+    """One row holds the image prefix once and every conversation after it; with the branch
+    mask and positions each answer sees exactly the prompt chat builds for its conversation
+    alone (a leak between branches, or a position off by one, changes the logits)."""
+    import torch
+
+    from vltools.images import load_image
+    from vltools.models import load_model
+    from vltools.toy_train import _batch, encode_branches, encode_example
+
+    vlm = load_model(quick_run[0], device="cpu")
+    scene = toy_scene(3, count=3)
+    tiled = load_image(scene.image, max_num=2)
+    asked = [[(q, a) for q, a, _ in g] for g in conversations(all_questions(scene, seed=3), seed=3)]
+    assert max(len(turns) for turns in asked) > 1  # some branches are conversations
+    packed = encode_branches(vlm, tiled, asked)
+    short = encode_branches(vlm, load_image(toy_scene(4).image, max_num=1), asked[:2])
+    ids, labels, mask, pixels, positions = _batch([packed, short], 0)  # padding in row 2
+    assert mask.shape == (2, 1, ids.shape[1], ids.shape[1])
+    assert pixels.shape[0] == tiled.num_tiles + 1
+    with torch.no_grad():
+        hidden = vlm.model.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels
+        ).last_hidden_state
+    segments = torch.tensor(packed[4])
+    for branch, ((question, answer), *more) in enumerate(asked, start=1):
+        alone = encode_example(
+            vlm, {"question": question, "answer": answer}, max_num=2, more=more, tiled=tiled
+        )
+        one_ids, one_labels, one_mask, one_pixels, none = _batch([alone], 0)
+        assert none is None
+        with torch.no_grad():
+            expected = vlm.model.model(
+                input_ids=one_ids, attention_mask=one_mask, pixel_values=one_pixels
+            ).last_hidden_state[0]
+        keep = (segments == 0) | (segments == branch)
+        assert ids[0, : len(segments)][keep].tolist() == one_ids[0].tolist()
+        assert labels[0, : len(segments)][keep].tolist() == one_labels[0].tolist()
+        assert torch.allclose(hidden[0, : len(segments)][keep], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("branches", [False, True])
+def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_run, branches):
     from vltools.models import load_model
     from vltools.toy_train import _examples, format_curriculum, parse_curriculum
 
     vlm = load_model(quick_run[0], device="cpu")
-    cfg = TrainConfig(curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1)
+    cfg = TrainConfig(
+        curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1, branches=branches
+    )
     examples, _, _, _ = _examples(vlm, cfg, 0, 0)  # step 0: the phase
-    for ids, _, pixels in examples:
+    for ids, _, pixels, *packed in examples:
         text = vlm.tokenizer.decode(ids)
         assert pixels.shape[0] == 1  # one tile, as the single-tile steps
         asked = text.count("?")
         assert asked >= 1 and text.count("What colour is the") == asked, text
+        if branches:  # both shapes' colours, in branches after one image prefix
+            assert asked == 2 and max(packed[1]) >= 1 and text.count("<img>") == 1
 
     assert parse_curriculum("60:1:colour, 150:any:colour+shape") == (
         (60, 1, ("colour",)),
@@ -459,6 +561,19 @@ def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, t
     )
 
 
+def test_a_run_with_packed_branches_trains_on_every_question(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(QUICK, branches=True, turns=2, curriculum=(), probe_weight=0.0)
+    lines: list[str] = []
+    _, losses, _ = run(cfg, tmp_path / "out", log=lines.append)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    # the log counts the first token of every answer: a one-tile scene asks at least its
+    # colour, its shape, the count and two presence questions
+    first = next(line for line in lines if line.startswith("step 1/"))
+    assert int(first.split("right ")[1].split("/")[1].split()[0]) >= 5, first
+
+
 def test_bad_continuations_are_refused_with_the_fix(tmp_path):
     for first in (-1, 1.5, 499_990):
         with pytest.raises(ValueError, match=r"first_scene=.*int >= 0 that leaves room"):
@@ -468,10 +583,16 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
     # a frozen random tower: the conversations could never learn to read the pictures
     with pytest.raises(ValueError, match=r"vision_steps=0 and no init.*--no-freeze-vision"):
         run(TrainConfig(steps=1, vision_steps=0, threads=1), tmp_path / "out", log=None)
+    with pytest.raises(ValueError, match="turns=0: a branch asks at least one question"):
+        TrainConfig(branches=True, turns=0)
     assert not (tmp_path / "out").exists()
     from vltools.toy_train import main
 
-    for argv in (["--first-scene", "-5"], ["--vision-steps", "0", "--freeze-vision"]):
+    for argv in (
+        ["--first-scene", "-5"],
+        ["--vision-steps", "0", "--freeze-vision"],
+        ["--branches", "--turns", "0"],
+    ):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "out"), *argv])
 

@@ -36,6 +36,8 @@ __all__ = [
     "toy_scenes",
     "shape_mask",
     "follow_ups",
+    "all_questions",
+    "conversations",
     "ToyScore",
     "score",
     "BoxAttention",
@@ -161,8 +163,10 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     if texture == 0:  # stripes at an angle
         angle = rng.uniform(0, math.pi)
         step = np.float32(2 * math.pi / rng.uniform(10, 60))
-        phase = np.add.outer(y * np.float32(math.sin(angle)), x * np.float32(math.cos(angle)))
-        field = 22 * np.sin(phase * step)
+        field = np.add.outer(y * np.float32(math.sin(angle)), x * np.float32(math.cos(angle)))
+        field *= step  # in place from here on: this is a large share of drawing a scene
+        np.sin(field, out=field)
+        field *= 22
     elif texture == 1:  # checkerboard
         cell = int(rng.integers(12, 48))
         field = np.float32(36) * (np.add.outer(y // cell, x // cell) % 2) - 18
@@ -171,9 +175,14 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
         small = ((small - small.min()) / (np.ptp(small) + 1e-6) * 255).astype(np.uint8)
         blob = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
         field = (np.asarray(blob, dtype=np.float32) - 128) / 4
-    field += rng.standard_normal((height, width), dtype=np.float32) * 7 + np.float32(base)
-    out = field[..., None] + tint  # [height, width, 3]
-    return np.clip(out, 0, 255).astype(np.uint8)
+    noise = rng.standard_normal((height, width), dtype=np.float32)
+    noise *= 7
+    noise += np.float32(base)
+    field += noise
+    out = np.empty((height, width, 3), dtype=np.float32)
+    np.add(field[..., None], tint, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def _star(box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
@@ -305,9 +314,9 @@ def toy_scene(
     colour, shape, box = drawn[pick]
     box_out: tuple[int, int, int, int] | None = box
     if kind == "colour":
-        question, answer = f"What colour is the {shape}?", colour
+        question, answer = _colour_question(shape), colour
     elif kind == "shape":
-        question, answer = f"What shape is the {colour} one?", shape
+        question, answer = _shape_question(colour), shape
     elif kind == "count":
         question, answer, box_out = "How many shapes are there?", str(len(drawn)), None
     elif kind == "position":
@@ -321,17 +330,35 @@ def toy_scene(
             raise RuntimeError("no clear spatial relation")  # pragma: no cover
         i, j, (axis, answer) = pairs[int(rng.integers(len(pairs)))]
         a, b = drawn[i], drawn[j]
-        question = f"Is the {a[0]} {a[1]} {axis} the {b[0]} {b[1]}?"
+        question = _position_question(a, b, axis)
         box_out = a[2]
     else:
         if rng.random() < 0.5:
             question, answer = _presence(colour, shape), "yes"
         else:
-            present = {(c, s) for c, s, _ in drawn}
-            options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-            c, s = options[int(rng.integers(len(options)))]
-            question, answer, box_out = _presence(c, s), "no", None
+            question, answer, box_out = _absent(drawn, rng), "no", None
     return Scene(image, question, answer, kind, box_out, drawn)
+
+
+def _absent(shapes: Sequence[tuple[str, str, Any]], rng: np.random.Generator) -> str:
+    """A presence question about a colour and shape drawn by ``rng`` that ``shapes`` lack."""
+    present = {(c, s) for c, s, _ in shapes}
+    options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    c, s = options[int(rng.integers(len(options)))]
+    return _presence(c, s)
+
+
+def _colour_question(shape: str) -> str:
+    return f"What colour is the {shape}?"
+
+
+def _shape_question(colour: str) -> str:
+    return f"What shape is the {colour} one?"
+
+
+def _position_question(a: tuple[str, str, Any], b: tuple[str, str, Any], axis: str) -> str:
+    """``Is the red circle left or right of the blue square?`` about shapes ``a`` and ``b``."""
+    return f"Is the {a[0]} {a[1]} {axis} the {b[0]} {b[1]}?"
 
 
 def _presence(colour: str, shape: str) -> str:
@@ -373,16 +400,75 @@ def follow_ups(scene: Scene, *, seed: int, n: int) -> list[tuple[str, str, str]]
         if shape in named:
             continue
         if rng.random() < 0.5:
-            out.append((f"What colour is the {shape}?", colour, "colour"))
+            out.append((_colour_question(shape), colour, "colour"))
         else:
-            out.append((f"What shape is the {colour} one?", shape, "shape"))
+            out.append((_shape_question(colour), shape, "shape"))
     if rng.random() < 0.3:
-        present = {(c, s) for c, s, _ in scene.shapes}
-        options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-        c, s = options[int(rng.integers(len(options)))]
-        out.append((_presence(c, s), "no", "presence"))
+        out.append((_absent(scene.shapes, rng), "no", "presence"))
     order = rng.permutation(len(out))
     return [out[int(i)] for i in order][:n]
+
+
+def all_questions(scene: Scene, *, seed: int) -> list[tuple[str, str, str]]:
+    """Every question training asks about ``scene``'s picture, as ``(question, answer, kind)``.
+
+    The colour and the shape of each shape, how many shapes there are, one presence question
+    about a shape that is there and one about a colour and shape that is not, and the relation
+    of up to two pairs of shapes (each a clear left/right or above/below). Training asks each
+    as if it were the first question about the picture (its own branch after the shared image
+    prefix), so none of them can give another's answer away. The draws (which shape is asked
+    as present, which absent, which pairs) are a function of ``seed``.
+    """
+    rng = np.random.default_rng([int(seed), 11])
+    out: list[tuple[str, str, str]] = []
+    for colour, shape, _ in scene.shapes:
+        out.append((_colour_question(shape), colour, "colour"))
+        out.append((_shape_question(colour), shape, "shape"))
+    out.append(("How many shapes are there?", str(len(scene.shapes)), "count"))
+    colour, shape, _ = scene.shapes[int(rng.integers(len(scene.shapes)))]
+    out.append((_presence(colour, shape), "yes", "presence"))
+    out.append((_absent(scene.shapes, rng), "no", "presence"))
+    pairs = [
+        (a, b, rel)
+        for i, a in enumerate(scene.shapes)
+        for j, b in enumerate(scene.shapes)
+        if i != j and (rel := _relation(a[2], b[2])) is not None
+    ]
+    for index in rng.permutation(len(pairs))[:2].tolist():
+        a, b, (axis, answer) = pairs[index]
+        out.append((_position_question(a, b, axis), answer, "position"))
+    return out
+
+
+def conversations(
+    questions: Sequence[tuple[str, str, str]], *, seed: int, turns: int = 3
+) -> list[list[tuple[str, str, str]]]:
+    """``questions`` split into short conversations of at most ``turns`` questions each.
+
+    No two questions of a conversation share a colour or shape word (question and answer
+    together), so no answer gives a later question's answer away ("What colour is the
+    triangle?" "red" never comes before "What shape is the red one?"); a count question goes
+    with any. The order, and so the grouping, is a function of ``seed``; every question is in
+    exactly one conversation.
+    """
+    if not isinstance(turns, int) or turns < 1:
+        raise ValueError(f"turns={turns!r}: a conversation has at least one question.")
+    names = set(COLOURS) | set(SHAPES)
+    rng = np.random.default_rng([int(seed), 13])
+    groups: list[list[tuple[str, str, str]]] = []
+    named: list[set[str]] = []
+    for index in rng.permutation(len(questions)).tolist():
+        question, answer, kind = questions[index]
+        words = set(f"{question} {answer}".rstrip("?").replace("?", " ").split()) & names
+        for group, seen in zip(groups, named, strict=True):
+            if len(group) < turns and not words & seen:
+                group.append((question, answer, kind))
+                seen |= words
+                break
+        else:
+            groups.append([(question, answer, kind)])
+            named.append(words)
+    return groups
 
 
 def toy_scenes(

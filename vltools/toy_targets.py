@@ -72,9 +72,15 @@ def token_cover(labels: np.ndarray, *, n_labels: int, cell: int = CELL) -> np.nd
         raise ValueError(f"labels of {height}x{width} pixels do not split into {cell}-pixel cells.")
     if labels.max(initial=0) >= n_labels:
         raise ValueError(f"a label {int(labels.max())} is not below n_labels={n_labels}.")
-    onehot = np.eye(n_labels, dtype=np.float32)[labels]  # [tiles, H, W, L]
     rows, cols = height // cell, width // cell
-    cover = onehot.reshape(tiles, rows, cell, cols, cell, n_labels).mean(axis=(2, 4))
+    # each pixel's token (tile, row, col of its cell) and label, counted in one bincount
+    token = (np.arange(height) // cell)[:, None] * cols + (np.arange(width) // cell)[None, :]
+    token = token[None] + (np.arange(tiles) * rows * cols)[:, None, None]  # [tiles, H, W]
+    counts = np.bincount(
+        (token * n_labels + labels).ravel(), minlength=tiles * rows * cols * n_labels
+    )
+    # float32 counts over a float32 cell area: the float32 mean of each cell's one-hot pixels
+    cover = counts.astype(np.float32) / np.float32(cell * cell)
     return cover.reshape(tiles, rows * cols, n_labels)
 
 

@@ -51,6 +51,8 @@ __all__ = [
     "TrainConfig",
     "initial_checkpoint",
     "encode_example",
+    "encode_branches",
+    "branch_mask",
     "sincos_positions",
     "crop_features",
     "pretrain_vision",
@@ -75,7 +77,13 @@ class TrainConfig:
     tiling budget for its batch: ``max_num=1`` for the first ``single_share`` of the steps (a
     cheap single-tile phase that learns to read shapes), then one of ``max_nums``; with
     probability ``wide_share`` (after the single-tile phase) a step is a batch of
-    ``wide_small`` panoramas cut with one of ``wide_max_nums``. Every scene is one
+    ``wide_small`` panoramas cut with one of ``wide_max_nums``. With ``branches`` every
+    picture is asked every question :func:`vltools.toy.all_questions` has about it (the colour
+    and the shape of each shape, the count, presence, positions), split into conversations of
+    at most ``turns`` questions that give no answer away (:func:`vltools.toy.conversations`),
+    packed after one shared image prefix (:func:`encode_branches`): about three times the
+    answers of one conversation for the same picture, most of them first questions, as the
+    evaluation asks them, the rest later turns, as a chat asks them. Without it every scene is one
     conversation: its own question and up to ``follow_ups`` more about the same picture
     (:func:`vltools.toy.follow_ups`), loss on every answer.
 
@@ -131,8 +139,12 @@ class TrainConfig:
     mean_kind: bool = True
     freeze_vision: bool = True
     first_scene: int = 0
+    branches: bool = False
+    turns: int = 3
 
     def __post_init__(self) -> None:
+        if not isinstance(self.turns, int) or self.turns < 1:
+            raise ValueError(f"turns={self.turns!r}: a branch asks at least one question.")
         first = self.first_scene  # below, a scene is at least one tile of a step
         most = self.steps * self.tiles_per_step
         if not isinstance(first, int) or first < 0 or first + most > VISION_FIRST_SCENE:
@@ -201,6 +213,68 @@ def encode_example(
     return ids, labels, tiled.pixel_values
 
 
+def encode_branches(
+    vlm: VLModel, tiled: TiledImage, branches: Sequence[Sequence[tuple[str, str]]]
+) -> tuple[list[int], list[int], torch.Tensor, list[int], list[int]]:
+    """One picture and several conversations about it, packed into one row of a batch.
+
+    Each branch is a conversation of ``(question, answer)`` turns about the picture, encoded
+    as :func:`encode_example` encodes it. The row is their common prefix (system message, user
+    turn, image tokens, up to ``</img>``) once, then each branch's rest. Returns ``(input_ids,
+    labels, pixel_values, positions, segments)``: ``positions`` number each branch on from the
+    end of the prefix, and ``segments`` is 0 on the prefix and ``k`` on branch ``k``, so that
+    with the mask :func:`branch_mask` builds each branch sees exactly its own conversation,
+    and one vision pass and one prefix serve them all.
+    """
+    from vltools.constants import IMG_END_TOKEN
+
+    end = vlm.tokenizer.convert_tokens_to_ids(IMG_END_TOKEN)
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    segments: list[int] = []
+    for branch, turns in enumerate(branches, start=1):
+        (question, answer), *more = turns
+        whole, marks, _ = encode_example(
+            vlm,
+            {"question": question, "answer": answer},
+            max_num=tiled.grid.max_num,
+            more=more,
+            tiled=tiled,
+        )
+        cut = whole.index(end) + 1  # </img> is a special token: the text splits there
+        if not ids:
+            ids, labels = whole[:cut], marks[:cut]
+            positions, segments = list(range(cut)), [0] * cut
+        elif whole[:cut] != ids[:cut]:  # pragma: no cover - the prefix names no question
+            raise RuntimeError("the conversations do not share the image prefix")
+        ids += whole[cut:]
+        labels += marks[cut:]
+        positions += range(cut, len(whole))
+        segments += [branch] * (len(whole) - cut)
+    return ids, labels, tiled.pixel_values, positions, segments
+
+
+def branch_mask(segments: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, 1, L, L]`` additive attention mask for rows of :func:`encode_branches`.
+
+    ``segments`` ``[B, L]``: 0 on a row's shared prefix, ``k`` on its branch ``k``, -1 on
+    padding. A token sees the earlier tokens of its own segment and of the prefix; padding sees
+    only itself (so no row of the softmax is empty).
+    """
+    import torch
+
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # [L, L]
+    query = segments[:, :, None]  # [B, L, 1]
+    key = segments[:, None, :]  # [B, 1, L]
+    seen = causal & ((key == 0) | (key == query)) & (key >= 0) & (query >= 0)
+    seen |= torch.eye(length, dtype=torch.bool)  # padding sees itself
+    mask = torch.zeros(seen.shape, dtype=dtype)
+    mask.masked_fill_(~seen, torch.finfo(dtype).min)
+    return mask[:, None]  # [B, 1, L, L]
+
+
 def sincos_positions(count: int, width: int) -> torch.Tensor:
     """``[1, count, width]``: the class token's zeros, then a 2-D sine-cosine code of each patch.
 
@@ -227,19 +301,32 @@ def sincos_positions(count: int, width: int) -> torch.Tensor:
     return out[None].to(torch.float32)  # [1, count, width]
 
 
-def _batch(examples: Sequence[tuple[list[int], list[int], Any]], pad_id: int):
+def _batch(examples: Sequence[tuple], pad_id: int):
+    """Pad ``examples`` into ``(input_ids, labels, attention_mask, pixel_values, position_ids)``.
+
+    Conversations (:func:`encode_example`) get a ``[B, L]`` padding mask and no position ids;
+    packed branches (:func:`encode_branches`) the ``[B, 1, L, L]`` mask of :func:`branch_mask`
+    and their positions.
+    """
     import torch
 
-    length = max(len(ids) for ids, _, _ in examples)
+    length = max(len(example[0]) for example in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # [B, L]
     labels = torch.full((len(examples), length), -100, dtype=torch.long)  # [B, L]
     mask = torch.zeros((len(examples), length), dtype=torch.long)  # [B, L]
-    for row, (ids, lab, _) in enumerate(examples):
+    segments = torch.full((len(examples), length), -1, dtype=torch.long)  # [B, L]
+    position_ids = torch.zeros((len(examples), length), dtype=torch.long)  # [B, L]
+    for row, (ids, lab, *packed) in enumerate(examples):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
-    pixel_values = torch.cat([pv for _, _, pv in examples], dim=0)  # [tiles, 3, 448, 448]
-    return input_ids, labels, mask, pixel_values
+        if len(packed) == 3:
+            position_ids[row, : len(ids)] = torch.tensor(packed[1])
+            segments[row, : len(ids)] = torch.tensor(packed[2])
+    pixel_values = torch.cat([example[2] for example in examples], dim=0)  # [tiles, 3, 448, 448]
+    if len(examples[0]) == 3:
+        return input_ids, labels, mask, pixel_values, None
+    return input_ids, labels, branch_mask(segments, dtype=torch.float32), pixel_values, position_ids
 
 
 def _examples(
@@ -251,7 +338,7 @@ def _examples(
     :func:`~vltools.toy_targets.label_classes`, and the index of the next unused scene.
     """
     from vltools.images import load_image
-    from vltools.toy import follow_ups, toy_scene
+    from vltools.toy import all_questions, conversations, follow_ups, toy_scene
     from vltools.toy_targets import label_classes, tile_labels, token_cover
 
     rng = np.random.default_rng([cfg.seed, step])
@@ -272,13 +359,22 @@ def _examples(
             scene = toy_scene(index, style="wide_small", kinds=("colour", "shape", "presence"))
         else:
             scene = toy_scene(index, **phase) if phase else toy_scene(index)
-        more = [
-            (q, a)
-            for q, a, kind in follow_ups(scene, seed=index, n=cfg.follow_ups)
-            if phase is None or kind in phase["kinds"]
-        ]
         tiled = load_image(scene.image, max_num=max_num)
-        example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more, tiled=tiled)
+        if cfg.branches:
+            asked = [
+                question
+                for question in all_questions(scene, seed=index)
+                if phase is None or question[2] in phase["kinds"]
+            ]
+            groups = conversations(asked, seed=index, turns=cfg.turns)
+            example = encode_branches(vlm, tiled, [[(q, a) for q, a, _ in g] for g in groups])
+        else:
+            more = [
+                (q, a)
+                for q, a, kind in follow_ups(scene, seed=index, n=cfg.follow_ups)
+                if phase is None or kind in phase["kinds"]
+            ]
+            example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more, tiled=tiled)
         out.append(example)
         if cfg.probe_weight:
             table = label_classes(scene)
@@ -369,9 +465,9 @@ def _crop_batch(cfg: TrainConfig, step: int, first: int) -> tuple[Any, list, lis
         for tile in rng.permutation(labels.shape[0]).tolist() * 2:
             if len(crops) == cfg.vision_crops:
                 break
-            shapes = np.argwhere(labels[tile] > 0)
+            shapes = np.flatnonzero(labels[tile])  # row-major, as argwhere would list them
             if len(shapes) and rng.random() < 0.8:
-                y, x = shapes[int(rng.integers(len(shapes)))]
+                y, x = divmod(int(shapes[int(rng.integers(len(shapes)))]), labels.shape[2])
                 row = int(np.clip(round((y / patch - side / 2) / 2) * 2, 0, grid - side))
                 col = int(np.clip(round((x / patch - side / 2) / 2) * 2, 0, grid - side))
             else:
@@ -553,18 +649,22 @@ def train(
     losses: list[float] = []
     start = time.perf_counter()
     hits = asked = 0
-    batches = build_ahead(
-        lambda step, first: _examples(vlm, cfg, step, first), cfg.steps, cfg.first_scene
-    )
+
+    def padded(step: int, first: int) -> tuple[tuple, list, list, int]:
+        examples, covers, classes, index = _examples(vlm, cfg, step, first)
+        return _batch(examples, pad), covers, classes, index  # the masks too, built ahead
+
+    batches = build_ahead(padded, cfg.steps, cfg.first_scene)
     try:
-        for step, (examples, covers, classes, scene) in enumerate(batches):
-            input_ids, labels, mask, pixel_values = _batch(examples, pad)
+        for step, (batch, covers, classes, scene) in enumerate(batches):
+            input_ids, labels, mask, pixel_values, position_ids = batch
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             captured.clear()
             hidden = model.model(
                 input_ids=input_ids,
                 attention_mask=mask,
+                position_ids=position_ids,
                 pixel_values=pixel_values,
                 use_cache=False,
             ).last_hidden_state  # [B, L, hidden]
@@ -778,6 +878,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=TrainConfig.freeze_vision,
         help="the conversation steps leave the vision tower as the vision stage left it",
     )
+    parser.add_argument(
+        "--branches",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.branches,
+        help="ask every question about a picture as its first question, packed in one row "
+        "(else one conversation with follow-ups)",
+    )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=TrainConfig.turns,
+        help="with --branches, the most questions one branch asks as a conversation",
+    )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
     parser.add_argument(
         "--init",
@@ -817,6 +930,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             mean_kind=args.mean_kind,
             freeze_vision=args.freeze_vision,
             first_scene=args.first_scene,
+            branches=args.branches,
+            turns=args.turns,
         )
         _refuse_frozen_random_tower(cfg, args.init)
     except ValueError as error:
