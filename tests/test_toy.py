@@ -374,7 +374,7 @@ def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(qui
     assert tok.decode(ids) == prompt + "no" + IM_END
 
 
-def test_packed_branches_give_each_question_exactly_its_own_first_turn_logits(quick_run):
+def test_packed_branches_give_each_conversation_exactly_its_own_hidden_states(quick_run):
     """One row holds the image prefix once and every conversation after it; with the branch
     mask and positions each answer sees exactly the prompt chat builds for its conversation
     alone (a leak between branches, or a position off by one, changes the logits)."""

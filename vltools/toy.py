@@ -320,16 +320,10 @@ def toy_scene(
     elif kind == "count":
         question, answer, box_out = "How many shapes are there?", str(len(drawn)), None
     elif kind == "position":
-        pairs = [
-            (i, j, rel)
-            for i in range(len(drawn))
-            for j in range(len(drawn))
-            if i != j and (rel := _relation(drawn[i][2], drawn[j][2])) is not None
-        ]
+        pairs = _related_pairs(drawn)
         if not pairs:  # overlapping in both axes cannot happen (boxes do not overlap)
             raise RuntimeError("no clear spatial relation")  # pragma: no cover
-        i, j, (axis, answer) = pairs[int(rng.integers(len(pairs)))]
-        a, b = drawn[i], drawn[j]
+        a, b, (axis, answer) = pairs[int(rng.integers(len(pairs)))]
         question = _position_question(a, b, axis)
         box_out = a[2]
     else:
@@ -346,6 +340,18 @@ def _absent(shapes: Sequence[tuple[str, str, Any]], rng: np.random.Generator) ->
     options = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
     c, s = options[int(rng.integers(len(options)))]
     return _presence(c, s)
+
+
+def _related_pairs(
+    shapes: Sequence[tuple[str, str, Any]],
+) -> list[tuple[Any, Any, tuple[str, str]]]:
+    """Every ordered pair ``(a, b, (axis question, answer))`` of ``shapes`` in a clear relation."""
+    return [
+        (a, b, rel)
+        for i, a in enumerate(shapes)
+        for j, b in enumerate(shapes)
+        if i != j and (rel := _relation(a[2], b[2])) is not None
+    ]
 
 
 def _colour_question(shape: str) -> str:
@@ -414,10 +420,10 @@ def all_questions(scene: Scene, *, seed: int) -> list[tuple[str, str, str]]:
 
     The colour and the shape of each shape, how many shapes there are, one presence question
     about a shape that is there and one about a colour and shape that is not, and the relation
-    of up to two pairs of shapes (each a clear left/right or above/below). Training asks each
-    as if it were the first question about the picture (its own branch after the shared image
-    prefix), so none of them can give another's answer away. The draws (which shape is asked
-    as present, which absent, which pairs) are a function of ``seed``.
+    of up to two pairs of shapes (each a clear left/right or above/below). Several name the
+    same shape, so training asks them in separate conversations (:func:`conversations`), each
+    its own branch after the shared image prefix. The draws (which shape is asked as present,
+    which absent, which pairs) are a function of ``seed``.
     """
     rng = np.random.default_rng([int(seed), 11])
     out: list[tuple[str, str, str]] = []
@@ -428,12 +434,7 @@ def all_questions(scene: Scene, *, seed: int) -> list[tuple[str, str, str]]:
     colour, shape, _ = scene.shapes[int(rng.integers(len(scene.shapes)))]
     out.append((_presence(colour, shape), "yes", "presence"))
     out.append((_absent(scene.shapes, rng), "no", "presence"))
-    pairs = [
-        (a, b, rel)
-        for i, a in enumerate(scene.shapes)
-        for j, b in enumerate(scene.shapes)
-        if i != j and (rel := _relation(a[2], b[2])) is not None
-    ]
+    pairs = _related_pairs(scene.shapes)
     for index in rng.permutation(len(pairs))[:2].tolist():
         a, b, (axis, answer) = pairs[index]
         out.append((_position_question(a, b, axis), answer, "position"))
@@ -458,15 +459,15 @@ def conversations(
     groups: list[list[tuple[str, str, str]]] = []
     named: list[set[str]] = []
     for index in rng.permutation(len(questions)).tolist():
-        question, answer, kind = questions[index]
-        words = set(f"{question} {answer}".rstrip("?").replace("?", " ").split()) & names
+        asked = questions[index]
+        words = set(f"{asked[0]} {asked[1]}".replace("?", " ").split()) & names
         for group, seen in zip(groups, named, strict=True):
             if len(group) < turns and not words & seen:
-                group.append((question, answer, kind))
+                group.append(asked)
                 seen |= words
                 break
         else:
-            groups.append([(question, answer, kind)])
+            groups.append([asked])
             named.append(words)
     return groups
 

@@ -354,6 +354,10 @@ def _examples(
     out, covers, classes = [], [], []
     tiles = 0
     index = first
+
+    def wanted(kind: str) -> bool:  # the phase's kinds of question, or every kind
+        return phase is None or kind in phase["kinds"]
+
     while tiles < cfg.tiles_per_step:
         if wide:
             scene = toy_scene(index, style="wide_small", kinds=("colour", "shape", "presence"))
@@ -361,18 +365,14 @@ def _examples(
             scene = toy_scene(index, **phase) if phase else toy_scene(index)
         tiled = load_image(scene.image, max_num=max_num)
         if cfg.branches:
-            asked = [
-                question
-                for question in all_questions(scene, seed=index)
-                if phase is None or question[2] in phase["kinds"]
-            ]
+            asked = [q for q in all_questions(scene, seed=index) if wanted(q[2])]
             groups = conversations(asked, seed=index, turns=cfg.turns)
             example = encode_branches(vlm, tiled, [[(q, a) for q, a, _ in g] for g in groups])
         else:
             more = [
                 (q, a)
                 for q, a, kind in follow_ups(scene, seed=index, n=cfg.follow_ups)
-                if phase is None or kind in phase["kinds"]
+                if wanted(kind)
             ]
             example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more, tiled=tiled)
         out.append(example)
@@ -882,8 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--branches",
         action=argparse.BooleanOptionalAction,
         default=TrainConfig.branches,
-        help="ask every question about a picture as its first question, packed in one row "
-        "(else one conversation with follow-ups)",
+        help="ask every question about a picture, in short conversations (--turns) packed "
+        "after one image prefix (else one conversation with follow-ups)",
     )
     parser.add_argument(
         "--turns",
