@@ -354,7 +354,9 @@ def test_a_conversation_example_labels_exactly_each_answer_and_its_end_token(qui
     vlm = load_model(quick_run[0], device="cpu")
     scene = toy_scene(3)
     more = [("What colour is the circle?", "red"), ("Is there a blue star?", "no")]
-    ids, labels, pixels = encode_example(vlm, scene.as_dict(), max_num=1, more=more)
+    row = encode_example(vlm, scene.as_dict(), max_num=1, more=more)
+    ids, labels, pixels = row.input_ids, row.labels, row.pixel_values
+    assert not row.packed and row.positions is None and "answer tokens" in repr(row)
     assert len(ids) == len(labels) and pixels.shape[0] == 1
     tok = vlm.tokenizer
     answers = [scene.answer, "red", "no"]
@@ -382,7 +384,7 @@ def test_packed_branches_give_each_conversation_exactly_its_own_hidden_states(qu
 
     from vltools.images import load_image
     from vltools.models import load_model
-    from vltools.toy_train import _batch, encode_branches, encode_example
+    from vltools.toy_train import collate, encode_branches, encode_example
 
     vlm = load_model(quick_run[0], device="cpu")
     scene = toy_scene(3, count=3)
@@ -391,27 +393,38 @@ def test_packed_branches_give_each_conversation_exactly_its_own_hidden_states(qu
     assert max(len(turns) for turns in asked) > 1  # some branches are conversations
     packed = encode_branches(vlm, tiled, asked)
     short = encode_branches(vlm, load_image(toy_scene(4).image, max_num=1), asked[:2])
-    ids, labels, mask, pixels, positions = _batch([packed, short], 0)  # padding in row 2
-    assert mask.shape == (2, 1, ids.shape[1], ids.shape[1])
-    assert pixels.shape[0] == tiled.num_tiles + 1
+    batch = collate([packed, short], pad_id=0)  # padding in row 2
+    ids, labels = batch.input_ids, batch.labels
+    assert batch.attention_mask.shape == (2, 1, ids.shape[1], ids.shape[1])
+    assert batch.pixel_values.shape[0] == tiled.num_tiles + 1
+    assert f"{len(asked)} branches" in repr(packed) and "packed branches" in repr(batch)
     with torch.no_grad():
         hidden = vlm.model.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, pixel_values=pixels
+            input_ids=ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            pixel_values=batch.pixel_values,
         ).last_hidden_state
-    segments = torch.tensor(packed[4])
+    segments = torch.tensor(packed.segments)
     for branch, ((question, answer), *more) in enumerate(asked, start=1):
         alone = encode_example(
             vlm, {"question": question, "answer": answer}, max_num=2, more=more, tiled=tiled
         )
-        one_ids, one_labels, one_mask, one_pixels, none = _batch([alone], 0)
-        assert none is None
+        one = collate([alone], pad_id=0)
+        assert one.position_ids is None and one.attention_mask.shape == one.input_ids.shape
         with torch.no_grad():
             expected = vlm.model.model(
-                input_ids=one_ids, attention_mask=one_mask, pixel_values=one_pixels
+                input_ids=one.input_ids,
+                attention_mask=one.attention_mask,
+                pixel_values=one.pixel_values,
             ).last_hidden_state[0]
         keep = (segments == 0) | (segments == branch)
-        assert ids[0, : len(segments)][keep].tolist() == one_ids[0].tolist()
-        assert labels[0, : len(segments)][keep].tolist() == one_labels[0].tolist()
+        assert ids[0, : len(segments)][keep].tolist() == one.input_ids[0].tolist()
+        assert labels[0, : len(segments)][keep].tolist() == one.labels[0].tolist()
+    with pytest.raises(ValueError, match="mix packed branches"):
+        collate([packed, alone], pad_id=0)
+    with pytest.raises(ValueError, match="at least one"):
+        encode_branches(vlm, tiled, [])
         assert torch.allclose(hidden[0, : len(segments)][keep], expected, atol=1e-4)
 
 
@@ -425,13 +438,14 @@ def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_r
         curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1, branches=branches
     )
     examples, _, _, _ = _examples(vlm, cfg, 0, 0)  # step 0: the phase
-    for ids, _, pixels, *packed in examples:
-        text = vlm.tokenizer.decode(ids)
-        assert pixels.shape[0] == 1  # one tile, as the single-tile steps
+    for row in examples:
+        text = vlm.tokenizer.decode(row.input_ids)
+        assert row.pixel_values.shape[0] == 1  # one tile, as the single-tile steps
+        assert row.packed == branches
         asked = text.count("?")
         assert asked >= 1 and text.count("What colour is the") == asked, text
         if branches:  # both shapes' colours, in branches after one image prefix
-            assert asked == 2 and max(packed[1]) >= 1 and text.count("<img>") == 1
+            assert asked == 2 and max(row.segments) >= 1 and text.count("<img>") == 1
 
     assert parse_curriculum("60:1:colour, 150:any:colour+shape") == (
         (60, 1, ("colour",)),

@@ -50,9 +50,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "TrainConfig",
     "initial_checkpoint",
+    "Encoded",
+    "Batch",
     "encode_example",
     "encode_branches",
     "branch_mask",
+    "collate",
     "sincos_positions",
     "crop_features",
     "pretrain_vision",
@@ -166,6 +169,60 @@ def initial_checkpoint(folder: Path, *, seed: int = 0) -> Path:
     return write_checkpoint(folder, config, base_vocab=base_vocab, dtype="float32", seed=seed)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One row of a conversation batch, before padding.
+
+    Attributes:
+        input_ids: the prompt and answer tokens.
+        labels: -100 everywhere but on the answers' tokens (and each ``<|im_end|>``).
+        pixel_values: ``[tiles, 3, 448, 448]``, the picture as the row's image tokens read it.
+        positions, segments: for packed branches (:func:`encode_branches`) each token's
+            position and its segment (0 the shared prefix, ``k`` branch ``k``); None for one
+            conversation (:func:`encode_example`), whose positions are simply 0, 1, ...
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor
+    positions: list[int] | None = None
+    segments: list[int] | None = None
+
+    @property
+    def packed(self) -> bool:
+        """Whether the row holds packed branches (it then needs :func:`branch_mask`)."""
+        return self.segments is not None
+
+    def __repr__(self) -> str:
+        answers = sum(label != -100 for label in self.labels)
+        branches = f", {max(self.segments)} branches" if self.segments is not None else ""
+        return (
+            f"Encoded({len(self.input_ids)} tokens, {answers} answer tokens, "
+            f"{self.pixel_values.shape[0]} tiles{branches})"
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded rows (:func:`collate`), as the model's forward pass takes them.
+
+    ``attention_mask`` is ``[B, L]`` (1 on tokens, 0 on padding) for conversations and the
+    ``[B, 1, L, L]`` mask of :func:`branch_mask` for packed branches, which also carry
+    ``position_ids`` ``[B, L]`` (None for conversations). ``labels`` is -100 on padding.
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    position_ids: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        rows, length = self.input_ids.shape
+        kind = "packed branches" if self.position_ids is not None else "conversations"
+        return f"Batch({rows} rows of {length} tokens, {self.pixel_values.shape[0]} tiles, {kind})"
+
+
 def encode_example(
     vlm: VLModel,
     scene: dict[str, Any],
@@ -173,14 +230,14 @@ def encode_example(
     max_num: int,
     more: Sequence[tuple[str, str]] = (),
     tiled: TiledImage | None = None,
-) -> tuple[list[int], list[int], torch.Tensor]:
-    """``(input_ids, labels, pixel_values)`` of one scene: the chat prompt plus the answer.
+) -> Encoded:
+    """One scene as a row of a batch: the chat prompt plus the answer.
 
     With ``more`` (``(question, answer)`` pairs), the conversation goes on as ``chat`` renders
     its history: each later turn is the prompt ``chat_query`` builds after the earlier turns.
-    ``labels`` is -100 everywhere but on each answer's tokens and the ``<|im_end|>`` after it;
-    ``pixel_values`` is ``[tiles, 3, 448, 448]``. ``tiled``: the picture already cut with
-    ``max_num`` (so a caller that needs the grid cuts it once).
+    The :class:`Encoded` row's ``labels`` are -100 everywhere but on each answer's tokens and
+    the ``<|im_end|>`` after it. ``tiled``: the picture already cut with ``max_num`` (so a
+    caller that needs the grid cuts it once).
     """
     from vltools.constants import IMAGE_PLACEHOLDER
     from vltools.images import load_image
@@ -210,24 +267,25 @@ def encode_example(
         labels += [-100] * len(new_ids) + answer_ids
         text = prompt + answer + IM_END
         history.append((f"{IMAGE_PLACEHOLDER}\n{question}" if not history else question, answer))
-    return ids, labels, tiled.pixel_values
+    return Encoded(ids, labels, tiled.pixel_values)
 
 
 def encode_branches(
     vlm: VLModel, tiled: TiledImage, branches: Sequence[Sequence[tuple[str, str]]]
-) -> tuple[list[int], list[int], torch.Tensor, list[int], list[int]]:
+) -> Encoded:
     """One picture and several conversations about it, packed into one row of a batch.
 
     Each branch is a conversation of ``(question, answer)`` turns about the picture, encoded
     as :func:`encode_example` encodes it. The row is their common prefix (system message, user
-    turn, image tokens, up to ``</img>``) once, then each branch's rest. Returns ``(input_ids,
-    labels, pixel_values, positions, segments)``: ``positions`` number each branch on from the
-    end of the prefix, and ``segments`` is 0 on the prefix and ``k`` on branch ``k``, so that
+    turn, image tokens, up to ``</img>``) once, then each branch's rest. In the :class:`Encoded`
+    row, ``positions`` number each branch on from the end of the prefix, and ``segments`` is 0 on the prefix and ``k`` on branch ``k``, so that
     with the mask :func:`branch_mask` builds each branch sees exactly its own conversation,
     and one vision pass and one prefix serve them all.
     """
     from vltools.constants import IMG_END_TOKEN
 
+    if not branches:
+        raise ValueError("branches=[]: pack at least one conversation after the image.")
     end = vlm.tokenizer.convert_tokens_to_ids(IMG_END_TOKEN)
     ids: list[int] = []
     labels: list[int] = []
@@ -235,13 +293,14 @@ def encode_branches(
     segments: list[int] = []
     for branch, turns in enumerate(branches, start=1):
         (question, answer), *more = turns
-        whole, marks, _ = encode_example(
+        alone = encode_example(
             vlm,
             {"question": question, "answer": answer},
             max_num=tiled.grid.max_num,
             more=more,
             tiled=tiled,
         )
+        whole, marks = alone.input_ids, alone.labels
         cut = whole.index(end) + 1  # </img> is a special token: the text splits there
         if not ids:
             ids, labels = whole[:cut], marks[:cut]
@@ -252,7 +311,7 @@ def encode_branches(
         labels += marks[cut:]
         positions += range(cut, len(whole))
         segments += [branch] * (len(whole) - cut)
-    return ids, labels, tiled.pixel_values, positions, segments
+    return Encoded(ids, labels, tiled.pixel_values, positions, segments)
 
 
 def branch_mask(segments: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
@@ -301,32 +360,40 @@ def sincos_positions(count: int, width: int) -> torch.Tensor:
     return out[None].to(torch.float32)  # [1, count, width]
 
 
-def _batch(examples: Sequence[tuple], pad_id: int):
-    """Pad ``examples`` into ``(input_ids, labels, attention_mask, pixel_values, position_ids)``.
-
-    Conversations (:func:`encode_example`) get a ``[B, L]`` padding mask and no position ids;
-    packed branches (:func:`encode_branches`) the ``[B, 1, L, L]`` mask of :func:`branch_mask`
-    and their positions.
-    """
+def collate(examples: Sequence[Encoded], *, pad_id: int) -> Batch:
+    """Pad rows of one kind into a :class:`Batch`: conversations (:func:`encode_example`) get a
+    ``[B, L]`` padding mask; packed branches (:func:`encode_branches`) the ``[B, 1, L, L]``
+    mask of :func:`branch_mask` and their positions."""
     import torch
 
-    length = max(len(example[0]) for example in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # [B, L]
-    labels = torch.full((len(examples), length), -100, dtype=torch.long)  # [B, L]
-    mask = torch.zeros((len(examples), length), dtype=torch.long)  # [B, L]
-    segments = torch.full((len(examples), length), -1, dtype=torch.long)  # [B, L]
-    position_ids = torch.zeros((len(examples), length), dtype=torch.long)  # [B, L]
-    for row, (ids, lab, *packed) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(ids)] = 1
-        if len(packed) == 3:
-            position_ids[row, : len(ids)] = torch.tensor(packed[1])
-            segments[row, : len(ids)] = torch.tensor(packed[2])
-    pixel_values = torch.cat([example[2] for example in examples], dim=0)  # [tiles, 3, 448, 448]
-    if len(examples[0]) == 3:
-        return input_ids, labels, mask, pixel_values, None
-    return input_ids, labels, branch_mask(segments, dtype=torch.float32), pixel_values, position_ids
+    if not examples:
+        raise ValueError("examples=[]: a batch needs at least one row.")
+    packed = examples[0].packed
+    if any(example.packed != packed for example in examples):
+        raise ValueError(
+            "the rows mix packed branches and plain conversations; encode every row of a "
+            "batch the same way (all with encode_branches, or all with encode_example)."
+        )
+    rows, length = len(examples), max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((rows, length), pad_id, dtype=torch.long)  # [B, L]
+    labels = torch.full((rows, length), -100, dtype=torch.long)  # [B, L]
+    mask = torch.zeros((rows, length), dtype=torch.long)  # [B, L]
+    segments = torch.full((rows, length), -1, dtype=torch.long)  # [B, L]
+    position_ids = torch.zeros((rows, length), dtype=torch.long)  # [B, L]
+    for row, example in enumerate(examples):
+        size = len(example.input_ids)
+        input_ids[row, :size] = torch.tensor(example.input_ids)
+        labels[row, :size] = torch.tensor(example.labels)
+        mask[row, :size] = 1
+        if packed:
+            position_ids[row, :size] = torch.tensor(example.positions)
+            segments[row, :size] = torch.tensor(example.segments)
+    pixel_values = torch.cat([example.pixel_values for example in examples])  # [tiles, 3, H, W]
+    if not packed:
+        return Batch(input_ids, labels, mask, pixel_values)
+    return Batch(
+        input_ids, labels, branch_mask(segments, dtype=torch.float32), pixel_values, position_ids
+    )
 
 
 def _examples(
@@ -380,7 +447,7 @@ def _examples(
             table = label_classes(scene)
             covers.append(token_cover(tile_labels(scene, tiled.grid), n_labels=len(table)))
             classes.append(table)
-        tiles += int(example[2].shape[0])
+        tiles += int(example.pixel_values.shape[0])
         index += 1
     return out, covers, classes, index
 
@@ -652,19 +719,19 @@ def train(
 
     def padded(step: int, first: int) -> tuple[tuple, list, list, int]:
         examples, covers, classes, index = _examples(vlm, cfg, step, first)
-        return _batch(examples, pad), covers, classes, index  # the masks too, built ahead
+        return collate(examples, pad_id=pad), covers, classes, index  # masks too, built ahead
 
     batches = build_ahead(padded, cfg.steps, cfg.first_scene)
     try:
         for step, (batch, covers, classes, scene) in enumerate(batches):
-            input_ids, labels, mask, pixel_values, position_ids = batch
+            labels, pixel_values = batch.labels, batch.pixel_values
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             captured.clear()
             hidden = model.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
                 pixel_values=pixel_values,
                 use_cache=False,
             ).last_hidden_state  # [B, L, hidden]
