@@ -25,7 +25,7 @@ from vltools.toy import (
     toy_scene,
 )
 from vltools.toy_targets import label_classes, tile_labels, token_cover
-from vltools.toy_train import TrainConfig, run, sincos_positions
+from vltools.toy_train import TrainConfig, edge_filters, run, sincos_positions
 
 # ---------------------------------------------------------------------------------------------
 # Scenes
@@ -206,6 +206,47 @@ def test_sincos_positions_give_the_class_token_zeros_and_each_patch_its_own_code
     assert len({tuple(row.tolist()) for row in code[0, 1:]}) == 32 * 32
     with pytest.raises(ValueError, match="square"):
         sincos_positions(1000, 32)
+
+
+def test_edge_filters_see_a_coloured_edge_in_its_direction_and_not_a_grey_texture():
+    filters = edge_filters(14)  # [19, 3, 14, 14]: 3 channel means, then 8 directions x 2
+    assert tuple(filters.shape) == (19, 3, 14, 14)
+
+    def respond(patch: np.ndarray) -> np.ndarray:  # [14, 14, 3] -> each filter's response
+        return np.einsum("ocyx,yxc->o", filters.numpy().astype(np.float64), patch)
+
+    grey = np.full((14, 14, 3), 0.2)
+    red_left = grey.copy()
+    red_left[:, :7] = (1.0, -1.0, -1.0)  # a red shape's edge, upright: across it is 0 degrees
+    red_top = red_left.transpose(1, 0, 2)  # the same edge lying down: 90 degrees
+    stripes = np.repeat(np.sin(np.arange(14) / 2)[None, :, None], 14, 0) * np.ones(3)
+    for patch, direction in ((red_left, 0), (red_top, 4)):
+        opponent = np.abs(respond(patch)[3:]).reshape(8, 2).max(1)  # per direction
+        assert (
+            opponent.argmax() == direction
+            and opponent[direction] > 5 * opponent[(direction + 4) % 8]
+        )
+    assert np.abs(respond(stripes)[3:]).max() < 1e-9  # grey: no colour-opponent response
+    assert np.allclose(respond(grey)[:3], 0.2)  # the first three: each channel's mean
+    with pytest.raises(ValueError, match="patch"):
+        edge_filters(1)
+
+
+def test_a_fresh_run_with_edge_filters_starts_its_patch_embedding_there(tmp_path):
+    import torch
+
+    from vltools.models import load_model
+    from vltools.toy_train import _prepare, initial_checkpoint
+
+    conv = {}
+    for edges in (False, True):
+        vlm = load_model(initial_checkpoint(tmp_path / str(edges)), device="cpu")
+        _prepare(vlm.model, fresh=True, edges=edges)
+        conv[edges] = vlm.model.model.vision_tower.embeddings.patch_embeddings.projection
+    assert torch.equal(conv[True].weight[:19], edge_filters(14))
+    assert not torch.equal(conv[False].weight[:19], edge_filters(14))
+    assert torch.equal(conv[True].weight[19:], conv[False].weight[19:])  # the rest as drawn
+    assert not conv[True].bias[:19].any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,6 +640,8 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
         run(TrainConfig(steps=1, vision_steps=0, threads=1), tmp_path / "out", log=None)
     with pytest.raises(ValueError, match="turns=0: a branch asks at least one question"):
         TrainConfig(branches=True, turns=0)
+    with pytest.raises(ValueError, match=r"edge_filters=True with init='toy'.*--edge-filters"):
+        run(TrainConfig(steps=1, edge_filters=True, threads=1), tmp_path / "out", init="toy")
     assert not (tmp_path / "out").exists()
     from vltools.toy_train import main
 
@@ -606,6 +649,7 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
         ["--first-scene", "-5"],
         ["--vision-steps", "0", "--freeze-vision"],
         ["--branches", "--turns", "0"],
+        ["--edge-filters", "--init", "toy"],
     ):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "out"), *argv])

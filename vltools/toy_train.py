@@ -57,6 +57,7 @@ __all__ = [
     "branch_mask",
     "collate",
     "sincos_positions",
+    "edge_filters",
     "crop_features",
     "pretrain_vision",
     "parse_curriculum",
@@ -110,6 +111,10 @@ class TrainConfig:
     the projector and the language model only, so the vision tower keeps the features the
     vision stage taught it (and the backward pass stops at the projector).
 
+    ``edge_filters``: a fresh run starts the first channels of the vision tower's patch
+    embedding at :func:`edge_filters` (the colour of a patch, and coloured edges across it in
+    eight directions) instead of random weights; the vision stage then reads shapes sooner.
+
     ``first_scene``: the conversation steps draw scenes ``first_scene, first_scene + 1, ...``;
     a run that goes on from another's checkpoint sets it past the scenes that run drew (its
     log's ``scenes`` count), so it sees new ones. The scenes a run can draw stay below the
@@ -144,6 +149,7 @@ class TrainConfig:
     first_scene: int = 0
     branches: bool = False
     turns: int = 3
+    edge_filters: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.turns, int) or self.turns < 1:
@@ -358,6 +364,36 @@ def sincos_positions(count: int, width: int) -> torch.Tensor:
     code = torch.cat(parts, dim=1)  # [side * side, width]
     out = torch.cat([torch.zeros(1, width, dtype=torch.float64), code], dim=0)
     return out[None].to(torch.float32)  # [1, count, width]
+
+
+def edge_filters(patch: int, *, directions: int = 8, gain: float = 4.0) -> torch.Tensor:
+    """``[3 + 2 * directions, 3, patch, patch]``: patch-embedding filters to start a run at.
+
+    The first three average each colour channel of a patch. Then, for each of ``directions``
+    directions (0 to 180 degrees), a step across the patch's centre (a ramp three pixels wide;
+    ``gain`` scales it) seen in two colour-opponent channels: red minus green, and red plus
+    green minus blue. The toy backgrounds are grey, so these respond to the edge of a coloured
+    shape and hardly to the stripes and checks of the background, and which directions a shape's
+    edges take (a square's two, a triangle's three, a circle's all) is what tells it apart.
+    In ``[out, in, row, column]`` order, as the patch convolution's weight.
+    """
+    import torch
+
+    if not isinstance(patch, int) or patch < 2 or not isinstance(directions, int) or directions < 1:
+        raise ValueError(f"patch={patch!r}, directions={directions!r}: use ints >= 2 and >= 1.")
+    centre = (patch - 1) / 2
+    rows, cols = np.mgrid[0:patch, 0:patch].astype(np.float64)
+    out = np.zeros((3 + 2 * directions, 3, patch, patch))
+    for channel in range(3):
+        out[channel, channel] = 1.0 / patch**2
+    for i in range(directions):
+        angle = math.pi * i / directions
+        across = (cols - centre) * math.cos(angle) + (rows - centre) * math.sin(angle)
+        step = np.clip(across / 3, -1, 1) / (patch**2 / 2) * gain
+        red_green, yellow_blue = out[3 + 2 * i], out[4 + 2 * i]
+        red_green[0], red_green[1] = step, -step
+        yellow_blue[0], yellow_blue[1], yellow_blue[2] = step / 2, step / 2, -step
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def collate(examples: Sequence[Encoded], *, pad_id: int) -> Batch:
@@ -579,9 +615,10 @@ def crop_features(model: Any, pixels: torch.Tensor, offsets: Sequence[tuple[int,
     return core.multi_modal_projector(shuffled.reshape(count, -1, shuffled.shape[-1]))
 
 
-def _prepare(model: Any, *, fresh: bool) -> None:
+def _prepare(model: Any, *, fresh: bool, edges: bool = False) -> None:
     """Make the weights trainable, off the memory-mapped file; for ``fresh`` (random) weights,
-    start the vision position embedding at the sine-cosine code."""
+    start the vision position embedding at the sine-cosine code, and with ``edges`` the first
+    channels of the patch embedding at :func:`edge_filters`."""
     import torch
 
     for p in model.parameters():
@@ -592,6 +629,16 @@ def _prepare(model: Any, *, fresh: bool) -> None:
     embeddings = model.model.vision_tower.embeddings.position_embeddings  # [1, 1 + n * n, C]
     with torch.no_grad():
         embeddings.copy_(sincos_positions(embeddings.shape[1], embeddings.shape[2]))
+        if edges:
+            conv = model.model.vision_tower.embeddings.patch_embeddings.projection
+            filters = edge_filters(conv.kernel_size[0])
+            if filters.shape[0] > conv.out_channels:
+                raise ValueError(
+                    f"edge_filters needs {filters.shape[0]} patch-embedding channels; the "
+                    f"vision tower has {conv.out_channels}. Turn edge_filters off."
+                )
+            conv.weight[: len(filters)] = filters
+            conv.bias[: len(filters)] = 0
 
 
 def _optimizer(named: Sequence[tuple[str, Any]], cfg: TrainConfig, lr: float):
@@ -690,7 +737,7 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = vlm.model
-    _prepare(model, fresh=fresh)
+    _prepare(model, fresh=fresh, edges=cfg.edge_filters)
     use_probe = cfg.probe_weight > 0
     probe = None
     if cfg.vision_steps or use_probe:
@@ -817,7 +864,15 @@ def save_original(vlm: VLModel, source: Path, folder: Path) -> Path:
     return folder
 
 
-def _refuse_frozen_random_tower(cfg: TrainConfig, init: Path | str | None) -> None:
+def _refuse_bad_start(cfg: TrainConfig, init: Path | str | None) -> None:
+    """Refuse a run whose start contradicts ``cfg`` (a frozen random tower; edge filters for
+    weights that are not fresh), naming the fix."""
+    if init is not None and cfg.edge_filters:
+        raise ValueError(
+            f"edge_filters=True with init={str(init)!r}: the filters only start a fresh run's "
+            "patch embedding, and these weights come from the checkpoint. Drop --edge-filters "
+            "(edge_filters=False), or train from random weights (no --init)."
+        )
     if init is None and cfg.freeze_vision and cfg.steps and not cfg.vision_steps:
         raise ValueError(
             f"freeze_vision=True with vision_steps=0 and no init: the {cfg.steps} conversation "
@@ -848,7 +903,7 @@ def run(
     from vltools.checkpoints import resolve_source
     from vltools.models import load_model
 
-    _refuse_frozen_random_tower(cfg, init)
+    _refuse_bad_start(cfg, init)
     torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="vltools-toy-init-") as tmp:
         if init is None:
@@ -958,6 +1013,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=TrainConfig.turns,
         help="with --branches, the most questions one branch asks as a conversation",
     )
+    parser.add_argument(
+        "--edge-filters",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.edge_filters,
+        help="a fresh run starts the patch embedding at coloured edge filters (edge_filters)",
+    )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
     parser.add_argument(
         "--init",
@@ -999,8 +1060,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             first_scene=args.first_scene,
             branches=args.branches,
             turns=args.turns,
+            edge_filters=args.edge_filters,
         )
-        _refuse_frozen_random_tower(cfg, args.init)
+        _refuse_bad_start(cfg, args.init)
     except ValueError as error:
         parser.error(str(error))
     folder, losses, seconds = run(
