@@ -283,10 +283,11 @@ def encode_branches(
 
     Each branch is a conversation of ``(question, answer)`` turns about the picture, encoded
     as :func:`encode_example` encodes it. The row is their common prefix (system message, user
-    turn, image tokens, up to ``</img>``) once, then each branch's rest. In the :class:`Encoded`
-    row, ``positions`` number each branch on from the end of the prefix, and ``segments`` is 0 on the prefix and ``k`` on branch ``k``, so that
-    with the mask :func:`branch_mask` builds each branch sees exactly its own conversation,
-    and one vision pass and one prefix serve them all.
+    turn, image tokens, up to ``</img>``) once, then each branch's rest. In the
+    :class:`Encoded` row, ``positions`` number each branch on from the end of the prefix, and
+    ``segments`` is 0 on the prefix and ``k`` on branch ``k``, so that with the mask
+    :func:`branch_mask` builds each branch sees exactly its own conversation, and one vision
+    pass and one prefix serve them all.
     """
     from vltools.constants import IMG_END_TOKEN
 
@@ -764,7 +765,7 @@ def train(
     start = time.perf_counter()
     hits = asked = 0
 
-    def padded(step: int, first: int) -> tuple[tuple, list, list, int]:
+    def padded(step: int, first: int) -> tuple[Batch, list, list, int]:
         examples, covers, classes, index = _examples(vlm, cfg, step, first)
         return collate(examples, pad_id=pad), covers, classes, index  # masks too, built ahead
 
@@ -988,36 +989,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=TrainConfig.probe_weight,
         help="weight of the image-token losses during the conversation steps",
     )
-    parser.add_argument(
-        "--mean-kind",
-        action=argparse.BooleanOptionalAction,
-        default=TrainConfig.mean_kind,
-        help="the vision stage also reads each shape's kind from the mean of its tokens",
-    )
-    parser.add_argument(
-        "--freeze-vision",
-        action=argparse.BooleanOptionalAction,
-        default=TrainConfig.freeze_vision,
-        help="the conversation steps leave the vision tower as the vision stage left it",
-    )
-    parser.add_argument(
-        "--branches",
-        action=argparse.BooleanOptionalAction,
-        default=TrainConfig.branches,
-        help="ask every question about a picture, in short conversations (--turns) packed "
-        "after one image prefix (else one conversation with follow-ups)",
-    )
+    switches = {  # TrainConfig's on/off fields, each a --name / --no-name pair
+        "mean_kind": "the vision stage also reads each shape's kind from the mean of its tokens",
+        "freeze_vision": "the conversation steps leave the vision tower as the vision stage left it",
+        "branches": "ask every question about a picture, in short conversations (--turns) "
+        "packed after one image prefix (else one conversation with follow-ups)",
+        "edge_filters": "a fresh run starts the patch embedding at coloured edge filters",
+    }
+    for field, text in switches.items():
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            action=argparse.BooleanOptionalAction,
+            default=getattr(TrainConfig, field),
+            help=text,
+        )
     parser.add_argument(
         "--turns",
         type=int,
         default=TrainConfig.turns,
         help="with --branches, the most questions one branch asks as a conversation",
-    )
-    parser.add_argument(
-        "--edge-filters",
-        action=argparse.BooleanOptionalAction,
-        default=TrainConfig.edge_filters,
-        help="a fresh run starts the patch embedding at coloured edge filters (edge_filters)",
     )
     parser.add_argument("--save-every", type=int, default=0, help="also save every N steps")
     parser.add_argument(
@@ -1055,12 +1045,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             vision_steps=args.vision_steps,
             curriculum=parse_curriculum(args.curriculum),
             probe_weight=args.probe_weight,
-            mean_kind=args.mean_kind,
-            freeze_vision=args.freeze_vision,
             first_scene=args.first_scene,
-            branches=args.branches,
             turns=args.turns,
-            edge_filters=args.edge_filters,
+            **{field: getattr(args, field) for field in switches},
         )
         _refuse_bad_start(cfg, args.init)
     except ValueError as error:
