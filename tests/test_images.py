@@ -27,7 +27,9 @@ from vltools.images import (
     _cut_threaded,
     _run_shared,
     cut_tiles,
+    from_pixel_codes,
     load_image,
+    pixel_codes,
 )
 from vltools.threads import pool_size, shared_pool
 from vltools.tiling import plan_tiles
@@ -451,3 +453,29 @@ def test_load_image_works_in_a_forked_child_after_use_in_the_parent():
 
 def _tile_in_child(array: np.ndarray) -> np.ndarray:
     return load_image(array, max_num=4).pixel_values.numpy()
+
+
+def test_pixel_codes_keep_pixel_values_as_uint8_and_give_the_same_bits_back():
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (300, 700, 3), dtype=np.uint8))
+    values = load_image(image, max_num=4).pixel_values  # [tiles, 3, 448, 448]
+    codes = pixel_codes(values)
+    assert codes.dtype == torch.uint8 and codes.shape == values.shape
+    assert torch.equal(from_pixel_codes(codes).view(torch.int32), values.view(torch.int32))
+    # the codes are the tiles' own uint8 pixels, whatever the layout around the channel axis
+    tiles = load_image(image, max_num=4).tiles
+    assert np.array_equal(codes[0].permute(1, 2, 0).numpy(), np.asarray(tiles[0]))
+    part = values[:2, :, 5:9, 100:107]
+    assert torch.equal(from_pixel_codes(pixel_codes(part)), part)
+    # every value a channel can take, and nothing else
+    every = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
+    assert torch.equal(pixel_codes(from_pixel_codes(every.contiguous())), every)
+
+
+def test_pixel_codes_refuse_values_the_normalisation_does_not_make():
+    values = load_image(Image.new("RGB", (64, 64), (10, 200, 30)), max_num=1).pixel_values
+    for bad in (values + 1e-3, values * 1.5, values.double(), values[0, 0]):
+        with pytest.raises(ValueError, match="load_image"):
+            pixel_codes(bad)
+    with pytest.raises(ValueError, match="uint8 .*pixel_codes"):
+        from_pixel_codes(values)

@@ -508,7 +508,8 @@ QUICK = TrainConfig(
     wide_share=0.0,
     follow_ups=2,
     threads=1,
-    vision_steps=2,
+    vision_steps=3,
+    vision_pool=2,
     vision_crops=3,
     vision_max_nums=(2,),
     curriculum=((1, 1, ("colour",)),),
@@ -629,6 +630,38 @@ def test_a_run_with_packed_branches_trains_on_every_question(tmp_path):
     assert int(first.split("right ")[1].split("/")[1].split()[0]) >= 5, first
 
 
+def test_a_vision_pool_gives_its_batches_again_every_other_pass_mirrored():
+    import torch
+
+    from vltools.toy_train import VISION_FIRST_SCENE, _crop_batch, _mirrored, _reused
+
+    cfg = TrainConfig(vision_crops=2, vision_max_nums=(2,), wide_share=0.0)
+    first = _crop_batch(cfg, 0, VISION_FIRST_SCENE)
+    second = _crop_batch(cfg, 1, first[4])
+    steps = list(_reused(iter([first, second]), pool=2, steps=7))
+    assert len(steps) == 7 and steps[0] is first and steps[1] is second
+    for step, batch in enumerate(steps[2:], start=2):
+        drawn = (first, second)[step % 2]
+        want = _mirrored(drawn) if (step // 2) % 2 else drawn
+        assert torch.equal(batch[0], want[0]), step  # bit for bit, through the uint8 codes
+        assert batch[1] == drawn[1] and batch[3] is drawn[3]
+        assert all(np.array_equal(a, b) for a, b in zip(batch[2], want[2], strict=True))
+        assert batch[4] == second[4]  # the scenes drawn so far
+    # mirrored: each crop's cover is the cover of its mirrored label window
+    pixels, _, covers, _, _ = _mirrored(first)
+    assert torch.equal(pixels, first[0].flip(-1))
+    for mirrored, drawn in zip(covers, first[2], strict=True):  # [1, 64 tokens, labels]
+        assert np.array_equal(mirrored.reshape(8, 8, -1), drawn.reshape(8, 8, -1)[:, ::-1])
+    # which is the cover of the mirrored labels: tokens are row-major 28-pixel cells
+    labels = np.random.default_rng(0).integers(0, 3, (1, 224, 224))
+    batch = (first[0][:1], [(0, 0)], [token_cover(labels, n_labels=3)], first[3][:1], 0)
+    want = token_cover(np.ascontiguousarray(labels[:, :, ::-1]), n_labels=3)
+    assert np.array_equal(_mirrored(batch)[2][0], want)
+    assert _mirrored(_mirrored(first))[0].equal(first[0])
+    # no pool: the batches as drawn, and nothing more
+    assert list(_reused(iter([first]), pool=0, steps=5)) == [first]
+
+
 def test_bad_continuations_are_refused_with_the_fix(tmp_path):
     for first in (-1, 1.5, 499_990):
         with pytest.raises(ValueError, match=r"first_scene=.*int >= 0 that leaves room"):
@@ -638,6 +671,9 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
     # a frozen random tower: the conversations could never learn to read the pictures
     with pytest.raises(ValueError, match=r"vision_steps=0 and no init.*--no-freeze-vision"):
         run(TrainConfig(steps=1, vision_steps=0, threads=1), tmp_path / "out", log=None)
+    for pool in (-1, 2.5):
+        with pytest.raises(ValueError, match=r"vision_pool=.*int >= 0"):
+            TrainConfig(vision_pool=pool)
     with pytest.raises(ValueError, match="turns=0: a branch asks at least one question"):
         TrainConfig(branches=True, turns=0)
     with pytest.raises(ValueError, match=r"edge_filters=True with init='toy'.*--edge-filters"):
@@ -650,6 +686,7 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
         ["--vision-steps", "0", "--freeze-vision"],
         ["--branches", "--turns", "0"],
         ["--edge-filters", "--init", "toy"],
+        ["--vision-pool", "-1"],
     ):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "out"), *argv])

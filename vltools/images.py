@@ -71,9 +71,11 @@ __all__ = [
     "TiledImage",
     "check_pixel_values_size",
     "cut_tiles",
+    "from_pixel_codes",
     "load_image",
     "open_image",
     "open_regular_file",
+    "pixel_codes",
     "to_8bit",
 ]
 
@@ -312,6 +314,71 @@ def open_image(
 
 
 @functools.lru_cache(maxsize=8)
+def _value_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[3, 256]`` float32: what ToTensor + Normalize make of each uint8 value, per channel,
+    computed with torch's own operations, exactly as torchvision does."""
+    import torch
+
+    # torch, exactly as torchvision: ToTensor (to float32, div(255)), Normalize (sub_, div_)
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
+    x = values.to(dtype=torch.float32).div(255)
+    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+    x = x.div_(torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1))
+    table = x.reshape(3, 256).numpy().copy()
+    table.flags.writeable = False  # cached and shared
+    return table
+
+
+def pixel_codes(pixel_values: torch.Tensor) -> torch.Tensor:
+    """The uint8 pixels behind ``pixel_values`` (``[..., 3, H, W]``, as :func:`load_image`
+    normalises them): a quarter of the memory, and :func:`from_pixel_codes` gives the same
+    float32 values back, bit for bit. For keeping many tiles or crops around (the toy
+    model's training reuses its crops this way).
+
+    Raises:
+        ValueError: a value that the normalisation cannot produce (pixel values made with
+            another mean and standard deviation, or changed after they were made).
+    """
+    import torch
+
+    if pixel_values.dtype != torch.float32 or pixel_values.ndim < 3 or pixel_values.shape[-3] != 3:
+        raise ValueError(
+            f"pixel_values of dtype {pixel_values.dtype} and shape {tuple(pixel_values.shape)}: "
+            "expected float32 [..., 3, H, W] as load_image makes them."
+        )
+    table = torch.from_numpy(_value_table(IMAGENET_MEAN, IMAGENET_STD).copy())  # [3, 256]
+    channels = pixel_values.movedim(-3, 0)  # [3, ..., H, W]
+    flat = channels.reshape(3, -1)
+    scale = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1) * 255
+    shift = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1) * 255
+    # the nearest uint8 by inverting the arithmetic (off by far less than 0.5 in float32);
+    # the table check below makes the answer exact
+    codes = torch.addcmul(shift, flat, scale).round_().clamp_(0, 255).long()  # [3, N]
+    if not torch.equal(table.gather(1, codes), flat):
+        raise ValueError(
+            "pixel_values hold values that (x / 255 - mean) / std with the ImageNet mean and "
+            "standard deviation does not make from any uint8 x; pass pixel values exactly as "
+            "load_image returns them."
+        )
+    return codes.to(torch.uint8).reshape(channels.shape).movedim(0, -3)
+
+
+def from_pixel_codes(codes: torch.Tensor) -> torch.Tensor:
+    """``pixel_values`` (float32) again from :func:`pixel_codes`' uint8 ``[..., 3, H, W]``."""
+    import torch
+
+    if codes.dtype != torch.uint8 or codes.ndim < 3 or codes.shape[-3] != 3:
+        raise ValueError(
+            f"codes of dtype {codes.dtype} and shape {tuple(codes.shape)}: expected uint8 "
+            "[..., 3, H, W] as pixel_codes returns them."
+        )
+    table = torch.from_numpy(_value_table(IMAGENET_MEAN, IMAGENET_STD).copy())  # [3, 256]
+    channels = codes.movedim(-3, 0)
+    values = table.gather(1, channels.reshape(3, -1).long())
+    return values.reshape(channels.shape).movedim(0, -3).contiguous()
+
+
+@functools.lru_cache(maxsize=8)
 def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[..., None]:
     """A function ``(out [3, S, S] float32, pixels [S, S, 3] uint8)`` doing ToTensor + Normalize.
 
@@ -323,15 +390,7 @@ def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[...
     operations; if they ever differ, a 256-entry lookup table per channel computed with
     torch's operations (exact by construction, somewhat slower) is used instead.
     """
-    import torch
-
-    # torch, exactly as torchvision: ToTensor (to float32, div(255)), Normalize (sub_, div_)
-    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
-    x = values.to(dtype=torch.float32).div(255)
-    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1))
-    x = x.div_(torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1))
-    table = x.reshape(3, 256).numpy().copy()  # [3, 256]: channel, uint8 value -> float32
-
+    table = _value_table(mean, std)  # [3, 256]: channel, uint8 value -> float32
     mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     scale = np.float32(255)

@@ -111,6 +111,13 @@ class TrainConfig:
     the projector and the language model only, so the vision tower keeps the features the
     vision stage taught it (and the backward pass stops at the projector).
 
+    ``vision_pool``: with N above 0, the vision stage draws only its first N batches and then
+    goes over them again, in order, every other pass mirrored left to right (each toy shape is
+    symmetric about its vertical axis, so the targets mirror with the pixels): after the first
+    N steps a step costs only its arithmetic, not drawing and cutting scenes, about 0.2 s
+    against 0.35 s on two cores. The kept batches are stored as uint8
+    (:func:`vltools.images.pixel_codes`, exact), about 4.8 MB a batch of 32 crops.
+
     ``edge_filters``: a fresh run starts the first channels of the vision tower's patch
     embedding at :func:`edge_filters` (the colour of a patch, and coloured edges across it in
     eight directions) instead of random weights; the vision stage then reads shapes sooner.
@@ -150,8 +157,14 @@ class TrainConfig:
     branches: bool = False
     turns: int = 3
     edge_filters: bool = False
+    vision_pool: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vision_pool, int) or self.vision_pool < 0:
+            raise ValueError(
+                f"vision_pool={self.vision_pool!r}: the number of vision batches to draw and "
+                "then go over again; use an int >= 0 (0: a new batch every step)."
+            )
         if not isinstance(self.turns, int) or self.turns < 1:
             raise ValueError(f"turns={self.turns!r}: a branch asks at least one question.")
         first = self.first_scene  # below, a scene is at least one tile of a step
@@ -586,6 +599,37 @@ def _crop_batch(cfg: TrainConfig, step: int, first: int) -> tuple[Any, list, lis
     return torch.stack(crops), offsets, covers, classes, index
 
 
+def _mirrored(batch: tuple) -> tuple:
+    """A vision batch (:func:`_crop_batch`'s tuple) mirrored left to right: the pixels, and
+    with them each crop's token cover (tokens are row-major cells, so each row reverses)."""
+    pixels, offsets, covers, classes, scene = batch
+    flipped = []
+    for cover in covers:  # [1, side * side, labels]
+        side = math.isqrt(cover.shape[1])
+        grid = cover.reshape(cover.shape[0], side, side, cover.shape[2])
+        flipped.append(np.ascontiguousarray(grid[:, :, ::-1]).reshape(cover.shape))
+    return pixels.flip(-1), offsets, flipped, classes, scene
+
+
+def _reused(batches: Any, *, pool: int, steps: int) -> Any:
+    """The vision stage's batches: ``batches`` (newly drawn) as they come; with a ``pool``,
+    they are kept (as uint8, :func:`~vltools.images.pixel_codes`) and, once drawn, given again
+    in order until ``steps`` batches in all, every other pass mirrored (:func:`_mirrored`)."""
+    from vltools.images import from_pixel_codes, pixel_codes
+
+    kept: list[tuple] = []
+    scene = VISION_FIRST_SCENE
+    for batch in batches:
+        if pool:
+            kept.append((pixel_codes(batch[0]), *batch[1:4]))
+        scene = batch[4]
+        yield batch
+    for step in range(len(kept), steps if kept else 0):
+        codes, offsets, covers, classes = kept[step % len(kept)]
+        batch = (from_pixel_codes(codes), offsets, covers, classes, scene)
+        yield _mirrored(batch) if (step // len(kept)) % 2 else batch
+
+
 def crop_features(model: Any, pixels: torch.Tensor, offsets: Sequence[tuple[int, int]]):
     """The projector's output ``[crops, tokens, width]`` for crops of tiles.
 
@@ -667,9 +711,10 @@ def _schedule(lr: float, warmup: int, steps: int):
 def pretrain_vision(
     vlm: VLModel, probe: Any, cfg: TrainConfig, *, log: Any = None, log_every: int = 25
 ) -> list[float]:
-    """The vision stage: ``cfg.vision_steps`` steps on crops (:func:`_crop_batch`), training
-    the vision tower, the projector and ``probe`` (a :class:`~vltools.toy_targets.TokenProbe`)
-    on the token losses alone. Returns each step's loss."""
+    """The vision stage: ``cfg.vision_steps`` steps on crops (:func:`_crop_batch`; with
+    ``cfg.vision_pool``, the first batches again, see :func:`_reused`), training the vision
+    tower, the projector and ``probe`` (a :class:`~vltools.toy_targets.TokenProbe`) on the
+    token losses alone. Returns each step's loss."""
     import torch
 
     model = vlm.model
@@ -685,11 +730,13 @@ def pretrain_vision(
     losses: list[float] = []
     correct = total = averaged = 0
     start = time.perf_counter()
+    drawn = min(cfg.vision_pool, cfg.vision_steps) if cfg.vision_pool else cfg.vision_steps
     batches = build_ahead(
-        lambda step, first: _crop_batch(cfg, step, first), cfg.vision_steps, VISION_FIRST_SCENE
+        lambda step, first: _crop_batch(cfg, step, first), drawn, VISION_FIRST_SCENE
     )
     with contextlib.closing(batches):  # on an error too, a batch still being built is waited for
-        for step, (pixels, offsets, covers, classes, scene) in enumerate(batches):
+        steps = _reused(batches, pool=cfg.vision_pool, steps=cfg.vision_steps)
+        for step, (pixels, offsets, covers, classes, scene) in enumerate(steps):
             result = probe(crop_features(model, pixels, offsets), covers, classes)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -978,6 +1025,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps)
     parser.add_argument(
+        "--vision-pool",
+        type=int,
+        default=TrainConfig.vision_pool,
+        help="draw only this many vision batches, then go over them again (0: new ones always)",
+    )
+    parser.add_argument(
         "--curriculum",
         default=format_curriculum(TrainConfig.curriculum),
         help="first phases of the conversation steps, e.g. 60:1:colour,150:any:colour+shape "
@@ -1043,6 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             threads=args.threads,
             vision_steps=args.vision_steps,
+            vision_pool=args.vision_pool,
             curriculum=parse_curriculum(args.curriculum),
             probe_weight=args.probe_weight,
             first_scene=args.first_scene,
