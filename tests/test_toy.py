@@ -478,7 +478,7 @@ def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_r
     cfg = TrainConfig(
         curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1, branches=branches
     )
-    examples, _, _, _ = _examples(vlm, cfg, 0, 0)  # step 0: the phase
+    examples = _examples(vlm, cfg, 0, 0).examples  # step 0: the phase
     for row in examples:
         text = vlm.tokenizer.decode(row.input_ids)
         assert row.pixel_values.shape[0] == 1  # one tile, as the single-tile steps
@@ -630,6 +630,79 @@ def test_a_run_with_packed_branches_trains_on_every_question(tmp_path):
     assert int(first.split("right ")[1].split("/")[1].split()[0]) >= 5, first
 
 
+def test_asked_label_names_the_shape_a_colour_or_shape_question_is_about():
+    from vltools.toy_targets import asked_label
+
+    scene = toy_scene(7, count=3)
+    for label, (colour, shape, _) in enumerate(scene.shapes, start=1):
+        assert asked_label(scene, colour, "colour") == label
+        assert asked_label(scene, shape, "shape") == label
+    for kind in ("count", "position", "presence"):
+        assert asked_label(scene, "3", kind) is None
+    absent = next(c for c in COLOURS if c not in {c for c, _, _ in scene.shapes})
+    with pytest.raises(ValueError, match=f"answered '{absent}' names 0 .*the answer the scene"):
+        asked_label(scene, absent, "colour")
+
+
+def test_attention_target_looks_inside_the_shape_and_sums_to_one():
+    from vltools.toy_targets import attention_target
+
+    cover = np.zeros((2, 4, 3), dtype=np.float32)  # 2 tiles of 4 tokens, labels 0-2
+    cover[..., 0] = 1
+    cover[0, :3, 1] = (1.0, 0.6, 0.2)  # label 1: two tokens at least half covered
+    cover[1, 3, 2] = 0.3  # label 2: only a sliver, in the second tile
+    cover[..., 0] -= cover[..., 1:].sum(-1)
+    inside = attention_target(cover, 1)
+    assert inside.shape == (8,) and inside.dtype == np.float32
+    np.testing.assert_allclose(inside, [1 / 1.6, 0.6 / 1.6, 0, 0, 0, 0, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(attention_target(cover, 2), [0] * 7 + [1])  # all it touches
+    np.testing.assert_allclose(attention_target(cover, 1, min_cover=0.1).sum(), 1, rtol=1e-6)
+    assert not attention_target(cover[:1], 2).any()  # not in the first tile: nowhere to look
+
+
+def test_the_answer_attention_loss_is_the_last_layers_own_attention_against_the_target():
+    import torch
+
+    from vltools.attention import eager_language_model
+    from vltools.models import load_model
+    from vltools.toy_targets import attention_target
+    from vltools.toy_train import _answer_attention_loss, _examples, _LastQueries, collate
+
+    vlm = load_model("toy", device="cpu")
+    cfg = TrainConfig(
+        tiles_per_step=4, max_nums=(1, 2), wide_share=0.0, threads=1, answer_attention=1.0
+    )
+    drawn = _examples(vlm, cfg, 5, 100)
+    batch = collate(drawn.examples, pad_id=vlm.tokenizer.pad_token_id or 0)
+    for example, labels in zip(drawn.examples, drawn.asked, strict=True):  # a label an answer
+        tokens = np.asarray(example.labels)
+        assert len(labels) == int(((tokens[:-1] == -100) & (tokens[1:] != -100)).sum())
+    hook = _LastQueries(vlm.model.model.language_model.layers[-1].self_attn)
+    try:
+        with torch.no_grad(), eager_language_model(vlm):
+            out = vlm.model.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                pixel_values=batch.pixel_values,
+                output_attentions=True,
+            )
+        loss = _answer_attention_loss(hook, batch, drawn, vlm.image_token_id)
+    finally:
+        hook.handle.remove()
+    weights = out.attentions[-1][:, 0]  # [B, L, L]: the last layer's first head
+    starts = (batch.labels[:, :-1] == -100) & (batch.labels[:, 1:] != -100)
+    terms = []
+    for row, (cover, labels) in enumerate(zip(drawn.covers, drawn.asked, strict=True)):
+        image = torch.nonzero(batch.input_ids[row] == vlm.image_token_id)[:, 0]
+        for position, label in zip(starts[row].nonzero()[:, 0].tolist(), labels, strict=True):
+            if label is None:
+                continue
+            target = torch.from_numpy(attention_target(cover, label))
+            terms.append(-(target * weights[row, position, image].log()).sum())
+    assert len(terms) >= 3  # colour and shape answers among the step's
+    assert torch.allclose(loss, torch.stack(terms).mean(), rtol=1e-4, atol=1e-5)
+
+
 def test_a_vision_pool_gives_its_batches_again_every_other_pass_mirrored():
     import torch
 
@@ -674,6 +747,11 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
     for pool in (-1, 2.5):
         with pytest.raises(ValueError, match=r"vision_pool=.*int >= 0"):
             TrainConfig(vision_pool=pool)
+    for weight in (-1.0, "1", float("nan")):
+        with pytest.raises(ValueError, match=r"answer_attention=.*a number >= 0"):
+            TrainConfig(answer_attention=weight)
+    with pytest.raises(ValueError, match=r"answer_attention=1.0 with branches=True.*turn one"):
+        TrainConfig(answer_attention=1.0, branches=True)
     with pytest.raises(ValueError, match="turns=0: a branch asks at least one question"):
         TrainConfig(branches=True, turns=0)
     with pytest.raises(ValueError, match=r"edge_filters=True with init='toy'.*--edge-filters"):
@@ -687,6 +765,8 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
         ["--branches", "--turns", "0"],
         ["--edge-filters", "--init", "toy"],
         ["--vision-pool", "-1"],
+        ["--answer-attention", "-1"],
+        ["--answer-attention", "1", "--branches"],
     ):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "out"), *argv])

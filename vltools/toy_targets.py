@@ -13,7 +13,10 @@ tokens themselves, with targets computed from how the scene was drawn:
   shape covers;
 - :class:`TokenProbe`: training-only linear heads on the projector's output and their loss:
   each token's colour and shape (soft targets from the cover), and each shape's kind read
-  from the strongest of its tokens (max-pooled). The heads are not part of the checkpoint.
+  from the strongest of its tokens (max-pooled). The heads are not part of the checkpoint;
+- :func:`asked_label` and :func:`attention_target`: which shape a colour or shape question
+  asks about, and where among the image tokens its answer should look (the tokens of that
+  shape), the target of the conversation steps' ``answer_attention`` loss.
 
 Pure numpy apart from :class:`TokenProbe` (torch).
 """
@@ -30,7 +33,16 @@ from PIL import Image
 from vltools.tiling import TileGrid
 from vltools.toy import COLOURS, SHAPES, Scene, shape_mask
 
-__all__ = ["CELL", "tile_labels", "token_cover", "label_classes", "ProbeLoss", "TokenProbe"]
+__all__ = [
+    "CELL",
+    "tile_labels",
+    "token_cover",
+    "label_classes",
+    "asked_label",
+    "attention_target",
+    "ProbeLoss",
+    "TokenProbe",
+]
 
 CELL = 28  # pixels of a tile one image token covers: a 14-pixel patch, 2 x 2 after the shuffle
 
@@ -92,6 +104,37 @@ def label_classes(scene: Scene) -> np.ndarray:
     for label, (colour, shape, _) in enumerate(scene.shapes, start=1):
         out[label] = (colours.index(colour) + 1, SHAPES.index(shape) + 1)
     return out
+
+
+def asked_label(scene: Scene, answer: str, kind: str) -> int | None:
+    """The label (``1 +`` its index in ``scene.shapes``, as :func:`label_classes` numbers them)
+    of the shape a question of ``kind`` with ``answer`` is about: for a colour question the
+    shape of that colour, for a shape question the shape of that kind (a scene's shapes differ
+    in both); None for the other kinds, which ask about no one shape or several."""
+    if kind not in ("colour", "shape"):
+        return None
+    field = 0 if kind == "colour" else 1
+    found = [i for i, drawn in enumerate(scene.shapes, start=1) if drawn[field] == answer]
+    if len(found) != 1:
+        raise ValueError(
+            f"a {kind} question answered {answer!r} names {len(found)} of the scene's shapes "
+            f"{[drawn[:2] for drawn in scene.shapes]}; pass the answer the scene gave."
+        )
+    return found[0]
+
+
+def attention_target(cover: np.ndarray, label: int, *, min_cover: float = 0.5) -> np.ndarray:
+    """``[tokens]`` float32: where an answer about shape ``label`` should look among a
+    picture's image tokens (``cover`` is its :func:`token_cover`, ``[tiles, tokens, labels]``
+    or already ``[tokens, labels]``): the tokens the shape covers at least ``min_cover``
+    (inside it, where the colour is pure), weighted by their cover, summing to 1; every token
+    it touches if none is that full (a small shape squashed into a thumbnail); all zeros if
+    it touches none."""
+    column = cover.reshape(-1, cover.shape[-1])[:, label].astype(np.float32)
+    inside = column * (column >= min_cover)
+    weights = inside if inside.any() else column
+    total = weights.sum()
+    return weights / total if total > 0 else weights
 
 
 @dataclass(frozen=True)

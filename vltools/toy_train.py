@@ -111,6 +111,12 @@ class TrainConfig:
     the projector and the language model only, so the vision tower keeps the features the
     vision stage taught it (and the backward pass stops at the projector).
 
+    ``answer_attention``: with a weight above 0, the conversation steps add (times the weight)
+    a loss that pulls one head of the language model's last layer, at the first token of each
+    colour or shape answer, onto the image tokens of the shape the question asks about
+    (:func:`vltools.toy_targets.attention_target`): which colour goes with which shape is what
+    the answers alone teach slowest (see the model card). Plain conversations only.
+
     ``vision_pool``: with N above 0, the vision stage draws only its first N batches and then
     goes over them again, in order, every other pass mirrored left to right (each toy shape is
     symmetric about its vertical axis, so the targets mirror with the pixels): after the first
@@ -158,8 +164,19 @@ class TrainConfig:
     turns: int = 3
     edge_filters: bool = False
     vision_pool: int = 0
+    answer_attention: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.answer_attention, (int, float)) or not self.answer_attention >= 0:
+            raise ValueError(
+                f"answer_attention={self.answer_attention!r}: the weight of the answer "
+                "attention loss; use a number >= 0 (0: none)."
+            )
+        if self.answer_attention and self.branches:
+            raise ValueError(
+                f"answer_attention={self.answer_attention} with branches=True: the answer "
+                "attention loss knows plain conversations only; turn one of them off."
+            )
         if not isinstance(self.vision_pool, int) or self.vision_pool < 0:
             raise ValueError(
                 f"vision_pool={self.vision_pool!r}: the number of vision batches to draw and "
@@ -446,17 +463,26 @@ def collate(examples: Sequence[Encoded], *, pad_id: int) -> Batch:
     )
 
 
-def _examples(
-    vlm: VLModel, cfg: TrainConfig, step: int, first: int
-) -> tuple[list, list, list, int]:
-    """The batch of ``step``: encoded conversations of scenes ``first, first + 1, ...``.
+@dataclass(frozen=True)
+class _Drawn:
+    """A conversation step's pictures: ``examples`` (one :class:`Encoded` each) and, when the
+    step's losses need them, each picture's :func:`~vltools.toy_targets.token_cover` and
+    :func:`~vltools.toy_targets.label_classes` (``covers``, ``classes``) and, for each of its
+    answers in order, the label of the shape it is about or None (``asked``,
+    :func:`~vltools.toy_targets.asked_label`); ``next_scene``: the first scene not drawn."""
 
-    Returns the examples, each picture's :func:`~vltools.toy_targets.token_cover` and
-    :func:`~vltools.toy_targets.label_classes`, and the index of the next unused scene.
-    """
+    examples: list[Encoded]
+    covers: list[np.ndarray]
+    classes: list[np.ndarray]
+    asked: list[list[int | None]]
+    next_scene: int
+
+
+def _examples(vlm: VLModel, cfg: TrainConfig, step: int, first: int) -> _Drawn:
+    """The batch of ``step``: encoded conversations of scenes ``first, first + 1, ...``."""
     from vltools.images import load_image
     from vltools.toy import all_questions, conversations, follow_ups, toy_scene
-    from vltools.toy_targets import label_classes, tile_labels, token_cover
+    from vltools.toy_targets import asked_label, label_classes, tile_labels, token_cover
 
     rng = np.random.default_rng([cfg.seed, step])
     phase = _phase(cfg, step)
@@ -468,7 +494,7 @@ def _examples(
         max_num = int(cfg.wide_max_nums[int(rng.integers(len(cfg.wide_max_nums)))])
     else:
         max_num = int(cfg.max_nums[int(rng.integers(len(cfg.max_nums)))])
-    out, covers, classes = [], [], []
+    out, covers, classes, asked = [], [], [], []
     tiles = 0
     index = first
 
@@ -487,19 +513,24 @@ def _examples(
             example = encode_branches(vlm, tiled, [[(q, a) for q, a, _ in g] for g in groups])
         else:
             more = [
-                (q, a)
+                (q, a, kind)
                 for q, a, kind in follow_ups(scene, seed=index, n=cfg.follow_ups)
                 if wanted(kind)
             ]
-            example = encode_example(vlm, scene.as_dict(), max_num=max_num, more=more, tiled=tiled)
+            example = encode_example(
+                vlm, scene.as_dict(), max_num=max_num, more=[m[:2] for m in more], tiled=tiled
+            )
+            if cfg.answer_attention:
+                answers = [(scene.answer, scene.kind), *((a, kind) for _, a, kind in more)]
+                asked.append([asked_label(scene, a, kind) for a, kind in answers])
         out.append(example)
-        if cfg.probe_weight:
+        if cfg.probe_weight or cfg.answer_attention:
             table = label_classes(scene)
             covers.append(token_cover(tile_labels(scene, tiled.grid), n_labels=len(table)))
             classes.append(table)
         tiles += int(example.pixel_values.shape[0])
         index += 1
-    return out, covers, classes, index
+    return _Drawn(out, covers, classes, asked, index)
 
 
 def _phase(cfg: TrainConfig, step: int) -> dict[str, Any] | None:
@@ -759,6 +790,57 @@ def pretrain_vision(
     return losses
 
 
+class _LastQueries:
+    """A forward hook on a Qwen2 attention layer that keeps its first query head's rotated
+    queries and the matching key head's keys (``[B, L, head_dim]`` each), for
+    :func:`_answer_attention_loss`."""
+
+    def __init__(self, attention: Any) -> None:
+        self.queries: Any = None
+        self.keys: Any = None
+        self.scale = float(attention.scaling)
+        self.handle = attention.register_forward_hook(self, with_kwargs=True)
+
+    def __call__(self, module: Any, args: Any, kwargs: dict, output: Any) -> None:
+        from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+        hidden = kwargs["hidden_states"]  # [B, L, hidden]
+        cos, sin = kwargs["position_embeddings"]
+        rows, length, _ = hidden.shape
+        shape = (rows, length, -1, module.head_dim)
+        queries = module.q_proj(hidden).view(shape)[:, :, :1].transpose(1, 2)  # [B, 1, L, D]
+        keys = module.k_proj(hidden).view(shape)[:, :, :1].transpose(1, 2)  # head 0's keys
+        queries, keys = apply_rotary_pos_emb(queries, keys, cos, sin)
+        self.queries, self.keys = queries[:, 0], keys[:, 0]
+
+
+def _answer_attention_loss(
+    hook: _LastQueries, batch: Batch, drawn: _Drawn, image_token_id: int
+) -> Any:
+    """The mean cross-entropy between the hooked head's attention at the first token of each
+    colour or shape answer (the position that predicts it) and the
+    :func:`~vltools.toy_targets.attention_target` of the asked shape over the image tokens."""
+    import torch
+
+    from vltools.toy_targets import attention_target
+
+    # the position before each answer's first token predicts it: its query is the one to pull
+    starts = (batch.labels[:, :-1] == -100) & (batch.labels[:, 1:] != -100)  # [B, L - 1]
+    terms = []
+    for row, (cover, labels) in enumerate(zip(drawn.covers, drawn.asked, strict=True)):
+        image = torch.nonzero(batch.input_ids[row] == image_token_id)[:, 0]  # [tokens]
+        for position, label in zip(torch.nonzero(starts[row])[:, 0].tolist(), labels, strict=True):
+            target = attention_target(cover, label) if label is not None else None
+            if target is None or not target.any():
+                continue
+            seen = hook.keys[row, : position + 1]  # [position + 1, D]: causal
+            scores = (seen @ hook.queries[row, position]) * hook.scale
+            wanted = torch.zeros(position + 1)
+            wanted[image] = torch.from_numpy(target)
+            terms.append(-(wanted * scores.log_softmax(-1)).sum())
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
 def train(
     vlm: VLModel,
     cfg: TrainConfig,
@@ -806,19 +888,23 @@ def train(
         hook = model.model.multi_modal_projector.register_forward_hook(
             lambda _module, _inputs, output: captured.append(output)
         )
+    last = None
+    if cfg.answer_attention:
+        last = _LastQueries(model.model.language_model.layers[-1].self_attn)
     model.train()
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
     start = time.perf_counter()
     hits = asked = 0
 
-    def padded(step: int, first: int) -> tuple[Batch, list, list, int]:
-        examples, covers, classes, index = _examples(vlm, cfg, step, first)
-        return collate(examples, pad_id=pad), covers, classes, index  # masks too, built ahead
+    def padded(step: int, first: int) -> tuple[Batch, _Drawn, int]:
+        drawn = _examples(vlm, cfg, step, first)
+        # masks too, built ahead; the last item is the next step's first scene
+        return collate(drawn.examples, pad_id=pad), drawn, drawn.next_scene
 
     batches = build_ahead(padded, cfg.steps, cfg.first_scene)
     try:
-        for step, (batch, covers, classes, scene) in enumerate(batches):
+        for step, (batch, drawn, _) in enumerate(batches):
             labels, pixel_values = batch.labels, batch.pixel_values
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
@@ -842,7 +928,12 @@ def train(
             asked += int(first.sum())
             total = loss
             if use_probe:
-                total = loss + cfg.probe_weight * probe(captured[0], covers, classes).loss
+                total = (
+                    total + cfg.probe_weight * probe(captured[0], drawn.covers, drawn.classes).loss
+                )
+            if last is not None:
+                pull = _answer_attention_loss(last, batch, drawn, vlm.image_token_id)
+                total = total + cfg.answer_attention * pull
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -853,7 +944,7 @@ def train(
                 log(
                     f"step {step + 1}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
                     f"first answer tokens right {hits}/{asked} lr {lr_at(step):.2e} "
-                    f"tiles {pixel_values.shape[0]} scenes {scene} "
+                    f"tiles {pixel_values.shape[0]} scenes {drawn.next_scene} "
                     f"{time.perf_counter() - start:.0f}s"
                 )
                 hits = asked = 0
@@ -865,6 +956,8 @@ def train(
         batches.close()  # a batch still being built is waited for
         if hook is not None:
             hook.remove()
+        if last is not None:
+            last.handle.remove()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -1025,6 +1118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps)
     parser.add_argument(
+        "--answer-attention",
+        type=float,
+        default=TrainConfig.answer_attention,
+        help="weight of the loss pulling the last layer's first head, at each colour or shape "
+        "answer, onto the asked shape's image tokens (0: none)",
+    )
+    parser.add_argument(
         "--vision-pool",
         type=int,
         default=TrainConfig.vision_pool,
@@ -1097,6 +1197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             vision_steps=args.vision_steps,
             vision_pool=args.vision_pool,
+            answer_attention=args.answer_attention,
             curriculum=parse_curriculum(args.curriculum),
             probe_weight=args.probe_weight,
             first_scene=args.first_scene,
