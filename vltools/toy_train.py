@@ -894,6 +894,7 @@ def train(
     model.train()
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
+    pulls: list[float] = []  # the answer attention loss of each step, with answer_attention
     start = time.perf_counter()
     hits = asked = 0
 
@@ -934,6 +935,7 @@ def train(
             if last is not None:
                 pull = _answer_attention_loss(last, batch, drawn, vlm.image_token_id)
                 total = total + cfg.answer_attention * pull
+                pulls.append(pull.item())
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -944,7 +946,8 @@ def train(
                 log(
                     f"step {step + 1}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
                     f"first answer tokens right {hits}/{asked} lr {lr_at(step):.2e} "
-                    f"tiles {pixel_values.shape[0]} scenes {drawn.next_scene} "
+                    + (f"answer attention {np.mean(pulls[-log_every:]):.3f} " if pulls else "")
+                    + f"tiles {pixel_values.shape[0]} scenes {drawn.next_scene} "
                     f"{time.perf_counter() - start:.0f}s"
                 )
                 hits = asked = 0
