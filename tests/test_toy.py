@@ -710,27 +710,29 @@ def test_a_vision_pool_gives_its_batches_again_every_other_pass_mirrored():
 
     cfg = TrainConfig(vision_crops=2, vision_max_nums=(2,), wide_share=0.0)
     first = _crop_batch(cfg, 0, VISION_FIRST_SCENE)
-    second = _crop_batch(cfg, 1, first[4])
+    second = _crop_batch(cfg, 1, first.next_scene)
     steps = list(_reused(iter([first, second]), pool=2, steps=7))
     assert len(steps) == 7 and steps[0] is first and steps[1] is second
     for step, batch in enumerate(steps[2:], start=2):
         drawn = (first, second)[step % 2]
         want = _mirrored(drawn) if (step // 2) % 2 else drawn
-        assert torch.equal(batch[0], want[0]), step  # bit for bit, through the uint8 codes
-        assert batch[1] == drawn[1] and batch[3] is drawn[3]
-        assert all(np.array_equal(a, b) for a, b in zip(batch[2], want[2], strict=True))
-        assert batch[4] == second[4]  # the scenes drawn so far
+        assert torch.equal(batch.pixels, want.pixels), step  # bit for bit, via uint8 codes
+        assert batch.offsets == drawn.offsets and batch.classes is drawn.classes
+        assert all(np.array_equal(a, b) for a, b in zip(batch.covers, want.covers, strict=True))
+        assert batch.next_scene == second.next_scene  # the scenes drawn so far
     # mirrored: each crop's cover is the cover of its mirrored label window
-    pixels, _, covers, _, _ = _mirrored(first)
-    assert torch.equal(pixels, first[0].flip(-1))
-    for mirrored, drawn in zip(covers, first[2], strict=True):  # [1, 64 tokens, labels]
+    mirrored_first = _mirrored(first)
+    assert torch.equal(mirrored_first.pixels, first.pixels.flip(-1))
+    for mirrored, drawn in zip(mirrored_first.covers, first.covers, strict=True):  # [1, 64, L]
         assert np.array_equal(mirrored.reshape(8, 8, -1), drawn.reshape(8, 8, -1)[:, ::-1])
     # which is the cover of the mirrored labels: tokens are row-major 28-pixel cells
     labels = np.random.default_rng(0).integers(0, 3, (1, 224, 224))
-    batch = (first[0][:1], [(0, 0)], [token_cover(labels, n_labels=3)], first[3][:1], 0)
+    batch = first._replace(
+        pixels=first.pixels[:1], offsets=[(0, 0)], covers=[token_cover(labels, n_labels=3)]
+    )
     want = token_cover(np.ascontiguousarray(labels[:, :, ::-1]), n_labels=3)
-    assert np.array_equal(_mirrored(batch)[2][0], want)
-    assert _mirrored(_mirrored(first))[0].equal(first[0])
+    assert np.array_equal(_mirrored(batch).covers[0], want)
+    assert _mirrored(mirrored_first).pixels.equal(first.pixels)
     # no pool: the batches as drawn, and nothing more
     assert list(_reused(iter([first]), pool=0, steps=5)) == [first]
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -580,16 +580,27 @@ def format_curriculum(phases: Sequence[tuple[int, int | None, Sequence[str]]]) -
 VISION_FIRST_SCENE = 500_000
 
 
-def _crop_batch(cfg: TrainConfig, step: int, first: int) -> tuple[Any, list, list, list, int]:
+class _Crops(NamedTuple):
+    """A vision batch: ``pixels`` ``[crops, 3, side * 14, side * 14]``, each crop's top-left
+    ``offsets`` ``(row, col)`` in patches, its token ``covers`` ``[1, tokens, labels]`` and its
+    scene's label ``classes``, and ``next_scene``, the first scene not drawn (last, as
+    :func:`~vltools.threads.build_ahead` wants it)."""
+
+    pixels: Any
+    offsets: list[tuple[int, int]]
+    covers: list[np.ndarray]
+    classes: list[np.ndarray]
+    next_scene: int
+
+
+def _crop_batch(cfg: TrainConfig, step: int, first: int) -> _Crops:
     """The vision stage's batch of ``step``: ``cfg.vision_crops`` crops of real tiles.
 
     Scenes ``first, first + 1, ...`` are cut with a budget from ``vision_max_nums`` (or, with
     probability ``wide_share``, are panoramas cut with one of ``wide_max_nums``; several tiles
     a picture keep the scenes a step needs, and their drawing, few), and each tile gives two
     crops of ``crop_side`` patches, placed on an even patch (so a crop's 2 x 2 shuffle groups
-    are the tile's) and mostly around a shape. Returns the pixels
-    ``[crops, 3, side * 14, side * 14]``, each crop's top-left ``(row, col)`` in patches, its
-    token cover ``[1, tokens, labels]`` and its scene's label classes, and the next scene.
+    are the tile's) and mostly around a shape.
     """
     import torch
 
@@ -627,19 +638,18 @@ def _crop_batch(cfg: TrainConfig, step: int, first: int) -> tuple[Any, list, lis
             window = labels[tile : tile + 1, top : top + span, left : left + span]
             covers.append(token_cover(window, n_labels=len(table)))
             classes.append(table)
-    return torch.stack(crops), offsets, covers, classes, index
+    return _Crops(torch.stack(crops), offsets, covers, classes, index)
 
 
-def _mirrored(batch: tuple) -> tuple:
-    """A vision batch (:func:`_crop_batch`'s tuple) mirrored left to right: the pixels, and
-    with them each crop's token cover (tokens are row-major cells, so each row reverses)."""
-    pixels, offsets, covers, classes, scene = batch
+def _mirrored(batch: _Crops) -> _Crops:
+    """A vision batch mirrored left to right: the pixels, and with them each crop's token
+    cover (tokens are row-major cells, so each row reverses)."""
     flipped = []
-    for cover in covers:  # [1, side * side, labels]
+    for cover in batch.covers:  # [1, side * side, labels]
         side = math.isqrt(cover.shape[1])
         grid = cover.reshape(cover.shape[0], side, side, cover.shape[2])
         flipped.append(np.ascontiguousarray(grid[:, :, ::-1]).reshape(cover.shape))
-    return pixels.flip(-1), offsets, flipped, classes, scene
+    return batch._replace(pixels=batch.pixels.flip(-1), covers=flipped)
 
 
 def _reused(batches: Any, *, pool: int, steps: int) -> Any:
@@ -648,16 +658,16 @@ def _reused(batches: Any, *, pool: int, steps: int) -> Any:
     in order until ``steps`` batches in all, every other pass mirrored (:func:`_mirrored`)."""
     from vltools.images import from_pixel_codes, pixel_codes
 
-    kept: list[tuple] = []
+    kept: list[_Crops] = []  # their pixels as uint8 codes
     scene = VISION_FIRST_SCENE
     for batch in batches:
         if pool:
-            kept.append((pixel_codes(batch[0]), *batch[1:4]))
-        scene = batch[4]
+            kept.append(batch._replace(pixels=pixel_codes(batch.pixels)))
+        scene = batch.next_scene
         yield batch
     for step in range(len(kept), steps if kept else 0):
-        codes, offsets, covers, classes = kept[step % len(kept)]
-        batch = (from_pixel_codes(codes), offsets, covers, classes, scene)
+        stored = kept[step % len(kept)]
+        batch = stored._replace(pixels=from_pixel_codes(stored.pixels), next_scene=scene)
         yield _mirrored(batch) if (step // len(kept)) % 2 else batch
 
 
