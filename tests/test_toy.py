@@ -476,7 +476,11 @@ def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_r
 
     vlm = load_model(quick_run[0], device="cpu")
     cfg = TrainConfig(
-        curriculum=((1, 2, ("colour",)),), tiles_per_step=4, threads=1, branches=branches
+        curriculum=((1, 2, ("colour",)),),
+        tiles_per_step=4,
+        threads=1,
+        branches=branches,
+        answer_attention=0.0 if branches else 0.3,
     )
     examples = _examples(vlm, cfg, 0, 0).examples  # step 0: the phase
     for row in examples:
@@ -620,7 +624,9 @@ def test_a_run_goes_on_from_a_checkpoint_as_it_is_and_on_new_scenes(quick_run, t
 def test_a_run_with_packed_branches_trains_on_every_question(tmp_path):
     from dataclasses import replace
 
-    cfg = replace(QUICK, branches=True, turns=2, curriculum=(), probe_weight=0.0)
+    cfg = replace(
+        QUICK, branches=True, turns=2, curriculum=(), probe_weight=0.0, answer_attention=0.0
+    )
     lines: list[str] = []
     _, losses, _ = run(cfg, tmp_path / "out", log=lines.append)
     assert len(losses) == 2 and all(np.isfinite(losses))
@@ -755,17 +761,15 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"answer_attention=1.0 with branches=True.*turn one"):
         TrainConfig(answer_attention=1.0, branches=True)
     with pytest.raises(ValueError, match="turns=0: a branch asks at least one question"):
-        TrainConfig(branches=True, turns=0)
-    with pytest.raises(ValueError, match=r"edge_filters=True with init='toy'.*--edge-filters"):
-        run(TrainConfig(steps=1, edge_filters=True, threads=1), tmp_path / "out", init="toy")
+        TrainConfig(branches=True, turns=0, answer_attention=0.0)
     assert not (tmp_path / "out").exists()
     from vltools.toy_train import main
 
     for argv in (
         ["--first-scene", "-5"],
         ["--vision-steps", "0", "--freeze-vision"],
-        ["--branches", "--turns", "0"],
-        ["--edge-filters", "--init", "toy"],
+        ["--branches", "--answer-attention", "0", "--turns", "0"],
+        ["--branches"],  # the answer attention, on by default, knows plain conversations only
         ["--vision-pool", "-1"],
         ["--answer-attention", "-1"],
         ["--answer-attention", "1", "--branches"],
@@ -782,10 +786,10 @@ def test_bad_continuations_are_refused_with_the_fix(tmp_path):
 # Lower bounds for the shipped weights on the small held-out sets below (measured: see
 # MODEL_CARD.md); a mapping bug (tile order, thumbnail, transposed grid) drops the attention
 # ratio to about 1.
-COLOUR_FLOOR = 0.33
-SHAPE_FLOOR = 0.3
-ATTENTION_FLOOR = 5.0
-TILING_GAIN = 0.1  # panoramas: up to 12 tiles against one (measured 13/40 against 6/40)
+COLOUR_FLOOR = 0.6  # measured 15/21 on the 30 questions below
+SHAPE_FLOOR = 0.4  # measured 5/9
+ATTENTION_FLOOR = 5.0  # the target; measured 18.5x on the 20 scenes below
+TILING_GAIN = 0.3  # panoramas: up to 12 tiles against one (measured 30/40 against 10/40)
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def toy_config() -> dict[str, Any]:
     """The toy checkpoint's ``config.json``: the tiny one with the widths it was trained at.
 
     Vision: 2 InternViT layers of width 32 (2 heads of 16) over the real 32 x 32 patches of a
-    448-pixel tile. Language: 4 Qwen2 layers of width 128 (4 query heads of 32, 2 key/value
+    448-pixel tile. Language: 2 Qwen2 layers of width 128 (4 query heads of 32, 2 key/value
     heads), the tiny checkpoint's 652-token vocabulary. Weights are stored as float32.
     """
     from vltools.testing import tiny_config
@@ -94,8 +94,8 @@ def toy_config() -> dict[str, Any]:
             "intermediate_size": 256,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "num_hidden_layers": 4,
-            "max_window_layers": 4,
+            "num_hidden_layers": 2,
+            "max_window_layers": 2,
             "max_position_embeddings": 8192,
             "torch_dtype": "float32",
         }

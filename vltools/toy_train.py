@@ -10,9 +10,11 @@ written back in the original format (original key names, the fused vision ``attn
 through the loader's own key plan (:func:`vltools.models.plan_conversion`, run backwards).
 
 The stages (the model card says what each measured): a vision stage on crops of tiles with
-per-token targets (:func:`pretrain_vision`, :mod:`vltools.toy_targets`), then the
-conversations, first a curriculum of simpler ones, with the vision tower frozen (all of it the
-defaults); optionally the per-token losses kept during the conversations. A run can also
+per-token targets (:func:`pretrain_vision`, :mod:`vltools.toy_targets`), its patch embedding
+started at coloured edge filters and its batches drawn once and gone over again, then the
+conversations, first a curriculum of simpler ones, with the vision tower frozen and the
+answer's attention pulled onto the asked shape (all of it the defaults); optionally the
+per-token losses kept during the conversations. A run can also
 start from a checkpoint instead of random weights (``run(..., init=DIR)``, ``--init DIR``),
 such as a ``step-N`` folder an earlier run saved, and go on with other phases on new scenes.
 
@@ -111,22 +113,24 @@ class TrainConfig:
     the projector and the language model only, so the vision tower keeps the features the
     vision stage taught it (and the backward pass stops at the projector).
 
-    ``answer_attention``: with a weight above 0, the conversation steps add (times the weight)
-    a loss that pulls one head of the language model's last layer, at the first token of each
-    colour or shape answer, onto the image tokens of the shape the question asks about
-    (:func:`vltools.toy_targets.attention_target`): which colour goes with which shape is what
-    the answers alone teach slowest (see the model card). Plain conversations only.
+    ``answer_attention``: with a weight above 0 (the default 0.3), the conversation steps add
+    (times the weight) a loss that pulls one head of the language model's last layer, at the
+    first token of each colour or shape answer, onto the image tokens of the shape the
+    question asks about (:func:`vltools.toy_targets.attention_target`): which colour goes with
+    which shape is what the answers alone teach slowest (see the model card). Plain
+    conversations only: with ``branches`` set it to 0.
 
-    ``vision_pool``: with N above 0, the vision stage draws only its first N batches and then
-    goes over them again, in order, every other pass mirrored left to right (each toy shape is
-    symmetric about its vertical axis, so the targets mirror with the pixels): after the first
-    N steps a step costs only its arithmetic, not drawing and cutting scenes, about 0.2 s
-    against 0.35 s on two cores. The kept batches are stored as uint8
+    ``vision_pool``: with N above 0 (the default 800), the vision stage draws only its first N
+    batches and then goes over them again, in order, every other pass mirrored left to right
+    (each toy shape is symmetric about its vertical axis, so the targets mirror with the
+    pixels): after the first N steps a step costs only its arithmetic, not drawing and cutting
+    scenes, about 0.2 s against 0.3 s on two cores. The kept batches are stored as uint8
     (:func:`vltools.images.pixel_codes`, exact), about 4.8 MB a batch of 32 crops.
 
-    ``edge_filters``: a fresh run starts the first channels of the vision tower's patch
-    embedding at :func:`edge_filters` (the colour of a patch, and coloured edges across it in
-    eight directions) instead of random weights; the vision stage then reads shapes sooner.
+    ``edge_filters`` (the default): a fresh run starts the first channels of the vision
+    tower's patch embedding at :func:`edge_filters` (the colour of a patch, and coloured edges
+    across it in eight directions) instead of random weights; the vision stage then reads
+    shapes sooner. A run from a checkpoint (``init``) keeps the checkpoint's patch embedding.
 
     ``first_scene``: the conversation steps draw scenes ``first_scene, first_scene + 1, ...``;
     a run that goes on from another's checkpoint sets it past the scenes that run drew (its
@@ -151,7 +155,7 @@ class TrainConfig:
         (120, 2, ("colour", "shape", "position")),
         (140, None, ("colour", "shape", "count", "position", "presence")),
     )
-    vision_steps: int = 1250
+    vision_steps: int = 5000
     vision_crops: int = 32
     vision_max_nums: tuple[int, ...] = (2, 4, 6)
     vision_lr: float = 3e-3
@@ -162,9 +166,9 @@ class TrainConfig:
     first_scene: int = 0
     branches: bool = False
     turns: int = 3
-    edge_filters: bool = False
-    vision_pool: int = 0
-    answer_attention: float = 0.0
+    edge_filters: bool = True
+    vision_pool: int = 800
+    answer_attention: float = 0.3
 
     def __post_init__(self) -> None:
         if not isinstance(self.answer_attention, (int, float)) or not self.answer_attention >= 0:
@@ -175,7 +179,8 @@ class TrainConfig:
         if self.answer_attention and self.branches:
             raise ValueError(
                 f"answer_attention={self.answer_attention} with branches=True: the answer "
-                "attention loss knows plain conversations only; turn one of them off."
+                "attention loss knows plain conversations only; turn one of them off (for branches, "
+                "--answer-attention 0, answer_attention=0.0)."
             )
         if not isinstance(self.vision_pool, int) or self.vision_pool < 0:
             raise ValueError(
@@ -1019,14 +1024,7 @@ def save_original(vlm: VLModel, source: Path, folder: Path) -> Path:
 
 
 def _refuse_bad_start(cfg: TrainConfig, init: Path | str | None) -> None:
-    """Refuse a run whose start contradicts ``cfg`` (a frozen random tower; edge filters for
-    weights that are not fresh), naming the fix."""
-    if init is not None and cfg.edge_filters:
-        raise ValueError(
-            f"edge_filters=True with init={str(init)!r}: the filters only start a fresh run's "
-            "patch embedding, and these weights come from the checkpoint. Drop --edge-filters "
-            "(edge_filters=False), or train from random weights (no --init)."
-        )
+    """Refuse a run whose start contradicts ``cfg`` (a frozen random tower), naming the fix."""
     if init is None and cfg.freeze_vision and cfg.steps and not cfg.vision_steps:
         raise ValueError(
             f"freeze_vision=True with vision_steps=0 and no init: the {cfg.steps} conversation "
