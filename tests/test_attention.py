@@ -416,6 +416,19 @@ def test_tile_maps_shows_every_tile_and_the_thumbnail():
     assert len(share.axes) == 1
 
 
+def test_compare_layers_draws_each_layer_once_in_the_order_given():
+    from vltools import viz
+
+    maps = synthetic_maps()
+    # early, middle and late of a short model repeat a layer: one panel each, not two
+    n = len(maps.layers)
+    fig = viz.compare_layers(maps, [maps.layers[0], maps.layers[n // 2], maps.layers[-1], 7])
+    titles = [ax.get_title() for ax in fig.axes]
+    expected = list(dict.fromkeys([maps.layers[0], maps.layers[n // 2], maps.layers[-1], 7]))
+    assert titles == [f"layer {layer}" for layer in expected]
+    assert len(titles) < 4
+
+
 @pytest.mark.slow
 def test_attention_explorer_state_drives_the_view_and_shows_bad_choices():
     from vltools.widgets import AttentionExplorer

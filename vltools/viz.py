@@ -437,10 +437,11 @@ def compare_layers(
 ) -> Figure:
     """One overlay per layer (e.g. early, middle, late), side by side, each on its own scale.
 
-    ``layers``: language-model layer indices; ``selection`` as in ``AttentionMaps.map``
-    (``tokens``, ``heads``, ``reduce``, ``sinks``).
+    ``layers``: language-model layer indices, each drawn once (early, middle and late of a
+    two-layer model are two panels); ``selection`` as in ``AttentionMaps.map`` (``tokens``,
+    ``heads``, ``reduce``, ``sinks``).
     """
-    chosen = list(maps.selected_layers(layers))
+    chosen = list(dict.fromkeys(maps.selected_layers(layers)))
     first = maps.map(image, layers=chosen[0], **selection)
     aspect = first.grid.height / max(first.grid.width, 1)
     fig = new_figure(panel_width * len(chosen), panel_width * aspect + 0.9)
