@@ -138,7 +138,7 @@ class TrainConfig:
     vision stage's and the held-out sets' (:data:`VISION_FIRST_SCENE`).
     """
 
-    steps: int = 440
+    steps: int = 600
     tiles_per_step: int = 16
     lr: float = 1.5e-3
     warmup: int = 20
@@ -153,7 +153,7 @@ class TrainConfig:
     curriculum: tuple[tuple[int, int | None, tuple[str, ...]], ...] = (
         (100, 1, ("colour", "shape")),
         (120, 2, ("colour", "shape", "position")),
-        (140, None, ("colour", "shape", "count", "position", "presence")),
+        (300, None, ("colour", "shape", "count", "position", "presence")),
     )
     vision_steps: int = 5000
     vision_crops: int = 32
