@@ -480,7 +480,7 @@ def test_a_curriculum_is_parsed_and_its_phases_draw_the_scenes_they_name(quick_r
         tiles_per_step=4,
         threads=1,
         branches=branches,
-        answer_attention=0.0 if branches else 0.3,
+        answer_attention=0.0 if branches else TrainConfig.answer_attention,
     )
     examples = _examples(vlm, cfg, 0, 0).examples  # step 0: the phase
     for row in examples:

@@ -14,9 +14,9 @@ per-token targets (:func:`pretrain_vision`, :mod:`vltools.toy_targets`), its pat
 started at coloured edge filters and its batches drawn once and gone over again, then the
 conversations, first a curriculum of simpler ones, with the vision tower frozen and the
 answer's attention pulled onto the asked shape (all of it the defaults); optionally the
-per-token losses kept during the conversations. A run can also
-start from a checkpoint instead of random weights (``run(..., init=DIR)``, ``--init DIR``),
-such as a ``step-N`` folder an earlier run saved, and go on with other phases on new scenes.
+per-token losses kept during the conversations. A run can also start from a checkpoint instead
+of random weights (``run(..., init=DIR)``, ``--init DIR``), such as a ``step-N`` folder an
+earlier run saved, and go on with other phases on new scenes.
 
 Deterministic: the scenes are a function of their index, the tiling budget of each example
 comes from a seeded generator, torch is seeded, and the run uses two threads by default.
