@@ -199,20 +199,18 @@ class TokenProbe(torch.nn.Module):
                 f"covers hold {sum(c.shape[0] for c in covers)} tiles but features hold "
                 f"{features.shape[0]}."
             )
-        colour_terms, shape_terms, pooled, averaged, wanted = [], [], [], [], []
+        colour_targets, shape_targets, pooled, averaged, wanted = [], [], [], [], []
+        flat = features.reshape(-1, features.shape[-1])  # [tiles * tokens, W]
         start = 0
         for cover_np, table_np in zip(covers, classes, strict=True):
-            count = cover_np.shape[0]
-            feats = features[start : start + count].reshape(-1, features.shape[-1])  # [T, W]
-            start += count
             cover = torch.from_numpy(cover_np.reshape(-1, cover_np.shape[-1]))  # [T, L]
+            feats = flat[start : start + cover.shape[0]]  # [T, W]
+            start += cover.shape[0]
             table = torch.from_numpy(table_np)  # [L, 2]
-            colour_target = torch.zeros(cover.shape[0], 1 + len(COLOURS))
-            colour_target.index_add_(1, table[:, 0], cover)
-            shape_target = torch.zeros(cover.shape[0], 1 + len(SHAPES))
-            shape_target.index_add_(1, table[:, 1], cover)
-            colour_terms.append(-(colour_target * self.colour(feats).log_softmax(-1)).sum(-1))
-            shape_terms.append(-(shape_target * self.shape(feats).log_softmax(-1)).sum(-1))
+            colour_targets.append(torch.zeros(cover.shape[0], 1 + len(COLOURS)))
+            colour_targets[-1].index_add_(1, table[:, 0], cover)
+            shape_targets.append(torch.zeros(cover.shape[0], 1 + len(SHAPES)))
+            shape_targets[-1].index_add_(1, table[:, 1], cover)
             for label in range(1, cover.shape[1]):
                 inside = cover[:, label] >= self.min_cover
                 if inside.any():
@@ -221,8 +219,9 @@ class TokenProbe(torch.nn.Module):
                         weights = cover[inside, label]  # [tokens inside]
                         averaged.append((weights[:, None] * feats[inside]).sum(0) / weights.sum())
                     wanted.append(int(table[label, 1]) - 1)
-        colour = torch.cat(colour_terms).mean()
-        shape = torch.cat(shape_terms).mean()
+        # the two token heads over every token of the batch at once (one product, not one a crop)
+        colour = -(torch.cat(colour_targets) * self.colour(flat).log_softmax(-1)).sum(-1).mean()
+        shape = -(torch.cat(shape_targets) * self.shape(flat).log_softmax(-1)).sum(-1).mean()
         loss = colour + shape
         pooled_loss, correct = torch.zeros(()), 0
         mean_loss, mean_correct = torch.zeros(()), 0
