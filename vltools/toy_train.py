@@ -18,8 +18,10 @@ per-token losses kept during the conversations. A run can also start from a chec
 of random weights (``run(..., init=DIR)``, ``--init DIR``), such as a ``step-N`` folder an
 earlier run saved, and go on with other phases on new scenes.
 
-Deterministic: the scenes are a function of their index, the tiling budget of each example
-comes from a seeded generator, torch is seeded, and the run uses two threads by default.
+Deterministic on one machine: the scenes are a function of their index, the tiling budget of
+each example comes from a seeded generator, torch is seeded, and the run uses two threads by
+default. Another machine, or code that sums in another order, rounds differently, and the run
+ends on other weights (see the model card).
 """
 
 from __future__ import annotations
@@ -258,9 +260,14 @@ class Batch:
     pixel_values: torch.Tensor
     position_ids: torch.Tensor | None = None
 
+    @property
+    def packed(self) -> bool:
+        """Whether the rows are packed branches (else conversations)."""
+        return self.position_ids is not None
+
     def __repr__(self) -> str:
         rows, length = self.input_ids.shape
-        kind = "packed branches" if self.position_ids is not None else "conversations"
+        kind = "packed branches" if self.packed else "conversations"
         return f"Batch({rows} rows of {length} tokens, {self.pixel_values.shape[0]} tiles, {kind})"
 
 
@@ -928,10 +935,9 @@ def train(
             # conversations are padded on the right, so under the causal mask no token before
             # its row's padding sees it: they need no mask, and attention takes its fused causal
             # path (a seventh less time a step); packed branches need theirs
-            packed = batch.position_ids is not None
             hidden = model.model(
                 input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask if packed else None,
+                attention_mask=batch.attention_mask if batch.packed else None,
                 position_ids=batch.position_ids,
                 pixel_values=pixel_values,
                 use_cache=False,
