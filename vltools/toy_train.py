@@ -13,10 +13,11 @@ The stages (the model card says what each measured): a vision stage on crops of 
 per-token targets (:func:`pretrain_vision`, :mod:`vltools.toy_targets`), its patch embedding
 started at coloured edge filters and its batches drawn once and gone over again, then the
 conversations, first a curriculum of simpler ones, with the vision tower frozen and the
-answer's attention pulled onto the asked shape (all of it the defaults); optionally the
-per-token losses kept during the conversations. A run can also start from a checkpoint instead
-of random weights (``run(..., init=DIR)``, ``--init DIR``), such as a ``step-N`` folder an
-earlier run saved, and go on with other phases on new scenes.
+answer's attention pulled onto the asked shape and each image token inside a shape asked
+to tell that shape's kind after the language model's first layer (all of it the defaults);
+optionally the per-token losses kept during the conversations. A run can also start from a
+checkpoint instead of random weights (``run(..., init=DIR)``, ``--init DIR``), such as a
+``step-N`` folder an earlier run saved, and go on with other phases on new scenes.
 
 Deterministic on one machine: the scenes are a function of their index, the tiling budget of
 each example comes from a seeded generator, torch is seeded, and the run uses two threads by
@@ -122,6 +123,15 @@ class TrainConfig:
     which shape is what the answers alone teach slowest (see the model card). Plain
     conversations only: with ``branches`` set it to 0.
 
+    ``inside_shape``: with a weight above 0 (the default 1.0), the conversation steps add
+    (times the weight) the cross-entropy of a training-only linear head reading, from the
+    language model's first layer's output at each image token a shape covers at least half
+    of, that shape's kind (:func:`_inside_shape_loss`). A colour question names a shape, so
+    the answer must find the shape's tokens by the shape they belong to; the vision tower
+    leaves that mostly in the shape's edge tokens (a linear probe reads it from 57% of the
+    inside tokens), and runs of the recipe without this loss bound colour to the named shape
+    well or badly by the draw (see the model card).
+
     ``vision_pool``: with N above 0 (the default 800), the vision stage draws only its first N
     batches and then goes over them again, in order, every other pass mirrored left to right
     (each toy shape is symmetric about its vertical axis, so the targets mirror with the
@@ -157,7 +167,7 @@ class TrainConfig:
         (120, 2, ("colour", "shape", "position")),
         (300, None, ("colour", "shape", "count", "position", "presence")),
     )
-    vision_steps: int = 5000
+    vision_steps: int = 5500
     vision_crops: int = 32
     vision_max_nums: tuple[int, ...] = (2, 4, 6)
     vision_lr: float = 3e-3
@@ -171,6 +181,7 @@ class TrainConfig:
     edge_filters: bool = True
     vision_pool: int = 800
     answer_attention: float = 0.3
+    inside_shape: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.answer_attention, (int, float)) or not self.answer_attention >= 0:
@@ -183,6 +194,11 @@ class TrainConfig:
                 f"answer_attention={self.answer_attention} with branches=True: the answer "
                 "attention loss knows plain conversations only; turn one of them off (for branches, "
                 "--answer-attention 0, answer_attention=0.0)."
+            )
+        if not isinstance(self.inside_shape, (int, float)) or not self.inside_shape >= 0:
+            raise ValueError(
+                f"inside_shape={self.inside_shape!r}: the weight of the inside-shape loss; use "
+                "a number >= 0 (0: none)."
             )
         if not isinstance(self.vision_pool, int) or self.vision_pool < 0:
             raise ValueError(
@@ -536,7 +552,7 @@ def _examples(vlm: VLModel, cfg: TrainConfig, step: int, first: int) -> _Drawn:
                 answers = [(scene.answer, scene.kind), *((a, kind) for _, a, kind in more)]
                 asked.append([asked_label(scene, a, kind) for a, kind in answers])
         out.append(example)
-        if cfg.probe_weight or cfg.answer_attention:
+        if cfg.probe_weight or cfg.answer_attention or cfg.inside_shape:
             table = label_classes(scene)
             covers.append(token_cover(tile_labels(scene, tiled.grid), n_labels=len(table)))
             classes.append(table)
@@ -863,6 +879,28 @@ def _answer_attention_loss(
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
+def _inside_shape_loss(
+    hidden: Any, head: Any, batch: Batch, drawn: _Drawn, image_token_id: int
+) -> Any:
+    """The cross-entropy of ``head`` reading, from ``hidden`` (``[B, L, width]``, the language
+    model's first layer's output), the kind of the shape each image token lies inside (one the
+    shape covers at least half of), averaged over those tokens."""
+    import torch
+
+    length = batch.input_ids.shape[1]
+    positions, kinds = [], []
+    for row, (cover, table) in enumerate(zip(drawn.covers, drawn.classes, strict=True)):
+        image = torch.nonzero(batch.input_ids[row] == image_token_id)[:, 0]  # [tokens]
+        flat = torch.from_numpy(cover.reshape(-1, cover.shape[-1]))  # [tokens, labels]
+        share, label = flat[:, 1:].max(-1)  # the shape covering each token most
+        inside = share >= 0.5
+        positions.append(row * length + image[inside])
+        kinds.append(torch.from_numpy(table[:, 1])[label[inside] + 1] - 1)
+    # one gather over the whole batch: its backward is one scatter, not one a row
+    features = hidden.reshape(-1, hidden.shape[-1])[torch.cat(positions)]  # [inside, width]
+    return torch.nn.functional.cross_entropy(head(features), torch.cat(kinds))
+
+
 def train(
     vlm: VLModel,
     cfg: TrainConfig,
@@ -901,6 +939,23 @@ def train(
         model.model.vision_tower.requires_grad_(False)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += list(probe.named_parameters()) if use_probe else []
+    first_layer: list[Any] = []  # the first layer's output of the step, with inside_shape
+    inside_head = first_hook = None
+    if cfg.inside_shape:
+        from vltools.toy import SHAPES
+
+        width = model.model.language_model.config.hidden_size
+        # training-only, started at zero without a random draw (so a run from ``init`` and
+        # the whole run leave torch's generator alike)
+        inside_head = torch.nn.utils.skip_init(torch.nn.Linear, width, len(SHAPES))
+        torch.nn.init.zeros_(inside_head.weight)
+        torch.nn.init.zeros_(inside_head.bias)
+        named += list(inside_head.named_parameters(prefix="inside_head"))
+        first_hook = model.model.language_model.layers[0].register_forward_hook(
+            lambda _module, _inputs, output: first_layer.append(
+                output[0] if isinstance(output, tuple) else output
+            )
+        )
     opt = _optimizer(named, cfg, cfg.lr)
     lr_at = _schedule(cfg.lr, cfg.warmup, cfg.steps)
     params = [p for _, p in named]
@@ -917,6 +972,7 @@ def train(
     pad = vlm.tokenizer.pad_token_id or 0
     losses: list[float] = []
     pulls: list[float] = []  # the answer attention loss of each step, with answer_attention
+    insides: list[float] = []  # the inside-shape loss of each step, with inside_shape
     start = time.perf_counter()
     hits = asked = 0
 
@@ -932,6 +988,7 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             captured.clear()
+            first_layer.clear()
             # conversations are padded on the right, so under the causal mask no token before
             # its row's padding sees it: they need no mask, and attention takes its fused causal
             # path (a seventh less time a step); packed branches need theirs
@@ -957,6 +1014,12 @@ def train(
                 total = (
                     total + cfg.probe_weight * probe(captured[0], drawn.covers, drawn.classes).loss
                 )
+            if inside_head is not None:
+                inside = _inside_shape_loss(
+                    first_layer[0], inside_head, batch, drawn, vlm.image_token_id
+                )
+                total = total + cfg.inside_shape * inside
+                insides.append(inside.item())
             if last is not None:
                 pull = _answer_attention_loss(last, batch, drawn, vlm.image_token_id)
                 total = total + cfg.answer_attention * pull
@@ -972,6 +1035,7 @@ def train(
                     f"step {step + 1}/{cfg.steps} loss {sum(recent) / len(recent):.4f} "
                     f"first answer tokens right {hits}/{asked} lr {lr_at(step):.2e} "
                     + (f"answer attention {np.mean(pulls[-log_every:]):.3f} " if pulls else "")
+                    + (f"inside shape {np.mean(insides[-log_every:]):.3f} " if insides else "")
                     + f"tiles {pixel_values.shape[0]} scenes {drawn.next_scene} "
                     f"{time.perf_counter() - start:.0f}s"
                 )
@@ -986,6 +1050,8 @@ def train(
             hook.remove()
         if last is not None:
             last.handle.remove()
+        if first_hook is not None:
+            first_hook.remove()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -1146,6 +1212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "answer, onto the asked shape's image tokens (0: none)",
     )
     parser.add_argument(
+        "--inside-shape",
+        type=float,
+        default=TrainConfig.inside_shape,
+        help="weight of the loss asking each image token inside a shape to tell the shape's "
+        "kind after the language model's first layer (0: none)",
+    )
+    parser.add_argument(
         "--vision-pool",
         type=int,
         default=TrainConfig.vision_pool,
@@ -1219,6 +1292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             vision_steps=args.vision_steps,
             vision_pool=args.vision_pool,
             answer_attention=args.answer_attention,
+            inside_shape=args.inside_shape,
             curriculum=parse_curriculum(args.curriculum),
             probe_weight=args.probe_weight,
             first_scene=args.first_scene,
