@@ -24,7 +24,7 @@ from vltools.toy import (
     toy_config,
     toy_scene,
 )
-from vltools.toy_targets import label_classes, tile_labels, token_cover
+from vltools.toy_targets import inside_kinds, label_classes, tile_labels, token_cover
 from vltools.toy_train import TrainConfig, edge_filters, run, sincos_positions
 
 # ---------------------------------------------------------------------------------------------
@@ -676,6 +676,24 @@ def test_asked_label_names_the_shape_a_colour_or_shape_question_is_about():
     absent = next(c for c in COLOURS if c not in {c for c, _, _ in scene.shapes})
     with pytest.raises(ValueError, match=f"answered '{absent}' names 0 .*the answer the scene"):
         asked_label(scene, absent, "colour")
+
+
+def test_inside_kinds_names_the_shape_covering_most_of_a_token_if_at_least_half():
+    # labels: background, a star (kind 3), a circle (kind 0); one row per token
+    classes = np.array([[0, 0], [2, 4], [5, 1]])
+    cover = np.array(
+        [
+            [1.0, 0.0, 0.0],  # background
+            [0.2, 0.8, 0.0],  # inside the star
+            [0.1, 0.3, 0.6],  # mostly the circle
+            [0.6, 0.4, 0.0],  # the star's edge: less than half
+            [0.5, 0.0, 0.5],  # exactly half the circle
+        ],
+        dtype=np.float32,
+    )
+    assert inside_kinds(cover, classes).tolist() == [-1, 3, 0, -1, 0]
+    assert inside_kinds(cover[None], classes).tolist() == [-1, 3, 0, -1, 0]  # [tiles, ...]
+    assert inside_kinds(cover, classes, min_cover=0.7).tolist() == [-1, 3, -1, -1, -1]
 
 
 def test_attention_target_looks_inside_the_shape_and_sums_to_one():

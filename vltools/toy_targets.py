@@ -137,6 +137,19 @@ def attention_target(cover: np.ndarray, label: int, *, min_cover: float = 0.5) -
     return weights / total if total > 0 else weights
 
 
+def inside_kinds(cover: np.ndarray, classes: np.ndarray, *, min_cover: float = 0.5) -> np.ndarray:
+    """``[tokens]`` int64: the kind (0 to 3, the order of :data:`~vltools.toy.SHAPES`) of the
+    shape each image token lies inside, or -1 for none. A token lies inside the shape that
+    covers most of it, if that shape covers at least ``min_cover``. ``cover`` is a picture's
+    :func:`token_cover` (``[tiles, tokens, labels]`` or ``[tokens, labels]``), ``classes`` its
+    :func:`label_classes`."""
+    flat = cover.reshape(-1, cover.shape[-1])[:, 1:]  # [tokens, shapes]: background dropped
+    label = flat.argmax(-1)  # the shape covering each token most (0: label 1)
+    share = np.take_along_axis(flat, label[:, None], -1)[:, 0]
+    kinds = classes[label + 1, 1].astype(np.int64) - 1
+    return np.where(share >= min_cover, kinds, -1)
+
+
 @dataclass(frozen=True)
 class ProbeLoss:
     """One batch's token losses.

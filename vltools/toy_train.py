@@ -883,19 +883,19 @@ def _inside_shape_loss(
     hidden: Any, head: Any, batch: Batch, drawn: _Drawn, image_token_id: int
 ) -> Any:
     """The cross-entropy of ``head`` reading, from ``hidden`` (``[B, L, width]``, the language
-    model's first layer's output), the kind of the shape each image token lies inside (one the
-    shape covers at least half of), averaged over those tokens."""
+    model's first layer's output), the kind of the shape each image token lies inside
+    (:func:`~vltools.toy_targets.inside_kinds`), averaged over those tokens."""
     import torch
+
+    from vltools.toy_targets import inside_kinds
 
     length = batch.input_ids.shape[1]
     positions, kinds = [], []
     for row, (cover, table) in enumerate(zip(drawn.covers, drawn.classes, strict=True)):
         image = torch.nonzero(batch.input_ids[row] == image_token_id)[:, 0]  # [tokens]
-        flat = torch.from_numpy(cover.reshape(-1, cover.shape[-1]))  # [tokens, labels]
-        share, label = flat[:, 1:].max(-1)  # the shape covering each token most
-        inside = share >= 0.5
-        positions.append(row * length + image[inside])
-        kinds.append(torch.from_numpy(table[:, 1])[label[inside] + 1] - 1)
+        kind = torch.from_numpy(inside_kinds(cover, table))  # [tokens], -1 outside every shape
+        positions.append(row * length + image[kind >= 0])
+        kinds.append(kind[kind >= 0])
     # one gather over the whole batch: its backward is one scatter, not one a row
     features = hidden.reshape(-1, hidden.shape[-1])[torch.cat(positions)]  # [inside, width]
     return torch.nn.functional.cross_entropy(head(features), torch.cat(kinds))
